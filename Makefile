@@ -1,0 +1,49 @@
+# Set-up is part of every target: `make demo` and `make test` each work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+MIDI_DEV ?= ../shared/data/midi/dev
+
+.PHONY: install system-deps test test-slow demo lint bench clean
+
+install: $(STAMP)
+
+# libfluidsynth is the one system library we need (MIDI rendering); install it only when missing.
+system-deps:
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so'; then \
+		echo "installing libfluidsynth3 with apt-get"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libfluidsynth3; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+test-slow: install system-deps
+	$(PY) -m pytest -q -m slow
+
+# The demo: build a small corpus (procedural pieces, plus real MIDI when ../shared is beside us).
+demo: install system-deps
+	$(PY) -m pyramid_cli doctor
+	$(PY) -m pyramid_cli dataset build --procedural 4 --procedural-seconds 20 --out demo/corpus
+	@if [ -d "$(MIDI_DEV)" ]; then \
+		$(PY) -m pyramid_cli dataset build --midi-dir $(MIDI_DEV) --limit 4 --max-seconds 30 --out demo/corpus; \
+	fi
+	$(PY) -m pyramid_cli dataset info demo/corpus
+
+lint: install
+	$(VENV)/bin/ruff check pyramid_cli tests examples
+	$(VENV)/bin/mypy pyramid_cli
+
+bench: install system-deps
+	$(PY) examples/bench_render.py
+
+clean:
+	rm -rf demo build dist .pytest_cache .mypy_cache .ruff_cache

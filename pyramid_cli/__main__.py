@@ -1,0 +1,3 @@
+from pyramid_cli.cli import main
+
+main()

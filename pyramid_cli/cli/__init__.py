@@ -1,0 +1,70 @@
+"""The `pyramid` command line: one Typer app per command group, errors mapped to exit codes here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import click
+import typer
+
+from pyramid_cli import __version__
+from pyramid_cli.cli import dataset, doctor
+from pyramid_cli.cli._shared import console
+from pyramid_cli.errors import PyramidError
+
+app = typer.Typer(
+    name="pyramid",
+    help="Long-form music generation in the audio domain with PyramidCodec.\n\n"
+    "Build a corpus from MIDI, encode audio into hierarchical tokens, decode at 1-3 levels, "
+    "and generate pieces of minutes. Progress and logs go to stderr; stdout carries data only.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(dataset.app, name="dataset")
+app.command("doctor")(doctor.doctor)
+
+_debug = {"enabled": bool(os.environ.get("PYRAMID_DEBUG"))}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pyramid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    if debug:
+        _debug["enabled"] = True
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point: run the app; a PyramidError becomes one line on stderr and its exit code."""
+    try:
+        # Non-standalone mode lets this function own every exit path (click would print
+        # "Aborted!" on Ctrl-C and let library errors escape as tracebacks).
+        code = app(args=args, prog_name="pyramid", standalone_mode=False)
+    except click.ClickException as error:  # usage errors: bad option values, missing arguments
+        error.show()
+        sys.exit(error.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("[yellow]interrupted[/yellow]: finished outputs are kept, partial ones removed")
+        sys.exit(130)
+    except PyramidError as error:
+        if _debug["enabled"]:
+            console.print_exception()
+        console.print(f"[red]error:[/red] {error}")
+        sys.exit(error.exit_code)
+    except Exception as error:  # a bug: still one line, unless --debug asks for the traceback
+        if _debug["enabled"]:
+            console.print_exception()
+        console.print(f"[red]internal error:[/red] {type(error).__name__}: {error} (rerun with --debug for details)")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,166 @@
+"""`pyramid dataset build | info | merge`: turn MIDI collections into rendered audio corpora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import TextColumn
+from rich.table import Table
+
+from pyramid_cli.cli._shared import JsonOption, console, format_hours, make_progress, print_json
+from pyramid_cli.errors import UsageError
+
+app = typer.Typer(help="Build and inspect training corpora rendered from MIDI.", no_args_is_help=True)
+
+
+@app.command()
+def build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Corpus folder to create or resume.")],
+    midi_dir: Annotated[Path | None, typer.Option(
+        help="Folder searched recursively for .mid/.midi files (the Lakh MIDI layout works as is).")] = None,
+    procedural: Annotated[int, typer.Option(
+        help="Also compose this many pieces with the built-in procedural composer (offline source).")] = 0,
+    procedural_seconds: Annotated[float, typer.Option(help="Approximate length of each procedural piece.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seed of the first procedural piece (the next use seed+1, ...).")] = 0,
+    split: Annotated[str, typer.Option(help="train:valid:test weights; the split is a stable hash.")] = "8:1:1",
+    groups_csv: Annotated[Path | None, typer.Option(
+        help="CSV mapping MIDI file names to song groups, so that arrangements of one song never "
+        "straddle splits (e.g. dev_manifest.csv).")] = None,
+    group_column: Annotated[str, typer.Option(help="Song-group column of --groups-csv.")] = "song_group",
+    file_column: Annotated[str, typer.Option(help="File-name column of --groups-csv.")] = "file",
+    shard: Annotated[str, typer.Option(
+        help="Build only shard i of n (e.g. 0/4) for multi-machine builds; combine with `dataset merge`.")] = "0/1",
+    workers: Annotated[int | None, typer.Option(help="Parallel render processes [default: all cores].")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per file before it is recorded as failed.")] = 120.0,
+    memory_limit: Annotated[int, typer.Option(help="Memory cap per worker, MB.")] = 4096,
+    max_seconds: Annotated[float | None, typer.Option(help="Cut renders at this length (seconds).")] = None,
+    audio_format: Annotated[str, typer.Option("--format", help="Audio file format: flac or wav.")] = "flac",
+    sample_rate: Annotated[int, typer.Option(help="Render sample rate (Hz).")] = 22050,
+    soundfont: Annotated[Path | None, typer.Option(
+        help="SF2 sound font [default: TimGM6mb.sf2 shipped with pretty_midi].")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N MIDI files (sorted by path).")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Retry files that failed in an earlier run.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Render MIDI files (and/or procedural pieces) into a 22,050 Hz mono audio corpus.
+
+    Tracks are merged into six instrument groups (lead, piano, guitar, strings, bass, drums) and
+    rendered with FluidSynth. Output: OUT/audio/<split>/<id>.flac, OUT/manifest.jsonl and
+    OUT/failures.jsonl. Rerunning the same command resumes; bad files are listed, not fatal.
+
+    Examples:
+
+      pyramid dataset build --midi-dir lmd_full/ --out corpus
+
+      pyramid dataset build --procedural 50 --out corpus --workers 2
+    """
+    from pyramid_cli.data.build import BuildOptions, ItemResult, build_corpus, default_workers
+    from pyramid_cli.data.render import default_soundfont
+    from pyramid_cli.data.sources import (
+        midi_sources,
+        parse_shard,
+        parse_split,
+        procedural_sources,
+        read_song_groups,
+    )
+
+    if midi_dir is None and procedural == 0:
+        raise UsageError("nothing to build: give --midi-dir DIR and/or --procedural N")
+    if procedural < 0 or (limit is not None and limit < 0):
+        raise UsageError("--procedural and --limit must not be negative")
+    song_groups = read_song_groups(groups_csv, file_column, group_column) if groups_csv else None
+    sources = midi_sources(midi_dir, song_groups) if midi_dir else []
+    if midi_dir and not sources:
+        raise UsageError(f"{midi_dir}: no .mid or .midi files found")
+    sources = sources[:limit] if limit is not None else sources
+    sources += procedural_sources(procedural, seed)
+    options = BuildOptions(
+        out_dir=out, soundfont=soundfont or default_soundfont(), sample_rate=sample_rate,
+        audio_format=audio_format, split_weights=parse_split(split), shard=parse_shard(shard),
+        workers=workers or default_workers(), timeout_seconds=timeout, memory_limit_mb=memory_limit,
+        max_seconds=max_seconds, procedural_seconds=procedural_seconds, retry_failed=retry_failed,
+    )
+    if not options.soundfont.is_file():
+        raise UsageError(f"--soundfont {options.soundfont}: no such file")
+
+    totals = {"hours": 0.0, "failed": 0}
+    with make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
+        task = progress.add_task("rendering", total=None, audio=format_hours(0), failed=0)
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def on_result(result: ItemResult) -> None:
+            if result.status == "rendered" and result.record:
+                totals["hours"] += result.record["duration"] / 3600
+            elif result.status == "failed":
+                totals["failed"] += 1
+                progress.console.print(f"[yellow]skipped[/yellow] {result.source.label}: {result.error}")
+            progress.update(task, advance=1, audio=format_hours(totals["hours"]), failed=totals["failed"])
+
+        summary = build_corpus(sources, options, on_result=on_result, on_start=on_start)
+
+    if json_output:
+        print_json({"out": str(out), **summary.to_dict()})
+        return
+    table = Table(title=f"dataset build → {out}", show_header=False)
+    rate = summary.rendered_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
+    for name, value in (("sources (this shard)", summary.total), ("rendered now", summary.rendered),
+                        ("already done", summary.skipped), ("failed", summary.failed),
+                        ("audio rendered", format_hours(summary.rendered_seconds / 3600)),
+                        ("wall time", f"{summary.wall_seconds:.1f} s"),
+                        ("throughput", f"{rate:.1f} s of audio per s ({options.workers} workers)")):
+        table.add_row(name, str(value))
+    console.print(table)
+    if summary.failed:
+        console.print(f"failures and reasons: {out / 'failures.jsonl'}")
+
+
+@app.command()
+def info(
+    corpus: Annotated[Path, typer.Argument(help="A corpus folder made by `pyramid dataset build`.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Files and hours per split and per instrument group.
+
+    Example: pyramid dataset info corpus
+    """
+    from pyramid_cli.data.corpus import corpus_stats
+
+    stats = corpus_stats(corpus)
+    if json_output:
+        print_json(stats)
+        return
+    table = Table(title=f"{corpus}: {stats['files']} files, {format_hours(stats['hours'])}")
+    table.add_column("split / group")
+    table.add_column("files", justify="right")
+    table.add_column("audio", justify="right")
+    for split, entry in stats["splits"].items():
+        table.add_row(split, str(entry["files"]), format_hours(entry["hours"]))
+    table.add_section()
+    for group, entry in sorted(stats["groups"].items(), key=lambda item: -item[1]["hours"]):
+        table.add_row(group, str(entry["files"]), format_hours(entry["hours"]))
+    console.print(table)
+    console.print(f"failed sources: {stats['failures']}   sample rate: {stats['sample_rates']}")
+
+
+@app.command()
+def merge(
+    out: Annotated[Path, typer.Argument(help="Corpus folder that receives the merged manifest.")],
+    inputs: Annotated[list[Path] | None, typer.Argument(help="Other shard folders to merge in.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Combine shards built with --shard i/n (in OUT and/or other folders) into one corpus.
+
+    Example: pyramid dataset merge corpus shard1/ shard2/
+    """
+    from pyramid_cli.data.corpus import merge_corpora
+
+    result = merge_corpora(out, list(inputs or []))
+    if json_output:
+        print_json(result)
+    else:
+        console.print(f"merged {result['files']} files from {result['inputs']} folder(s) into {out / 'manifest.jsonl'}"
+                      f" ({result['failures']} failed sources)")

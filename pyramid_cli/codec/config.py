@@ -1,0 +1,186 @@
+"""CodecConfig: the one dataclass that describes a PyramidCodec (or, with one level, a DAC).
+
+Level 0 is the coarsest level (paper notation). The backbone encoder down-samples by
+prod(encoder_rates) (the *base hop*); the pyramid then down-samples the base features
+pyramid_rates[0] times to get the finest level N-1, pyramid_rates[1] more for level N-2, and so
+on up to level 0 (DESIGN §2, Alg. 1). With no pyramid rates the base features are the single
+level and the model is exactly a DAC.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pyramid_cli.errors import FormatError, UsageError
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    # Identity of the architecture; recorded in checkpoints and .pyr files.
+    name: str = "pyramid-22k-p111"
+    # Audio sample rate in Hz (the paper's corpus is 22,050 Hz mono).
+    sample_rate: int = 22050
+    # Channels after the 7-tap input conv; doubled by every encoder block (DAC uses 64).
+    encoder_dim: int = 64
+    # Strides of the backbone encoder blocks; their product is the base hop.
+    encoder_rates: tuple[int, ...] = (4, 4, 4, 4)
+    # Channels after the decoder's input conv; halved by every decoder block (DAC uses 1536).
+    decoder_dim: int = 1536
+    # Strides of the pyramid down-sampling blocks, finest first; () = a single-level DAC.
+    pyramid_rates: tuple[int, ...] = (2, 2, 2)
+    # Width of the continuous latent that every level is quantised from (DAC: 64 * 2**4).
+    latent_dim: int = 1024
+    # Residual codebooks per level, level 0 (coarsest) first.
+    n_codebooks: tuple[int, ...] = (1, 1, 1)
+    # Entries per codebook (10-bit codes).
+    codebook_size: int = 1024
+    # Dimension of the factorised code space the lookup runs in (DAC: 8).
+    codebook_dim: int = 8
+    # Fraction of a batch trained with a random number of codebooks per level (DAC: 0.5).
+    quantizer_dropout: float = 0.0
+    # Residual units (dilations 1, 3, 9) in each pyramid down-sampling block.
+    pyramid_residual_units: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("encoder_rates", "pyramid_rates", "n_codebooks"):
+            value = getattr(self, key)
+            if not isinstance(value, tuple):
+                # Frozen dataclass: normalise lists from JSON or callers to tuples once, here.
+                object.__setattr__(self, key, tuple(value))
+        positive = ("sample_rate", "encoder_dim", "decoder_dim", "latent_dim", "codebook_size", "codebook_dim")
+        for key in positive:
+            if int(getattr(self, key)) <= 0:
+                raise UsageError(f"codec config: {key} must be positive, got {getattr(self, key)}")
+        if not self.encoder_rates or any(r < 2 for r in self.encoder_rates + self.pyramid_rates):
+            raise UsageError("codec config: encoder_rates must be non-empty and every stride at least 2")
+        if len(self.n_codebooks) != self.n_levels or any(n < 1 for n in self.n_codebooks):
+            raise UsageError(
+                f"codec config: n_codebooks needs one positive entry per level ({self.n_levels}), "
+                f"got {self.n_codebooks}"
+            )
+        if not 0.0 <= self.quantizer_dropout <= 1.0:
+            raise UsageError(f"codec config: quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}")
+        if self.decoder_dim >> len(self.decoder_rates) < 1:
+            raise UsageError("codec config: decoder_dim is too small to halve at every decoder block")
+        if self.pyramid_residual_units < 0:
+            raise UsageError("codec config: pyramid_residual_units must be >= 0")
+
+    # ---- derived quantities -------------------------------------------------------------------
+
+    @property
+    def n_levels(self) -> int:
+        """Number of token levels N (1 for a DAC)."""
+        return max(1, len(self.pyramid_rates))
+
+    @property
+    def base_hop(self) -> int:
+        """Samples per frame of the backbone's base features."""
+        return math.prod(self.encoder_rates)
+
+    @property
+    def hop_lengths(self) -> tuple[int, ...]:
+        """Samples per frame for each level, level 0 (coarsest) first."""
+        n = self.n_levels
+        if not self.pyramid_rates:
+            return (self.base_hop,)
+        return tuple(self.base_hop * math.prod(self.pyramid_rates[: n - i]) for i in range(n))
+
+    @property
+    def frame_rates(self) -> tuple[float, ...]:
+        """Frames per second for each level (exact: sample_rate / hop), level 0 first."""
+        return tuple(self.sample_rate / hop for hop in self.hop_lengths)
+
+    @property
+    def decoder_rates(self) -> tuple[int, ...]:
+        """Strides of the decoder blocks: finest level rate → samples (mirror of the encoder)."""
+        return self.pyramid_rates[:1] + tuple(reversed(self.encoder_rates))
+
+    @property
+    def level_rates(self) -> tuple[int, ...]:
+        """level_rates[i-1] = hop[i-1] / hop[i], the up-sampling factor from level i-1 to level i."""
+        return tuple(self.hop_lengths[i - 1] // self.hop_lengths[i] for i in range(1, self.n_levels))
+
+    def tokens_per_second(self, levels: int | None = None) -> float:
+        """Tokens per second of audio when the first ``levels`` levels are kept (default all)."""
+        levels = self.n_levels if levels is None else levels
+        if not 1 <= levels <= self.n_levels:
+            raise UsageError(f"levels must be in 1..{self.n_levels}, got {levels}")
+        return sum(n * rate for n, rate in zip(self.n_codebooks[:levels], self.frame_rates[:levels]))
+
+    # ---- serialisation ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CodecConfig:
+        """Build a config from ``to_dict`` output; unknown, missing or invalid keys raise FormatError."""
+        if not isinstance(data, dict):
+            raise FormatError(f"codec config must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        missing = sorted(names - set(data))
+        if unknown:
+            raise FormatError(f"codec config has unknown keys: {', '.join(unknown)}")
+        if missing:
+            raise FormatError(f"codec config is missing keys: {', '.join(missing)}")
+        try:
+            return cls(**data)
+        except (UsageError, TypeError, ValueError) as exc:
+            raise FormatError(f"invalid codec config: {exc}") from exc
+
+
+# ---- presets (DESIGN §2 table) ----------------------------------------------------------------
+
+
+def p111() -> CodecConfig:
+    """Pyramid-22k-p111, the paper's generation codec: 1 codebook at 10.77 / 21.53 / 43.07 Hz."""
+    return CodecConfig(name="pyramid-22k-p111")
+
+
+def p555() -> CodecConfig:
+    """Pyramid-22k-p555 (high fidelity): 5 codebooks per level, 377 tokens/s."""
+    return CodecConfig(name="pyramid-22k-p555", n_codebooks=(5, 5, 5), quantizer_dropout=0.5)
+
+
+def dac_n2() -> CodecConfig:
+    """DAC-22k-n2, the paper's baseline: one level at hop 512 (43.07 Hz), 2 codebooks."""
+    return CodecConfig(
+        name="dac-22k-n2", encoder_rates=(4, 4, 4, 4, 2), pyramid_rates=(), n_codebooks=(2,),
+        latent_dim=1024, quantizer_dropout=0.5,
+    )
+
+
+def dac_n9() -> CodecConfig:
+    """DAC-22k-n9: one level at hop 512, 9 codebooks (388 tokens/s)."""
+    return CodecConfig(
+        name="dac-22k-n9", encoder_rates=(4, 4, 4, 4, 2), pyramid_rates=(), n_codebooks=(9,),
+        latent_dim=1024, quantizer_dropout=0.5,
+    )
+
+
+def p111_small() -> CodecConfig:
+    """CPU-sized p111: same strides and token rates, narrow widths (sized with examples/bench_codec.py)."""
+    return CodecConfig(
+        name="pyramid-22k-p111-small", encoder_dim=16, decoder_dim=192, latent_dim=128,
+    )
+
+
+PRESETS: dict[str, Callable[[], CodecConfig]] = {
+    "p111": p111,
+    "p555": p555,
+    "dac_n2": dac_n2,
+    "dac_n9": dac_n9,
+    "p111_small": p111_small,
+}
+
+
+def preset(name: str) -> CodecConfig:
+    """The preset config called ``name`` (one of PRESETS)."""
+    if name not in PRESETS:
+        raise UsageError(f"unknown codec preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,211 @@
+"""Residual vector quantisation as in DAC (Kumar et al. 2023, "High-Fidelity Audio Compression
+with Improved RVQGAN", §3.2 and descript-audio-codec quantize.py), plus codebook-health tools.
+
+DAC's two tricks are kept: *factorised codes* (project the latent to a small code space, here
+``codebook_dim`` = 8, before the lookup) and *l2-normalised lookup* (nearest neighbour of the
+normalised vectors = highest cosine similarity), both of which keep codebook usage high. Gradients
+pass the non-differentiable lookup with the straight-through estimator (van den Oord et al. 2017).
+Shapes: D = input (latent) width, d = codebook_dim, n_q = number of codebooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyramid_cli.codec.layers import WNConv1d
+
+
+@dataclass
+class QuantizerOutput:
+    """What a residual quantiser returns.
+
+    Attributes:
+        z_q: (B, D, T) quantised latent (straight-through: gradients flow to the input).
+        codes: (B, n_q, T) long code indices in [0, codebook_size).
+        latents: (B, n_q * d, T) projected inputs of every stage (before the lookup).
+        commitment_loss: scalar, pulls the encoder towards its codes (caller weights it, 0.25).
+        codebook_loss: scalar, pulls the codes towards the encoder (caller weights it, 1.0).
+    """
+
+    z_q: torch.Tensor
+    codes: torch.Tensor
+    latents: torch.Tensor
+    commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CodebookUsage:
+    """Usage of one codebook since its last reseed: distinct codes used, perplexity, code count."""
+
+    used: int
+    perplexity: float
+    total: int
+
+
+class VectorQuantize(nn.Module):
+    """One factorised, cosine-lookup VQ stage: (B, D, T) → (B, D, T)."""
+
+    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.in_proj = WNConv1d(input_dim, codebook_dim, kernel_size=1)
+        self.out_proj = WNConv1d(codebook_dim, input_dim, kernel_size=1)
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        # Training statistic, not a weight: kept out of checkpoints (persistent=False).
+        self.register_buffer("code_counts", torch.zeros(codebook_size), persistent=False)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Quantise ``z`` (B, D, T).
+
+        Returns:
+            z_q (B, D, T), commitment loss (B,), codebook loss (B,), codes (B, T), z_e (B, d, T).
+        """
+        z_e = self.in_proj(z)  # (B, d, T)
+        codes = self.nearest_codes(z_e)
+        q = self.lookup(codes)  # (B, d, T), un-normalised entries as in DAC
+        commitment = F.mse_loss(z_e, q.detach(), reduction="none").mean(dim=(1, 2))
+        codebook = F.mse_loss(q, z_e.detach(), reduction="none").mean(dim=(1, 2))
+        q = z_e + (q - z_e).detach()  # straight-through estimator
+        return self.out_proj(q), commitment, codebook, codes, z_e
+
+    def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """(B, d, T) projected latents → (B, T) indices of the most cosine-similar entries."""
+        flat = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]), dim=1)  # (B*T, d)
+        book = F.normalize(self.codebook.weight, dim=1)  # (K, d)
+        return (flat @ book.t()).argmax(dim=1).view(z_e.shape[0], z_e.shape[2])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, T) indices → (B, d, T) codebook entries."""
+        return self.codebook(codes).transpose(1, 2)
+
+    def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, T) indices → (B, D, T) this stage's contribution to z_q."""
+        return self.out_proj(self.lookup(codes))
+
+    @torch.no_grad()
+    def record_usage(self, codes: torch.Tensor) -> None:
+        """Add the (any-shape) indices to the usage counts."""
+        self.code_counts += torch.bincount(codes.reshape(-1), minlength=self.codebook_size).to(self.code_counts)
+
+    def usage_stats(self) -> CodebookUsage:
+        """Distinct codes used and perplexity (exp of the usage entropy) since the last reseed."""
+        total = float(self.code_counts.sum())
+        if total == 0:
+            return CodebookUsage(used=0, perplexity=0.0, total=0)
+        p = self.code_counts / total
+        entropy = -(p[p > 0] * p[p > 0].log()).sum()
+        return CodebookUsage(used=int((self.code_counts > 0).sum()), perplexity=float(entropy.exp()),
+                             total=int(total))
+
+    @torch.no_grad()
+    def reseed_dead_codes(self, recent_inputs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        """Replace the entries unused since the last reseed by random recent projected inputs.
+
+        A standard remedy for dead codes (e.g. Jukebox, Dhariwal et al. 2020; Zeghidour et al. 2021).
+        Resets the usage counts.
+
+        Args:
+            recent_inputs: (B, D, T) recent inputs of this stage (encoder outputs or residuals).
+            generator: optional generator for the random choice (on the inputs' device).
+
+        Returns:
+            The number of entries replaced.
+        """
+        dead = (self.code_counts == 0).nonzero().squeeze(1)
+        if dead.numel() > 0:
+            z_e = self.in_proj(recent_inputs)
+            pool = z_e.transpose(1, 2).reshape(-1, z_e.shape[1])  # (B*T, d)
+            pick = torch.randint(0, pool.shape[0], (dead.numel(),), generator=generator, device=pool.device)
+            self.codebook.weight.data[dead] = pool[pick].to(self.codebook.weight.dtype)
+        self.code_counts.zero_()
+        return int(dead.numel())
+
+
+class ResidualVectorQuantize(nn.Module):
+    """``n_codebooks`` VQ stages, each quantising what the previous ones left (DAC, SoundStream).
+
+    Quantizer dropout (DAC §3.2): during training, a ``quantizer_dropout`` fraction of the batch
+    items keeps only a random number 1..n_q of stages, so that fewer codebooks still decode well.
+    """
+
+    def __init__(self, input_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int,
+                 quantizer_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_codebooks = n_codebooks
+        self.codebook_size = codebook_size
+        self.quantizer_dropout = quantizer_dropout
+        self.quantizers = nn.ModuleList(
+            VectorQuantize(input_dim, codebook_size, codebook_dim) for _ in range(n_codebooks)
+        )
+
+    def forward(self, z: torch.Tensor, n_quantizers: int | None = None, train: bool | None = None
+                ) -> QuantizerOutput:
+        """Quantise ``z`` (B, D, T) with all stages (or the first ``n_quantizers`` out of training).
+
+        Args:
+            z: (B, D, T) latent.
+            n_quantizers: stages to use (default all); in training it caps the dropout draw.
+            train: apply quantizer dropout and count code usage; defaults to ``self.training``.
+        """
+        training = self.training if train is None else train
+        batch = z.shape[0]
+        n_q = self.n_codebooks if n_quantizers is None else min(n_quantizers, self.n_codebooks)
+        kept = torch.full((batch,), n_q, device=z.device)  # stages kept per batch item
+        if training and self.quantizer_dropout > 0:
+            n_drop = int(batch * self.quantizer_dropout)
+            kept[:n_drop] = torch.randint(1, n_q + 1, (n_drop,), device=z.device)
+        stages = self.n_codebooks if training else n_q  # DAC runs every stage in training
+        z_q = torch.zeros_like(z)
+        residual = z
+        commitment = z.new_zeros(())
+        codebook = z.new_zeros(())
+        codes, latents = [], []
+        for i, quantizer in enumerate(self.quantizers[:stages]):
+            z_q_i, commit_i, book_i, codes_i, z_e_i = quantizer(residual)
+            mask = (i < kept).to(z.dtype)  # (B,)
+            z_q = z_q + z_q_i * mask[:, None, None]
+            residual = residual - z_q_i
+            commitment = commitment + (commit_i * mask).mean()
+            codebook = codebook + (book_i * mask).mean()
+            if training:
+                quantizer.record_usage(codes_i[mask.bool()])
+            codes.append(codes_i)
+            latents.append(z_e_i)
+        return QuantizerOutput(z_q=z_q, codes=torch.stack(codes, dim=1), latents=torch.cat(latents, dim=1),
+                               commitment_loss=commitment, codebook_loss=codebook)
+
+    def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, n, T) codes of the first n ≤ n_codebooks stages → (B, D, T) z_q."""
+        if not 1 <= codes.shape[1] <= self.n_codebooks:
+            raise ValueError(f"got {codes.shape[1]} codebooks, this quantizer has {self.n_codebooks}")
+        z_q = self.quantizers[0].from_codes(codes[:, 0])
+        for i in range(1, codes.shape[1]):
+            z_q = z_q + self.quantizers[i].from_codes(codes[:, i])
+        return z_q
+
+    def usage_stats(self) -> list[CodebookUsage]:
+        """Usage of each stage's codebook since its last reseed."""
+        return [q.usage_stats() for q in self.quantizers]
+
+    @torch.no_grad()
+    def reseed_dead_codes(self, recent_latents: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        """Reseed every stage's dead entries from the residual that stage sees for ``recent_latents``.
+
+        Args:
+            recent_latents: (B, D, T) recent inputs of this quantizer (encoder outputs).
+
+        Returns:
+            The number of entries replaced over all stages.
+        """
+        residual = recent_latents
+        replaced = 0
+        for quantizer in self.quantizers:
+            replaced += quantizer.reseed_dead_codes(residual, generator=generator)
+            # Residual after the reseed: what the next stage will see from now on.
+            residual = residual - quantizer.from_codes(quantizer.nearest_codes(quantizer.in_proj(residual)))
+        return replaced

@@ -1,0 +1,1 @@
+"""Corpus building: MIDI → six instrument groups → FluidSynth renders → manifest and splits."""

@@ -1,0 +1,294 @@
+"""The corpus builder: parallel, resumable, shardable rendering of MIDI into audio.
+
+Each item is parsed and rendered in its own forked worker process, under a time limit and a
+memory cap: some MIDI files make pretty_midi hang or allocate huge arrays (pretty-midi#112,
+#263, PR #249), and such a file must cost one failure record, not the build. Only the parent
+writes the manifests; workers write their audio atomically, so an interrupted build leaves
+no half-written audio and no corrupt manifest, and rerunning it skips finished items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from pyramid_cli.data.manifest import (
+    append_jsonl,
+    failures_name,
+    manifest_name,
+    read_jsonl,
+    repair_jsonl,
+)
+from pyramid_cli.data.sources import Source, shard_of, split_of
+from pyramid_cli.errors import FormatError, UsageError
+from pyramid_cli.fileio import write_text_atomic
+
+AUDIO_FORMATS = ("flac", "wav")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out_dir: Path
+    soundfont: Path
+    sample_rate: int = 22050
+    audio_format: str = "flac"
+    split_weights: tuple[int, int, int] = (8, 1, 1)
+    shard: tuple[int, int] = (0, 1)
+    workers: int = 1
+    timeout_seconds: float = 120.0  # per item: parse + render + write
+    memory_limit_mb: int = 4096  # per worker (address space)
+    max_seconds: float | None = None  # cap on rendered length
+    max_source_seconds: float = 3600.0  # longer MIDI files are treated as broken
+    min_seconds: float = 1.0  # shorter renders are rejected
+    procedural_seconds: float = 30.0
+    retry_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.audio_format not in AUDIO_FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(AUDIO_FORMATS)}, got '{self.audio_format}'")
+        if self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        if self.timeout_seconds <= 0:
+            raise UsageError("--timeout must be positive")
+        if self.max_seconds is not None and self.max_seconds < self.min_seconds:
+            raise UsageError(f"--max-seconds must be at least {self.min_seconds}")
+
+
+@dataclass
+class ItemResult:
+    """What happened to one source: rendered (`record`), failed (`error`) or skipped (already done)."""
+
+    source: Source
+    status: str  # "rendered" | "failed" | "skipped"
+    record: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class BuildSummary:
+    total: int = 0
+    rendered: int = 0
+    skipped: int = 0
+    failed: int = 0
+    rendered_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id: str) -> dict[str, Any]:
+    """Parse or compose, merge, render and write one item. Runs inside a worker process."""
+    import pretty_midi
+
+    from pyramid_cli.audio import is_silent, peak_normalize, save_audio, trim_trailing_silence
+    from pyramid_cli.data.compose import compose_piece
+    from pyramid_cli.data.midi import groups_present, initial_tempo, merge_tracks
+    from pyramid_cli.data.render import render_midi
+
+    if source.path is not None:
+        try:
+            midi = pretty_midi.PrettyMIDI(str(source.path))
+        except Exception as error:  # pretty_midi/mido raise many types on corrupt files
+            raise ValueError(f"unreadable MIDI ({type(error).__name__}: {error})") from None
+    else:
+        midi = compose_piece(int(source.seed or 0), options.procedural_seconds)
+    source_seconds = float(midi.get_end_time())
+    if source_seconds > options.max_source_seconds:
+        raise ValueError(f"absurd length: {source_seconds:.0f} s (limit {options.max_source_seconds:.0f} s)")
+    merged = merge_tracks(midi, options.max_seconds)
+    n_notes = sum(len(instrument.notes) for instrument in merged.instruments)
+    if n_notes == 0:
+        raise ValueError("no notes in any renderable instrument")
+    wav = render_midi(merged, options.sample_rate, options.soundfont, options.max_seconds)
+    wav = trim_trailing_silence(wav, options.sample_rate)
+    if is_silent(wav):
+        raise ValueError("the render is silent")
+    duration = len(wav) / options.sample_rate
+    if duration < options.min_seconds:
+        raise ValueError(f"too short: {duration:.2f} s (minimum {options.min_seconds} s)")
+    relative = Path("audio") / split / f"{source.id}.{options.audio_format}"
+    save_audio(options.out_dir / relative, peak_normalize(wav), options.sample_rate)
+    return {
+        "id": source.id,
+        "source": source.label,
+        "song_group": source.song_group,
+        "split": split,
+        "audio": relative.as_posix(),
+        "duration": round(duration, 4),
+        "num_samples": len(wav),
+        "sample_rate": options.sample_rate,
+        "groups": groups_present(merged),
+        "n_notes": n_notes,
+        "tempo": round(initial_tempo(midi), 3),
+        "source_duration": round(source_seconds, 3),
+        "truncated": options.max_seconds is not None and source_seconds > options.max_seconds,
+        "render": {"soundfont": options.soundfont.name, "soundfont_sha256": soundfont_id,
+                   "peak": 0.95, "trim_db": -60.0},
+    }
+
+
+def _worker_main(source: Source, options: BuildOptions, split: str, soundfont_id: str, conn: Connection) -> None:
+    limit = options.memory_limit_mb * 1024 * 1024
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        conn.send(("ok", _render_item(source, options, split, soundfont_id)))
+    except MemoryError:
+        conn.send(("error", f"memory limit of {options.memory_limit_mb} MB exceeded"))
+    except Exception as error:
+        message = str(error) if isinstance(error, ValueError) else traceback.format_exception_only(error)[-1]
+        conn.send(("error", message.strip()))
+    finally:
+        conn.close()
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary audio of workers killed mid-write (timeouts, Ctrl-C) is never a result."""
+    for tmp in (out_dir / "audio").glob("*/.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+SETTINGS_FILE = "corpus.json"
+
+
+def _check_settings(options: BuildOptions) -> None:
+    """Record the settings that shape every item; refuse to mix items built with others."""
+    settings = {"sample_rate": options.sample_rate, "audio_format": options.audio_format,
+                "split_weights": list(options.split_weights), "max_seconds": options.max_seconds,
+                "soundfont": options.soundfont.name, "procedural_seconds": options.procedural_seconds}
+    path = options.out_dir / SETTINGS_FILE
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise FormatError(f"{path}: corrupt corpus settings file") from None
+        changed = [key for key, value in settings.items() if previous.get(key) != value]
+        if changed:
+            details = ", ".join(f"{key} {previous.get(key)!r} → {settings[key]!r}" for key in changed)
+            raise UsageError(f"{options.out_dir} was built with other settings ({details}); "
+                             "use the same options or a new --out")
+    else:
+        write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
+
+
+def select_pending(sources: list[Source], options: BuildOptions) -> tuple[list[Source], list[Source]]:
+    """(to render, already done) for this shard, from the manifests a previous run left."""
+    index, count = options.shard
+    mine = [s for s in sources if shard_of(s.id, count) == index]
+    done_ids = {r["id"] for r in read_jsonl(options.out_dir / manifest_name(options.shard))
+                if (options.out_dir / r["audio"]).exists()}
+    if not options.retry_failed:
+        done_ids |= {r["id"] for r in read_jsonl(options.out_dir / failures_name(options.shard))}
+    return [s for s in mine if s.id not in done_ids], [s for s in mine if s.id in done_ids]
+
+
+def build_corpus(sources: list[Source], options: BuildOptions,
+                 on_result: Callable[[ItemResult], None] | None = None,
+                 on_start: Callable[[int], None] | None = None) -> BuildSummary:
+    """Render `sources` (this shard's part) into `options.out_dir`.
+
+    Args:
+        sources: every source of the collection; the builder keeps this shard's part.
+        options: the build settings.
+        on_result: called in the parent after each item (progress display).
+        on_start: called once with the number of items this run will process.
+
+    Returns:
+        A summary of this run. Failures are also appended to the failures file.
+    """
+    ids = [s.id for s in sources]
+    if len(set(ids)) != len(ids):
+        raise UsageError("two sources map to the same id; give distinct file names")
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(options)
+    manifest_path = options.out_dir / manifest_name(options.shard)
+    failures_path = options.out_dir / failures_name(options.shard)
+    for path in (manifest_path, failures_path):
+        repair_jsonl(path)
+    _remove_stale_temporaries(options.out_dir)
+    pending, done = select_pending(sources, options)
+    soundfont_id = _file_sha256(options.soundfont)[:16]
+    summary = BuildSummary(total=len(pending) + len(done), skipped=len(done))
+    if on_start:
+        on_start(len(pending) + len(done))
+    for source in done:
+        if on_result:
+            on_result(ItemResult(source, "skipped"))
+    start = time.monotonic()
+    context = mp.get_context("fork")  # forking avoids re-importing pretty_midi per file
+    running: dict[Connection, tuple[Source, Any, float]] = {}
+    queue = list(reversed(pending))
+
+    def finish(source: Source, status: str, payload: Any) -> None:
+        if status == "ok":
+            append_jsonl(manifest_path, payload)
+            summary.rendered += 1
+            summary.rendered_seconds += payload["duration"]
+            result = ItemResult(source, "rendered", record=payload)
+        else:
+            failure = {"id": source.id, "source": source.label, "error": str(payload)}
+            append_jsonl(failures_path, failure)
+            summary.failed += 1
+            summary.failures.append(failure)
+            result = ItemResult(source, "failed", error=str(payload))
+        if on_result:
+            on_result(result)
+
+    try:
+        while queue or running:
+            while queue and len(running) < options.workers:
+                source = queue.pop()
+                split = split_of(source.split_key, options.split_weights)
+                parent_end, child_end = context.Pipe(duplex=False)
+                process = context.Process(target=_worker_main, args=(source, options, split, soundfont_id, child_end),
+                                          daemon=True)
+                process.start()
+                child_end.close()
+                running[parent_end] = (source, process, time.monotonic())
+            for conn in wait(list(running), timeout=0.5):
+                source, process, _ = running.pop(conn)
+                try:
+                    status, payload = conn.recv()
+                except EOFError:
+                    process.join()
+                    status, payload = "error", f"worker died (exit code {process.exitcode}; out of memory?)"
+                conn.close()
+                process.join()
+                finish(source, status, payload)
+            now = time.monotonic()
+            for conn, (source, process, started) in list(running.items()):
+                if now - started > options.timeout_seconds:
+                    process.kill()
+                    process.join()
+                    conn.close()
+                    del running[conn]
+                    finish(source, "error", f"timeout after {options.timeout_seconds:.0f} s")
+    finally:
+        for conn, (_, process, _) in running.items():
+            process.kill()
+            process.join()
+            conn.close()
+        _remove_stale_temporaries(options.out_dir)
+        summary.wall_seconds = time.monotonic() - start
+    return summary
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,29 @@
+"""Errors the library raises. The CLI turns each into a one-line message and an exit code."""
+
+
+class PyramidError(Exception):
+    """Base class: an expected failure with a message fit for a user (exit code 1)."""
+
+    exit_code = 1
+
+
+class InputError(PyramidError):
+    """A missing, unreadable or unsuitable input file (silent, too short, wrong format)."""
+
+
+class FormatError(PyramidError):
+    """A file that claims a pyramid format but is corrupt, truncated or of another version."""
+
+
+class CodecMismatchError(PyramidError):
+    """Tokens made by one codec handed to another."""
+
+
+class UsageError(PyramidError):
+    """Options that cannot work together (exit code 2, like a command-line parse error)."""
+
+    exit_code = 2
+
+
+class DependencyError(PyramidError):
+    """A system library or file the operation needs is missing (e.g. libfluidsynth)."""
