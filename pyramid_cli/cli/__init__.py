@@ -6,7 +6,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from pyramid_cli import __version__
@@ -51,20 +50,25 @@ def main(args: list[str] | None = None) -> None:
         # Non-standalone mode lets this function own every exit path (click would print
         # "Aborted!" on Ctrl-C and let library errors escape as tracebacks).
         code = app(args=args, prog_name="pyramid", standalone_mode=False)
-    except click.ClickException as error:  # usage errors: bad option values, missing arguments
-        error.show()
+    except typer.TyperException as error:  # usage errors: bad option values, missing arguments
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            console.print(f"[red]error:[/red] {error.format_message()}", soft_wrap=True)
         sys.exit(error.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         console.print("[yellow]interrupted[/yellow]: finished outputs are kept, partial ones removed")
         sys.exit(130)
     except PyramidError as error:
         if _debug["enabled"]:
             console.print_exception()
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         sys.exit(error.exit_code)
     except Exception as error:  # a bug: still one line, unless --debug asks for the traceback
         if _debug["enabled"]:
             console.print_exception()
-        console.print(f"[red]internal error:[/red] {type(error).__name__}: {error} (rerun with --debug for details)")
+        console.print(f"[red]internal error:[/red] {type(error).__name__}: {error} (rerun with --debug for details)",
+                      soft_wrap=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

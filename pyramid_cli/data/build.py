@@ -17,6 +17,7 @@ import os
 import resource
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -141,6 +142,9 @@ def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id
 
 
 def _worker_main(source: Source, options: BuildOptions, split: str, soundfont_id: str, conn: Connection) -> None:
+    # pretty_midi warns about many harmless irregularities of real files; on a shared stderr
+    # they would bury the progress display.
+    warnings.simplefilter("ignore")
     limit = options.memory_limit_mb * 1024 * 1024
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -87,7 +87,8 @@ def midi_sources(midi_dir: Path, song_groups: dict[str, str] | None = None) -> l
     """Every .mid/.midi file under `midi_dir`, recursively (the Lakh MIDI layout works as is)."""
     if not midi_dir.is_dir():
         raise InputError(f"{midi_dir}: not a directory")
-    files = sorted(p for p in midi_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    # Not `is_file()`: a special file (FIFO, device) must reach a worker and fail there, not vanish.
+    files = sorted(p for p in midi_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and not p.is_dir())
     sources = []
     for path in files:
         relative = path.relative_to(midi_dir)

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real MIDI files beside the repo (skipped when absent) and tiny corpora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_MIDI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "midi"
+
+
+@pytest.fixture(scope="session")
+def shared_midi_dir() -> Path:
+    """The development MIDI files of ../shared/data/midi/dev (tests using it skip without it)."""
+    folder = SHARED_MIDI / "dev"
+    if not folder.is_dir() or not any(folder.glob("*.mid")):
+        pytest.skip("../shared/data/midi/dev is not beside the repository")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def few_real_midi(shared_midi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with links to three real Lakh MIDI files, in a nested (Lakh-like) layout."""
+    folder = tmp_path_factory.mktemp("midi")
+    for index, path in enumerate(sorted(shared_midi_dir.glob("*.mid"))[:3]):
+        target = folder / str(index) / path.name
+        target.parent.mkdir()
+        target.symlink_to(path)
+    return folder
