@@ -79,8 +79,9 @@ def build(
     options = BuildOptions(
         out_dir=out, soundfont=soundfont or default_soundfont(), sample_rate=sample_rate,
         audio_format=audio_format, split_weights=parse_split(split), shard=parse_shard(shard),
-        workers=default_workers() if workers is None else workers, timeout_seconds=timeout, memory_limit_mb=memory_limit,
-        max_seconds=max_seconds, procedural_seconds=procedural_seconds, retry_failed=retry_failed,
+        workers=default_workers() if workers is None else workers, timeout_seconds=timeout,
+        memory_limit_mb=memory_limit, max_seconds=max_seconds,
+        procedural_seconds=procedural_seconds, retry_failed=retry_failed,
     )
     if not options.soundfont.is_file():
         raise UsageError(f"--soundfont {options.soundfont}: no such file")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pyramid_cli.data.manifest import (
     append_jsonl,
@@ -240,7 +240,7 @@ def build_corpus(sources: list[Source], options: BuildOptions,
     running: dict[Connection, tuple[Source, Any, float]] = {}
     queue = list(reversed(pending))
 
-    def finish(source: Source, status: str, payload: Any) -> None:
+    def finish(source: Source, status: Any, payload: Any) -> None:
         if status == "ok":
             append_jsonl(manifest_path, payload)
             summary.rendered += 1
@@ -266,7 +266,8 @@ def build_corpus(sources: list[Source], options: BuildOptions,
                 process.start()
                 child_end.close()
                 running[parent_end] = (source, process, time.monotonic())
-            for conn in wait(list(running), timeout=0.5):
+            for ready in wait(list(running), timeout=0.5):
+                conn = cast(Connection, ready)
                 source, process, _ = running.pop(conn)
                 try:
                     status, payload = conn.recv()

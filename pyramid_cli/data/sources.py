@@ -53,7 +53,7 @@ def parse_shard(spec: str) -> tuple[int, int]:
 def split_of(split_key: str, weights: tuple[int, int, int]) -> str:
     """train / valid / test for a key, stable across runs, machines and collection changes."""
     bucket = _stable_hash("split:" + split_key) % sum(weights)
-    for name, weight in zip(SPLITS, weights):
+    for name, weight in zip(SPLITS, weights, strict=True):
         if bucket < weight:
             return name
         bucket -= weight

@@ -26,7 +26,7 @@ def _repeats_opening(lead_notes, section: float) -> bool:
                 if k * section - eps <= n.start < (k + 1) * section - eps]
 
     def same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
-        return len(a) == len(b) and all(p == q and abs(s - t) < 1e-6 for (p, s), (q, t) in zip(a, b))
+        return len(a) == len(b) and all(p == q and abs(s - t) < 1e-6 for (p, s), (q, t) in zip(a, b, strict=True))
 
     first = window(0)
     n_sections = int(max(n.start for n in lead_notes) // section) + 1
