@@ -20,7 +20,7 @@ import operator
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +41,7 @@ MAX_HOP = 2**24
 MAX_SAMPLES = 2**48
 MAX_FRAMES = 2**40
 
-ProvenanceValue = Union[str, int, float, bool, None]
+ProvenanceValue = str | int | float | bool | None
 
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
@@ -78,6 +78,8 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
         bits: 1..32.
     """
     flat = np.asarray(codes).reshape(-1)
+    if flat.size and not np.issubdtype(flat.dtype, np.integer):
+        raise ValueError(f"codes must be integers, got {flat.dtype}")
     if not 1 <= bits <= 32:
         raise ValueError(f"bits must be in [1, 32], got {bits}")
     if flat.size and (flat.min() < 0 or flat.max() >= 2**bits):
@@ -89,7 +91,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     return np.packbits(bit_matrix.astype(np.uint8).reshape(-1)).tobytes()
 
 
-def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
+def unpack_codes(data: bytes | bytearray | memoryview, count: int, bits: int) -> np.ndarray:
     """Inverse of `pack_codes`: exactly ceil(count*bits/8) bytes → (count,) int64.
 
     Raises ValueError on a wrong byte count or non-zero padding bits (the canonical form is unique).
@@ -160,6 +162,13 @@ class PyrFile:
     provenance: dict[str, ProvenanceValue] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check and normalise every field (numpy scalars → int); raises ValueError on the first defect.
+
+        Runs on construction and again before writing, since fields may be edited in between.
+        """
         self.codec_name = _text("codec_name", self.codec_name, 200)
         self.codec_hash = _text("codec_hash", self.codec_hash, 128, hex_only=True)
         self.sample_rate = _int("sample_rate", self.sample_rate, 1, MAX_RATE)
@@ -201,11 +210,11 @@ class PyrFile:
     @property
     def tokens_per_second(self) -> list[float]:
         """Codes per second of audio contributed by each level: frame_rate * n_codebooks."""
-        return [rate * level.n_codebooks for rate, level in zip(self.frame_rates, self.levels)]
+        return [rate * level.n_codebooks for rate, level in zip(self.frame_rates, self.levels, strict=True)]
 
     @property
     def cumulative_tokens_per_second(self) -> list[float]:
-        """Entry k-1: tokens per second when decoding with the first k levels (10.8 / 32.3 / 75.4 for p111)."""
+        """Entry k-1: tokens per second decoding the first k levels (10.8 / 32.3 / 75.4 for p111)."""
         return list(np.cumsum(self.tokens_per_second).tolist())
 
     @property
@@ -237,6 +246,8 @@ class PyrFile:
     # -- serialisation --
 
     def to_bytes(self) -> bytes:
+        """The whole file. Deterministic: equal objects give equal bytes."""
+        self.validate()
         bits = self.bits_per_code
         payload = b"".join(pack_codes(level.codes, bits) for level in self.levels)
         header = {
@@ -250,7 +261,7 @@ class PyrFile:
             "levels": [
                 {"hop_length": lv.hop_length, "n_codebooks": lv.n_codebooks, "frames": lv.frames,
                  "bits_per_code": bits, "bytes": n_bytes}
-                for lv, n_bytes in zip(self.levels, self.level_payload_bytes)
+                for lv, n_bytes in zip(self.levels, self.level_payload_bytes, strict=True)
             ],
             "payload_crc32": zlib.crc32(payload),
             "pyramid_version": self.pyramid_version,
@@ -263,10 +274,11 @@ class PyrFile:
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, name: str = "<stdin>") -> PyrFile:
-        """Parse a whole `.pyr`; any defect raises FormatError("NAME: reason")."""
-        from pyramid_cli._pyrparse import parse  # noqa: F401  (placeholder, replaced below)
-
-        raise NotImplementedError
+        """Parse a whole `.pyr`; any defect raises FormatError("NAME: reason"), never anything else."""
+        try:
+            return _parse(bytes(data))
+        except ValueError as error:  # every check below reports through ValueError
+            raise FormatError(f"{name}: {error}") from error
 
     def write(self, path: str | Path) -> None:
         """Write atomically (temporary file + rename): an interrupted write leaves no partial file."""
@@ -285,7 +297,217 @@ class PyrFile:
     # -- editing without decoding (UX §1: strip and slice) --
 
     def truncate_levels(self, k: int) -> PyrFile:
-        """Keep levels 0..k-1, like a scalable codec: the coarse levels decode on their own."""
+        """Keep levels 0..k-1, like a scalable codec: the coarse levels decode on their own.
+
+        The new file shares the kept `PyrLevel` objects (and their code arrays) with this one.
+        """
         if not 1 <= k <= self.n_levels:
             raise ValueError(f"cannot keep {k} levels of a file with {self.n_levels}")
         return dataclasses.replace(self, levels=self.levels[:k], provenance=dict(self.provenance))
+
+    def slice_frames(self, start: int, end: int | None = None, level: int = 0) -> PyrFile:
+        """Keep frames [start, end) of `level` and the same span of time from every other level.
+
+        The span must start on a frame boundary of every level (always true for level 0 of a
+        pyramid, whose hop is a multiple of the finer hops); `end=None` runs to the end.
+        """
+        if not 0 <= level < self.n_levels:
+            raise ValueError(f"level {level} does not exist (the file has {self.n_levels})")
+        hop, n_frames = self.levels[level].hop_length, self.levels[level].frames
+        end = n_frames if end is None else min(end, n_frames)
+        if not 0 <= start <= end:
+            raise ValueError(f"bad frame range [{start}, {end})")
+        common = math.lcm(*(lv.hop_length for lv in self.levels))
+        if (start * hop) % common or (end < n_frames and (end * hop) % common):
+            raise ValueError(
+                f"frames [{start}, {end}) of level {level} do not fall on frame boundaries of every level "
+                f"(multiples of {common} samples); use slice_seconds"
+            )
+        return self._slice_samples(start * hop, None if end == n_frames else end * hop)
+
+    def slice_seconds(self, start: float, end: float | None = None) -> PyrFile:
+        """Keep the time span [start, end) seconds, widened outward to whole frames of every level."""
+        if not (math.isfinite(start) and start >= 0) or (end is not None and not end >= start):
+            raise ValueError(f"bad time range [{start}, {end})")
+        end = None if end == math.inf else end
+        # Round to the nearest sample first so that frame_time() values map back to their own frame.
+        common = math.lcm(*(lv.hop_length for lv in self.levels))
+        first = round(start * self.sample_rate) // common * common
+        last = None if end is None else -(-round(end * self.sample_rate) // common) * common
+        return self._slice_samples(first, last)
+
+    def _slice_samples(self, first: int, last: int | None) -> PyrFile:
+        """Cut at sample `first` (a multiple of every hop) up to `last` (None: the end)."""
+        levels = []
+        for lv in self.levels:
+            a = min(first // lv.hop_length, lv.frames)
+            b = lv.frames if last is None else max(a, min(last // lv.hop_length, lv.frames))
+            levels.append(PyrLevel(lv.hop_length, lv.codes[:, a:b].copy()))
+        end_sample = self.num_samples if last is None else min(last, self.num_samples)
+        provenance = dict(self.provenance)
+        # Continuation and re-assembly need the absolute time of the cut (UX §6, audiocraft#287).
+        offset = provenance.get("offset_samples")
+        offset = offset if isinstance(offset, int) and not isinstance(offset, bool) else 0
+        provenance["offset_samples"] = offset + first
+        return dataclasses.replace(
+            self, num_samples=max(0, end_sample - first), levels=levels, provenance=provenance
+        )
+
+
+def check_codec(pyr: PyrFile, codec_name: str, codec_hash: str, *, name: str = "the .pyr file") -> None:
+    """Refuse to decode tokens with a codec other than the one that made them.
+
+    Raises:
+        CodecMismatchError: "song.pyr was made with NAME@HASH8; the codec given is NAME2@HASH8b".
+    """
+    made, given = pyr.codec_hash, codec_hash.lower()
+    if pyr.codec_name == codec_name and made == given:
+        return
+    shown = 8  # widen the shown hash prefixes until they differ, so the message never reads X@a = X@a
+    while made != given and made[:shown] == given[:shown] and shown < max(len(made), len(given)):
+        shown += 1
+    raise CodecMismatchError(
+        f"{name} was made with {pyr.codec_name}@{made[:shown]}; "
+        f"the codec given is {codec_name}@{given[:shown]}"
+    )
+
+
+def _check_provenance(provenance: Any) -> dict[str, ProvenanceValue]:
+    """A copy with numpy scalars made plain; refuses values JSON cannot carry back unchanged."""
+    if not isinstance(provenance, dict):
+        raise ValueError("provenance must be an object of names to str/int/float/bool/null")
+    clean: dict[str, ProvenanceValue] = {}
+    for key, value in provenance.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        label = f"provenance[{key!r:.40}]"
+        if not isinstance(key, str) or not _utf8_ok(key):
+            raise ValueError(f"{label}: names must be UTF-8 strings")
+        if isinstance(value, str) and not _utf8_ok(value):
+            raise ValueError(f"{label}: not encodable as UTF-8")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{label} must be finite, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+            raise ValueError(f"{label} does not fit in 64 bits")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"{label} must be str, int, float, bool or null, got {type(value).__name__}")
+        clean[key] = value
+    return clean
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800" escape
+        return False
+    return True
+
+
+# -- reading: every function below reports a defect by raising ValueError with a one-line reason --
+
+_HEADER_FIELDS: dict[str, type] = {
+    "codec_name": str, "codec_hash": str, "sample_rate": int, "num_samples": int,
+    "original_sample_rate": int, "original_channels": int, "codebook_size": int, "levels": list,
+    "payload_crc32": int, "pyramid_version": str, "provenance": dict,
+}
+_LEVEL_FIELDS: dict[str, type] = {
+    "hop_length": int, "n_codebooks": int, "frames": int, "bits_per_code": int, "bytes": int,
+}
+_JSON_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "an object"}
+
+
+def _parse(data: bytes) -> PyrFile:
+    if data[:4] != MAGIC:
+        if not data:
+            raise ValueError("empty input, not a .pyr file")
+        if MAGIC.startswith(data):
+            raise ValueError(f"truncated .pyr file ({len(data)} bytes)")
+        raise ValueError(f"not a .pyr file (it starts with {data[:4]!r}, not {MAGIC!r})")
+    if len(data) < _PREAMBLE.size:
+        raise ValueError(f"truncated .pyr file ({len(data)} bytes; the fixed preamble is {_PREAMBLE.size})")
+    _, version, header_length, header_crc = _PREAMBLE.unpack_from(data)
+    if version != FORMAT_VERSION:
+        newer = "; it was written by a newer pyramid, upgrade to read it" if version > FORMAT_VERSION else ""
+        raise ValueError(f"unsupported .pyr format version {version} (this reads {FORMAT_VERSION}){newer}")
+    available = len(data) - _PREAMBLE.size
+    if header_length > available:
+        raise ValueError(f"truncated .pyr file: the header is {header_length} bytes, only {available} follow")
+    if header_length > MAX_HEADER_BYTES:
+        raise ValueError(f"header length {header_length} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    header_bytes = data[_PREAMBLE.size : _PREAMBLE.size + header_length]
+    if zlib.crc32(header_bytes) != header_crc:
+        raise ValueError("header checksum mismatch: the file is corrupted")
+    header = _load_json(header_bytes)
+    _check_fields(header, _HEADER_FIELDS, "header")
+    codebook_size = _int("codebook_size", header["codebook_size"], 2, MAX_CODEBOOK_SIZE)
+    bits = bits_per_code(codebook_size)
+    if not 1 <= len(header["levels"]) <= MAX_LEVELS:
+        raise ValueError(f"a .pyr holds 1 to {MAX_LEVELS} levels, the header lists {len(header['levels'])}")
+    shapes = []
+    for i, entry in enumerate(header["levels"]):
+        where = f"levels[{i}]"
+        _check_fields(entry, _LEVEL_FIELDS, where)
+        _int(f"{where}.hop_length", entry["hop_length"], 1, MAX_HOP)
+        n_codebooks = _int(f"{where}.n_codebooks", entry["n_codebooks"], 1, MAX_CODEBOOKS)
+        frames = _int(f"{where}.frames", entry["frames"], 0, MAX_FRAMES)
+        if entry["bits_per_code"] != bits:
+            raise ValueError(f"{where}.bits_per_code is {entry['bits_per_code']}; codebook_size gives {bits}")
+        if entry["bytes"] != -(-n_codebooks * frames * bits // 8):
+            raise ValueError(f"{where}.bytes is {entry['bytes']}, not the {n_codebooks}x{frames} codes' size")
+        shapes.append((n_codebooks, frames, entry["bytes"]))
+    payload = memoryview(data)[_PREAMBLE.size + header_length :]
+    expected = sum(n_bytes for _, _, n_bytes in shapes)
+    if len(payload) < expected:
+        raise ValueError(f"truncated .pyr file: {len(payload)} payload bytes, the header says {expected}")
+    if len(payload) > expected:
+        extra = len(payload) - expected
+        raise ValueError(f"{extra} unexpected trailing byte{'s' * (extra > 1)} after the payload")
+    if zlib.crc32(payload) != header["payload_crc32"]:
+        raise ValueError("payload checksum mismatch: the codes are corrupted")
+    levels, offset = [], 0
+    for entry, (n_codebooks, frames, n_bytes) in zip(header["levels"], shapes, strict=True):
+        codes = unpack_codes(payload[offset : offset + n_bytes], n_codebooks * frames, bits)
+        levels.append(PyrLevel(entry["hop_length"], codes.reshape(n_codebooks, frames)))
+        offset += n_bytes
+    fields = {key: header[key] for key in _HEADER_FIELDS if key not in ("levels", "payload_crc32")}
+    return PyrFile(levels=levels, **fields)
+
+
+def _load_json(raw: bytes) -> Any:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            raise ValueError("duplicate keys in an object")
+        return result
+
+    def no_constants(token: str) -> Any:
+        raise ValueError(f"{token} is not valid JSON")
+
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except UnicodeDecodeError:
+        raise ValueError("header is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"header is not valid JSON ({error.msg} at character {error.pos})") from None
+    except ValueError as error:  # the hooks above, or an integer too long to convert
+        raise ValueError(f"header is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError("header is not valid JSON (nested too deeply)") from None
+
+
+def _check_fields(obj: Any, spec: dict[str, type], where: str) -> None:
+    """Exactly the fields of `spec`, each of its JSON type (a bool is not an integer)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} must be a JSON object")
+    missing = [key for key in spec if key not in obj]
+    if missing:
+        raise ValueError(f"{where} lacks field{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}")
+    unknown = [key for key in obj if key not in spec]
+    if unknown:
+        listed = ", ".join(f"{key!r:.40}" for key in unknown[:3])
+        raise ValueError(f"{where} has unknown field{'s' * (len(unknown) > 1)} {listed}")
+    for key, kind in spec.items():
+        value = obj[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{where} field {key!r} must be {_JSON_TYPE_NAMES[kind]}, got {value!r:.40}")
