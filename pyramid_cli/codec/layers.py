@@ -16,14 +16,34 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 
-def WNConv1d(*args: int, **kwargs: int) -> nn.Conv1d:  # noqa: N802 - named like the class it returns
-    """A weight-normalised ``nn.Conv1d`` (same arguments)."""
-    return weight_norm(nn.Conv1d(*args, **kwargs))
+def WNConv1d(  # noqa: N802 - named like the class it returns, as in DAC
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> nn.Conv1d:
+    """A weight-normalised ``nn.Conv1d``."""
+    conv = nn.Conv1d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation
+    )
+    return weight_norm(conv)
 
 
-def WNConvTranspose1d(*args: int, **kwargs: int) -> nn.ConvTranspose1d:  # noqa: N802
-    """A weight-normalised ``nn.ConvTranspose1d`` (same arguments)."""
-    return weight_norm(nn.ConvTranspose1d(*args, **kwargs))
+def WNConvTranspose1d(  # noqa: N802
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    output_padding: int = 0,
+) -> nn.ConvTranspose1d:
+    """A weight-normalised ``nn.ConvTranspose1d``."""
+    conv = nn.ConvTranspose1d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=padding, output_padding=output_padding
+    )
+    return weight_norm(conv)
 
 
 def fold_weight_norm(module: nn.Module) -> nn.Module:
@@ -51,15 +71,20 @@ def strided_conv(in_dim: int, out_dim: int, stride: int) -> nn.Conv1d:
 def strided_conv_transpose(in_dim: int, out_dim: int, stride: int) -> nn.ConvTranspose1d:
     """Up-sample by exactly ``stride`` (T → T * stride); output_padding fixes odd strides."""
     return WNConvTranspose1d(
-        in_dim, out_dim, kernel_size=2 * stride, stride=stride,
-        padding=math.ceil(stride / 2), output_padding=stride % 2,
+        in_dim,
+        out_dim,
+        kernel_size=2 * stride,
+        stride=stride,
+        padding=math.ceil(stride / 2),
+        output_padding=stride % 2,
     )
 
 
 class Snake1d(nn.Module):
     """Snake activation x + sin²(αx)/α with one learnable α per channel (Ziyin et al. 2020, DAC).
 
-    Plain PyTorch (DAC jit-scripts it); 1e-9 guards α → 0.
+    Plain PyTorch (DAC jit-scripts it); 1e-9 guards α → 0. The activation is memory-bound at
+    audio rate, so without autograd it allocates one tensor instead of four.
     """
 
     def __init__(self, channels: int) -> None:
@@ -68,7 +93,36 @@ class Snake1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T) → (B, C, T)."""
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        inverse = (self.alpha + 1e-9).reciprocal()
+        if torch.is_grad_enabled():
+            return torch.addcmul(x, inverse, torch.sin(self.alpha * x).square())
+        out = torch.mul(x, self.alpha)
+        return out.sin_().square_().mul_(inverse).add_(x)
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        """Like ``forward`` but overwrites ``x`` when autograd is off (for tensors the caller owns)."""
+        if torch.is_grad_enabled():
+            return self(x)
+        return x.add_(torch.mul(x, self.alpha).sin_().square_().mul_((self.alpha + 1e-9).reciprocal()))
+
+
+class Chain(nn.Sequential):
+    """``nn.Sequential`` whose Snakes overwrite intermediate tensors at inference (same state dict).
+
+    Only tensors created inside the chain are overwritten, never the caller's input, and only
+    when autograd is off; this halves the memory traffic of long inputs on a CPU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        owned = False
+        inplace = not torch.is_grad_enabled()
+        for layer in self:
+            if inplace and owned and isinstance(layer, Snake1d):
+                x = layer.forward_inplace(x)
+            else:
+                x = layer(x)
+                owned = True
+        return x
 
 
 class ResidualUnit(nn.Module):
@@ -77,7 +131,7 @@ class ResidualUnit(nn.Module):
     def __init__(self, dim: int, dilation: int = 1) -> None:
         super().__init__()
         pad = (7 - 1) * dilation // 2
-        self.block = nn.Sequential(
+        self.block = Chain(
             Snake1d(dim),
             WNConv1d(dim, dim, kernel_size=7, dilation=dilation, padding=pad),
             Snake1d(dim),
@@ -91,7 +145,7 @@ class ResidualUnit(nn.Module):
         crop = (x.shape[-1] - y.shape[-1]) // 2
         if crop > 0:
             x = x[..., crop : crop + y.shape[-1]]
-        return x + y
+        return x + y if torch.is_grad_enabled() else y.add_(x)
 
 
 def residual_stack(dim: int, n_units: int = 3) -> list[nn.Module]:
@@ -107,8 +161,9 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, stride: int, n_units: int = 3) -> None:
         super().__init__()
-        self.block = nn.Sequential(*residual_stack(in_dim, n_units), Snake1d(in_dim),
-                                   strided_conv(in_dim, out_dim, stride))
+        self.block = Chain(
+            *residual_stack(in_dim, n_units), Snake1d(in_dim), strided_conv(in_dim, out_dim, stride)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -119,8 +174,11 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, stride: int, n_units: int = 3) -> None:
         super().__init__()
-        self.block = nn.Sequential(Snake1d(in_dim), strided_conv_transpose(in_dim, out_dim, stride),
-                                   *residual_stack(out_dim, n_units))
+        self.block = Chain(
+            Snake1d(in_dim),
+            strided_conv_transpose(in_dim, out_dim, stride),
+            *residual_stack(out_dim, n_units),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)

@@ -11,6 +11,7 @@ Shapes: D = input (latent) width, d = codebook_dim, n_q = number of codebooks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,16 @@ class QuantizerOutput:
     codebook_loss: torch.Tensor
 
 
+class StageOutput(NamedTuple):
+    """One VQ stage's result (per batch item losses, as DAC, so that dropout can mask them)."""
+
+    z_q: torch.Tensor  # (B, D, T)
+    commitment_loss: torch.Tensor  # (B,)
+    codebook_loss: torch.Tensor  # (B,)
+    codes: torch.Tensor  # (B, T) long
+    latents: torch.Tensor  # (B, d, T) projected input, before the lookup
+
+
 @dataclass(frozen=True)
 class CodebookUsage:
     """Usage of one codebook since its last reseed: distinct codes used, perplexity, code count."""
@@ -50,6 +61,8 @@ class CodebookUsage:
 class VectorQuantize(nn.Module):
     """One factorised, cosine-lookup VQ stage: (B, D, T) → (B, D, T)."""
 
+    code_counts: torch.Tensor  # (codebook_size,) uses of each entry since the last reseed
+
     def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int) -> None:
         super().__init__()
         self.codebook_size = codebook_size
@@ -59,19 +72,15 @@ class VectorQuantize(nn.Module):
         # Training statistic, not a weight: kept out of checkpoints (persistent=False).
         self.register_buffer("code_counts", torch.zeros(codebook_size), persistent=False)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Quantise ``z`` (B, D, T).
-
-        Returns:
-            z_q (B, D, T), commitment loss (B,), codebook loss (B,), codes (B, T), z_e (B, d, T).
-        """
+    def forward(self, z: torch.Tensor) -> StageOutput:
+        """Quantise ``z`` (B, D, T); see ``StageOutput`` for the shapes."""
         z_e = self.in_proj(z)  # (B, d, T)
         codes = self.nearest_codes(z_e)
         q = self.lookup(codes)  # (B, d, T), un-normalised entries as in DAC
         commitment = F.mse_loss(z_e, q.detach(), reduction="none").mean(dim=(1, 2))
         codebook = F.mse_loss(q, z_e.detach(), reduction="none").mean(dim=(1, 2))
         q = z_e + (q - z_e).detach()  # straight-through estimator
-        return self.out_proj(q), commitment, codebook, codes, z_e
+        return StageOutput(self.out_proj(q), commitment, codebook, codes, z_e)
 
     def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
         """(B, d, T) projected latents → (B, T) indices of the most cosine-similar entries."""
@@ -90,7 +99,9 @@ class VectorQuantize(nn.Module):
     @torch.no_grad()
     def record_usage(self, codes: torch.Tensor) -> None:
         """Add the (any-shape) indices to the usage counts."""
-        self.code_counts += torch.bincount(codes.reshape(-1), minlength=self.codebook_size).to(self.code_counts)
+        self.code_counts += torch.bincount(codes.reshape(-1), minlength=self.codebook_size).to(
+            self.code_counts
+        )
 
     def usage_stats(self) -> CodebookUsage:
         """Distinct codes used and perplexity (exp of the usage entropy) since the last reseed."""
@@ -99,8 +110,9 @@ class VectorQuantize(nn.Module):
             return CodebookUsage(used=0, perplexity=0.0, total=0)
         p = self.code_counts / total
         entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        return CodebookUsage(used=int((self.code_counts > 0).sum()), perplexity=float(entropy.exp()),
-                             total=int(total))
+        return CodebookUsage(
+            used=int((self.code_counts > 0).sum()), perplexity=float(entropy.exp()), total=int(total)
+        )
 
     @torch.no_grad()
     def reseed_dead_codes(self, recent_inputs: torch.Tensor, generator: torch.Generator | None = None) -> int:
@@ -133,8 +145,14 @@ class ResidualVectorQuantize(nn.Module):
     items keeps only a random number 1..n_q of stages, so that fewer codebooks still decode well.
     """
 
-    def __init__(self, input_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int,
-                 quantizer_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        n_codebooks: int,
+        codebook_size: int,
+        codebook_dim: int,
+        quantizer_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.n_codebooks = n_codebooks
         self.codebook_size = codebook_size
@@ -143,8 +161,14 @@ class ResidualVectorQuantize(nn.Module):
             VectorQuantize(input_dim, codebook_size, codebook_dim) for _ in range(n_codebooks)
         )
 
-    def forward(self, z: torch.Tensor, n_quantizers: int | None = None, train: bool | None = None
-                ) -> QuantizerOutput:
+    @property
+    def stages(self) -> list[VectorQuantize]:
+        """The VQ stages, typed (``nn.ModuleList`` items are plain modules to a type checker)."""
+        return [cast(VectorQuantize, q) for q in self.quantizers]
+
+    def forward(
+        self, z: torch.Tensor, n_quantizers: int | None = None, train: bool | None = None
+    ) -> QuantizerOutput:
         """Quantise ``z`` (B, D, T) with all stages (or the first ``n_quantizers`` out of training).
 
         Args:
@@ -165,7 +189,7 @@ class ResidualVectorQuantize(nn.Module):
         commitment = z.new_zeros(())
         codebook = z.new_zeros(())
         codes, latents = [], []
-        for i, quantizer in enumerate(self.quantizers[:stages]):
+        for i, quantizer in enumerate(self.stages[:stages]):
             z_q_i, commit_i, book_i, codes_i, z_e_i = quantizer(residual)
             mask = (i < kept).to(z.dtype)  # (B,)
             z_q = z_q + z_q_i * mask[:, None, None]
@@ -176,24 +200,32 @@ class ResidualVectorQuantize(nn.Module):
                 quantizer.record_usage(codes_i[mask.bool()])
             codes.append(codes_i)
             latents.append(z_e_i)
-        return QuantizerOutput(z_q=z_q, codes=torch.stack(codes, dim=1), latents=torch.cat(latents, dim=1),
-                               commitment_loss=commitment, codebook_loss=codebook)
+        return QuantizerOutput(
+            z_q=z_q,
+            codes=torch.stack(codes, dim=1),
+            latents=torch.cat(latents, dim=1),
+            commitment_loss=commitment,
+            codebook_loss=codebook,
+        )
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, n, T) codes of the first n ≤ n_codebooks stages → (B, D, T) z_q."""
         if not 1 <= codes.shape[1] <= self.n_codebooks:
             raise ValueError(f"got {codes.shape[1]} codebooks, this quantizer has {self.n_codebooks}")
-        z_q = self.quantizers[0].from_codes(codes[:, 0])
+        stages = self.stages
+        z_q = stages[0].from_codes(codes[:, 0])
         for i in range(1, codes.shape[1]):
-            z_q = z_q + self.quantizers[i].from_codes(codes[:, i])
+            z_q = z_q + stages[i].from_codes(codes[:, i])
         return z_q
 
     def usage_stats(self) -> list[CodebookUsage]:
         """Usage of each stage's codebook since its last reseed."""
-        return [q.usage_stats() for q in self.quantizers]
+        return [q.usage_stats() for q in self.stages]
 
     @torch.no_grad()
-    def reseed_dead_codes(self, recent_latents: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    def reseed_dead_codes(
+        self, recent_latents: torch.Tensor, generator: torch.Generator | None = None
+    ) -> int:
         """Reseed every stage's dead entries from the residual that stage sees for ``recent_latents``.
 
         Args:
@@ -204,7 +236,7 @@ class ResidualVectorQuantize(nn.Module):
         """
         residual = recent_latents
         replaced = 0
-        for quantizer in self.quantizers:
+        for quantizer in self.stages:
             replaced += quantizer.reseed_dead_codes(residual, generator=generator)
             # Residual after the reseed: what the next stage will see from now on.
             residual = residual - quantizer.from_codes(quantizer.nearest_codes(quantizer.in_proj(residual)))

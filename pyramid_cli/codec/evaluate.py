@@ -1,0 +1,152 @@
+"""Codec evaluation on a corpus split (DESIGN §7): reconstruction per number of decoded levels.
+
+Each clip is encoded once; decoding with k levels is scored against the full signal and against
+the band-limited target of level k-1 (Eq. 2-3), the one the codec was trained to produce.
+Codebook usage is measured over every code of every clip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from pyramid_cli.codec.model import PyramidCodec
+from pyramid_cli.codec.targets import band_limited_targets
+from pyramid_cli.data.manifest import load_manifest
+from pyramid_cli.errors import InputError
+from pyramid_cli.metrics import mel_distance, si_sdr, stft_distance, waveform_distance
+
+
+@dataclass
+class LevelScores:
+    levels: int  # decoded with levels 0..levels-1
+    tokens_per_second: float
+    mel_vs_target: float  # against the band-limited target of level levels-1
+    si_sdr_vs_target: float
+    mel_vs_full: float
+    stft_vs_full: float
+    waveform_vs_full: float
+    si_sdr_vs_full: float
+
+
+@dataclass
+class CodebookUsage:
+    level: int
+    codebook: int
+    used: int  # distinct codes seen
+    size: int
+    perplexity: float  # exp(entropy) of the code histogram; `size` when usage is uniform
+
+
+@dataclass
+class CodecEvaluation:
+    clips: int
+    clip_seconds: float
+    levels: list[LevelScores]
+    codebooks: list[CodebookUsage]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_clips(
+    corpus: Path, split: str, clips: int, clip_seconds: float, sample_rate: int
+) -> list[torch.Tensor]:
+    """Up to `clips` excerpts of `clip_seconds` from the middle of songs of `split` (sorted by id).
+
+    Middles rather than openings: intros are often sparse and would flatter the codec.
+    Returns (1, T) tensors; songs shorter than the clip are used whole.
+    """
+    records = sorted((r for r in load_manifest(corpus) if r["split"] == split), key=lambda r: r["id"])
+    if not records:
+        raise InputError(f"{corpus}: the '{split}' split is empty")
+    result = []
+    for record in records[:clips]:
+        info = sf.info(str(corpus / record["audio"]))
+        if info.samplerate != sample_rate:
+            raise InputError(
+                f"{record['audio']}: {info.samplerate} Hz, but the codec works at {sample_rate} Hz"
+            )
+        length = min(info.frames, int(clip_seconds * sample_rate))
+        start = (info.frames - length) // 2
+        data, _ = sf.read(
+            str(corpus / record["audio"]), start=start, frames=length, dtype="float32", always_2d=True
+        )
+        result.append(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))[None])
+    return result
+
+
+@torch.inference_mode()
+def evaluate_codec(
+    codec: PyramidCodec, clips: list[torch.Tensor], on_clip: Callable[[int], None] | None = None
+) -> CodecEvaluation:
+    """Scores per number of decoded levels, averaged over clips, and codebook usage."""
+    config = codec.config
+    device = next(codec.parameters()).device
+    sums: dict[int, dict[str, float]] = {k: {} for k in range(1, config.n_levels + 1)}
+    histograms = [
+        [torch.zeros(config.codebook_size, dtype=torch.long) for _ in range(n)] for n in config.n_codebooks
+    ]
+    for index, clip in enumerate(clips):
+        wav = clip.to(device)[None]  # (1, 1, T)
+        codes = codec.encode(wav)
+        targets = band_limited_targets(wav, config.n_levels)
+        for level, level_codes in enumerate(codes):
+            for book in range(level_codes.shape[1]):
+                histograms[level][book] += torch.bincount(
+                    level_codes[0, book].cpu(), minlength=config.codebook_size
+                )
+        for k in range(1, config.n_levels + 1):
+            decoded = codec.decode(codes, levels=k, length=wav.shape[-1])
+            scores = {
+                "mel_vs_target": mel_distance(decoded, targets[k - 1], config.sample_rate),
+                "si_sdr_vs_target": si_sdr(decoded, targets[k - 1]),
+                "mel_vs_full": mel_distance(decoded, wav, config.sample_rate),
+                "stft_vs_full": stft_distance(decoded, wav),
+                "waveform_vs_full": waveform_distance(decoded, wav),
+                "si_sdr_vs_full": si_sdr(decoded, wav),
+            }
+            for name, value in scores.items():
+                sums[k][name] = sums[k].get(name, 0.0) + float(value)
+        if on_clip:
+            on_clip(index)
+    levels = [
+        LevelScores(
+            levels=k,
+            tokens_per_second=config.tokens_per_second(k),
+            **{name: total / len(clips) for name, total in sums[k].items()},
+        )
+        for k in sums
+    ]
+    return CodecEvaluation(
+        clips=len(clips),
+        clip_seconds=max(c.shape[-1] for c in clips) / config.sample_rate,
+        levels=levels,
+        codebooks=codebook_usage(histograms, config.codebook_size),
+    )
+
+
+def codebook_usage(histograms: list[list[torch.Tensor]], size: int) -> list[CodebookUsage]:
+    usage = []
+    for level, books in enumerate(histograms):
+        for book, counts in enumerate(books):
+            total = int(counts.sum())
+            probabilities = counts[counts > 0].double() / max(total, 1)
+            entropy = float(-(probabilities * probabilities.log()).sum())
+            usage.append(
+                CodebookUsage(
+                    level=level,
+                    codebook=book,
+                    used=int((counts > 0).sum()),
+                    size=size,
+                    perplexity=math.exp(entropy),
+                )
+            )
+    return usage

@@ -1,0 +1,324 @@
+"""PyramidCodec (Chen et al., EMNLP Findings 2024): a DAC backbone with hierarchical token levels.
+
+Level 0 is the coarsest. Encoding (Alg. 1): the backbone gives base features; N down-sampling
+blocks give F[N-1] (finest) … F[0] (coarsest); level i quantises F[i] + U_i(Q[i-1]) with its own
+RVQ, U_i a learned transposed-conv up-sampler. Decoding (Alg. 2, Eq. 1): R[0] = Q[0] and
+R[i] = D_i(R[i-1]) + Q[i] at level i's rate (D_i another learned up-sampler); R[k-1], brought on
+to the finest rate by D_k … D_{N-1}, goes through one shared decoder. Decoding k levels therefore
+reads only the codes of levels 0..k-1. With no pyramid strides there is one level, no
+down-sampling, projection or up-sampler, and the model is exactly a DAC.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from pyramid_cli.codec.config import CodecConfig
+from pyramid_cli.codec.layers import (
+    Chain,
+    DecoderBlock,
+    EncoderBlock,
+    Snake1d,
+    WNConv1d,
+    fold_weight_norm,
+    is_weight_norm_folded,
+    strided_conv_transpose,
+)
+from pyramid_cli.codec.quantize import QuantizerOutput, ResidualVectorQuantize
+from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
+from pyramid_cli.fileio import write_bytes_atomic, write_text_atomic
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CHECKPOINT_VERSION = 1  # bump when the state-dict layout changes incompatibly
+
+
+@dataclass
+class CodecOutput:
+    """What ``PyramidCodec.forward`` returns for training.
+
+    Attributes:
+        reconstructions: level index i → Y[i] (B, 1, T), decoded from levels 0..i (Eq. 1).
+        codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
+        commitment_loss: scalar, summed over levels (weight it 0.25, DAC).
+        codebook_loss: scalar, summed over levels (weight it 1.0, DAC).
+    """
+
+    reconstructions: dict[int, torch.Tensor]
+    codes: list[torch.Tensor]
+    commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+
+
+class PyramidCodec(nn.Module):
+    """Hierarchical neural audio codec; ``PyramidCodec(config)``. Audio is (B, 1, T) in [-1, 1]."""
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        # Backbone encoder (DAC): 7-tap conv, blocks doubling the width, Snake + 3-tap conv.
+        dim = c.encoder_dim
+        encoder: list[nn.Module] = [WNConv1d(1, dim, kernel_size=7, padding=3)]
+        for stride in c.encoder_rates:
+            encoder.append(EncoderBlock(dim, 2 * dim, stride))
+            dim *= 2
+        encoder += [Snake1d(dim), WNConv1d(dim, c.latent_dim, kernel_size=3, padding=1)]
+        self.encoder = Chain(*encoder)
+        # Pyramid (Alg. 1): down-sampling blocks, finest first, and a projection per level.
+        pyramid = len(c.pyramid_rates) > 0
+        self.down = nn.ModuleList(
+            EncoderBlock(c.latent_dim, c.latent_dim, s, n_units=c.pyramid_residual_units)
+            for s in c.pyramid_rates
+        )
+        self.project = nn.ModuleList(
+            Chain(Snake1d(c.latent_dim), WNConv1d(c.latent_dim, c.latent_dim, kernel_size=3, padding=1))
+            for _ in range(c.n_levels if pyramid else 0)
+        )
+        self.quantizers = nn.ModuleList(
+            ResidualVectorQuantize(c.latent_dim, n, c.codebook_size, c.codebook_dim, c.quantizer_dropout)
+            for n in c.n_codebooks
+        )
+        # up_encode[i-1] = U_i (Alg. 1), up_decode[i-1] = D_i (Eq. 1): level i-1 rate → level i rate.
+        self.up_encode = nn.ModuleList(
+            strided_conv_transpose(c.latent_dim, c.latent_dim, s) for s in c.level_rates
+        )
+        self.up_decode = nn.ModuleList(
+            strided_conv_transpose(c.latent_dim, c.latent_dim, s) for s in c.level_rates
+        )
+        # Shared decoder (DAC): finest level rate → samples, halving the width at every block.
+        decoder: list[nn.Module] = [WNConv1d(c.latent_dim, c.decoder_dim, kernel_size=7, padding=3)]
+        for i, stride in enumerate(c.decoder_rates):
+            decoder.append(DecoderBlock(c.decoder_dim >> i, c.decoder_dim >> (i + 1), stride))
+        out_dim = c.decoder_dim >> len(c.decoder_rates)
+        decoder += [Snake1d(out_dim), WNConv1d(out_dim, 1, kernel_size=7, padding=3), nn.Tanh()]
+        self.decoder = Chain(*decoder)
+
+    @property
+    def level_quantizers(self) -> list[ResidualVectorQuantize]:
+        """RVQ_i per level, typed (``nn.ModuleList`` items are plain modules to a type checker)."""
+        return [cast(ResidualVectorQuantize, q) for q in self.quantizers]
+
+    # ---- frames ---------------------------------------------------------------------------------
+
+    def frame_counts(self, num_samples: int) -> list[int]:
+        """Frames per level (level 0 first) that ``encode`` returns for ``num_samples`` samples.
+
+        The input is zero-padded on the right to a multiple of the coarsest hop, so every level
+        has exactly padded_length / hop_length frames.
+        """
+        hops = self.config.hop_lengths
+        padded = math.ceil(num_samples / hops[0]) * hops[0]
+        return [padded // hop for hop in hops]
+
+    # ---- encoding (Alg. 1) ------------------------------------------------------------------------
+
+    def _check_audio(self, wav: torch.Tensor) -> None:
+        if wav.dim() != 3 or wav.shape[1] != 1 or wav.shape[2] == 0:
+            raise InputError(f"expected mono audio shaped (B, 1, T) with T > 0, got {tuple(wav.shape)}")
+
+    def features(self, wav: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale features F[i] (B, latent_dim, T_i), level 0 (coarsest) first.
+
+        ``wav`` (B, 1, T) must already be a multiple of the coarsest hop long.
+        """
+        base = self.encoder(wav)  # (B, latent_dim, T / base_hop)
+        if not self.down:
+            return [base]  # single level: exactly DAC
+        fine_to_coarse = []
+        h = base
+        for block in self.down:
+            h = block(h)
+            fine_to_coarse.append(h)
+        return [proj(f) for proj, f in zip(self.project, reversed(fine_to_coarse), strict=True)]
+
+    def quantize(self, features: Sequence[torch.Tensor], train: bool | None = None) -> list[QuantizerOutput]:
+        """Alg. 1, coarse → fine: Q[i], C[i] = RVQ_i(F[i] + U_i(Q[i-1])), no U term at level 0."""
+        outputs: list[QuantizerOutput] = []
+        for i, (feature, rvq) in enumerate(zip(features, self.level_quantizers, strict=True)):
+            if i > 0:
+                feature = feature + self.up_encode[i - 1](outputs[-1].z_q)
+            outputs.append(rvq(feature, train=train))
+        return outputs
+
+    def _pad(self, wav: torch.Tensor) -> torch.Tensor:
+        hop = self.config.hop_lengths[0]
+        return nn.functional.pad(wav, (0, math.ceil(wav.shape[-1] / hop) * hop - wav.shape[-1]))
+
+    def encode(self, wav: torch.Tensor) -> list[torch.Tensor]:
+        """Audio → hierarchical codes (no quantizer dropout, whatever the module's mode).
+
+        Args:
+            wav: (B, 1, T) audio at ``config.sample_rate``; zero-padded on the right to a
+                multiple of the coarsest hop (``frame_counts`` gives the resulting sizes).
+
+        Returns:
+            Per level, level 0 first, (B, n_codebooks[i], T_i) long codes.
+        """
+        self._check_audio(wav)
+        return [out.codes for out in self.quantize(self.features(self._pad(wav)), train=False)]
+
+    # ---- decoding (Alg. 2, Eq. 1) -----------------------------------------------------------------
+
+    def lift(self, latent: torch.Tensor, level: int) -> torch.Tensor:
+        """Bring a level-``level`` latent (B, D, T_level) to the finest rate with D_{level+1} …."""
+        for up in self.up_decode[level:]:
+            latent = up(latent)
+        return latent
+
+    def pyramid_latents(self, quantized: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Eq. 1: R[0] = Q[0], R[i] = D_i(R[i-1]) + Q[i]; each R[i] at level i's rate (B, D, T_i)."""
+        r = [quantized[0]]
+        for i in range(1, len(quantized)):
+            r.append(self.up_decode[i - 1](r[-1]) + quantized[i])
+        return r
+
+    def decode_latent(self, latent: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """The shared decoder: (B, latent_dim, T_finest) → (B, 1, T_finest * finest hop)[..., :length]."""
+        return self.decoder(latent)[..., :length]
+
+    def _check_codes(self, codes: Sequence[torch.Tensor], levels: int) -> None:
+        c = self.config
+        if not 1 <= levels <= c.n_levels:
+            raise UsageError(f"levels must be in 1..{c.n_levels}, got {levels}")
+        if len(codes) < levels:
+            raise UsageError(f"asked to decode {levels} levels but got codes for {len(codes)}")
+        for i, level_codes in enumerate(codes[:levels]):
+            if level_codes.dim() != 3 or level_codes.dtype.is_floating_point:
+                raise CodecMismatchError(
+                    f"level {i}: codes must be integer (B, n_q, T), got {tuple(level_codes.shape)}"
+                )
+            expected_frames = codes[0].shape[-1] * c.hop_lengths[0] // c.hop_lengths[i]
+            if level_codes.shape[0] != codes[0].shape[0] or level_codes.shape[-1] != expected_frames:
+                raise CodecMismatchError(
+                    f"level {i}: expected (B={codes[0].shape[0]}, n_q, T={expected_frames}) "
+                    f"codes, got {tuple(level_codes.shape)}"
+                )
+            if not 1 <= level_codes.shape[1] <= c.n_codebooks[i]:
+                raise CodecMismatchError(
+                    f"level {i}: {level_codes.shape[1]} codebooks, codec has {c.n_codebooks[i]}"
+                )
+            if level_codes.numel() and (level_codes.min() < 0 or level_codes.max() >= c.codebook_size):
+                raise CodecMismatchError(f"level {i}: codes outside [0, {c.codebook_size})")
+
+    def decode(
+        self, codes: Sequence[torch.Tensor], levels: int | None = None, length: int | None = None
+    ) -> torch.Tensor:
+        """Codes → audio using only levels 0..levels-1 (Alg. 2): the decoding of R[levels-1].
+
+        Args:
+            codes: per level (B, n_q_i, T_i) codes, level 0 first; a level may use its first
+                n_q_i ≤ n_codebooks[i] codebooks; levels past ``levels`` are never read.
+            levels: number of levels to use (default ``len(codes)``).
+            length: trim the output to this many samples (default: all, a multiple of the hop).
+
+        Returns:
+            (B, 1, length) audio.
+        """
+        levels = len(codes) if levels is None else levels
+        self._check_codes(codes, levels)
+        quantizers = self.level_quantizers[:levels]
+        quantized = [rvq.from_codes(c.long()) for rvq, c in zip(quantizers, codes[:levels], strict=True)]
+        latent = self.lift(self.pyramid_latents(quantized)[-1], levels - 1)
+        if length is not None and length > latent.shape[-1] * self.config.hop_lengths[-1]:
+            raise UsageError(
+                f"length {length} is longer than the {latent.shape[-1] * self.config.hop_lengths[-1]} "
+                "samples these codes hold"
+            )
+        return self.decode_latent(latent, length)
+
+    # ---- training ---------------------------------------------------------------------------------
+
+    def forward(self, wav: torch.Tensor, levels_to_decode: Sequence[int] | None = None) -> CodecOutput:
+        """Encode, quantise (with quantizer dropout in training mode) and decode Y[i] per level.
+
+        Args:
+            wav: (B, 1, T) audio.
+            levels_to_decode: level indices i whose reconstruction Y[i] (from levels 0..i) to
+                decode; default every level. Targets for Y[i]: ``band_limited_targets`` (Eq. 2–3).
+        """
+        self._check_audio(wav)
+        outputs = self.quantize(self.features(self._pad(wav)))
+        levels = range(self.config.n_levels) if levels_to_decode is None else levels_to_decode
+        if any(not 0 <= i < self.config.n_levels for i in levels):
+            raise UsageError(f"levels_to_decode must be level indices in 0..{self.config.n_levels - 1}")
+        r = self.pyramid_latents([out.z_q for out in outputs])
+        reconstructions = {i: self.decode_latent(self.lift(r[i], i), wav.shape[-1]) for i in levels}
+        return CodecOutput(
+            reconstructions=reconstructions,
+            codes=[out.codes for out in outputs],
+            commitment_loss=torch.stack([out.commitment_loss for out in outputs]).sum(),
+            codebook_loss=torch.stack([out.codebook_loss for out in outputs]).sum(),
+        )
+
+    # ---- weights ----------------------------------------------------------------------------------
+
+    def fold_weight_norm(self) -> PyramidCodec:
+        """Bake the weight-norm parametrizations into plain weights (faster inference), in place."""
+        fold_weight_norm(self)
+        return self
+
+    def save_pretrained(self, directory: str | Path, fp16: bool = False) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (safetensors, never pickle) into ``directory``.
+
+        Weights are saved as they are: weight-norm parametrizations as ``…original0/1`` (so that
+        training can resume), or plain weights after ``fold_weight_norm``; ``from_pretrained``
+        accepts both. ``fp16`` halves the file; loading casts back to float32.
+        """
+        directory = Path(directory)
+        state = {key: value.detach().to("cpu").contiguous() for key, value in self.state_dict().items()}
+        if fp16:
+            state = {
+                key: value.half() if value.is_floating_point() else value for key, value in state.items()
+            }
+        metadata = {  # safetensors metadata values must be str
+            "format": "pt",
+            "pyramid_format_version": str(CHECKPOINT_VERSION),
+            "codec": self.config.name,
+            "weight_norm": "folded" if is_weight_norm_folded(self) else "parametrized",
+            "dtype": "float16" if fp16 else "float32",
+        }
+        write_bytes_atomic(directory / WEIGHTS_NAME, safetensors.torch.save(state, metadata=metadata))
+        write_text_atomic(directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> PyramidCodec:
+        """Load a codec written by ``save_pretrained`` onto ``device``, in eval mode (float32)."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise InputError(
+                    f"{path}: no such file (a codec directory holds {CONFIG_NAME} and {WEIGHTS_NAME})"
+                )
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{config_path}: unreadable codec config ({exc})") from exc
+        model = cls(CodecConfig.from_dict(data))
+        try:
+            state = safetensors.torch.load_file(weights_path)
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise FormatError(f"{weights_path}: unreadable safetensors file ({exc})") from exc
+        if not any(".parametrizations." in key for key in state):
+            model.fold_weight_norm()  # the checkpoint was saved folded
+        state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise FormatError(f"{weights_path}: weights do not match the config ({exc})") from exc
+        if missing or unexpected:
+            raise FormatError(
+                f"{weights_path}: weights do not match the config "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        return model.to(device).eval()

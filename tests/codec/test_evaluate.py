@@ -1,0 +1,58 @@
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pyramid_cli.codec.config import CodecConfig
+from pyramid_cli.codec.evaluate import codebook_usage, evaluate_codec, load_clips
+from pyramid_cli.codec.model import PyramidCodec
+from pyramid_cli.errors import InputError
+
+
+def _tiny_codec() -> PyramidCodec:
+    torch.manual_seed(0)
+    config = CodecConfig(name="tiny", encoder_dim=4, decoder_dim=128, latent_dim=8, codebook_size=16)
+    return PyramidCodec(config).eval()
+
+
+def _corpus(folder: Path) -> Path:
+    records = []
+    for index, split in enumerate(["test", "test", "train"]):
+        t = np.arange(22050 * 2) / 22050
+        wav = (0.3 * np.sin(2 * np.pi * (220 + 110 * index) * t)).astype(np.float32)
+        relative = f"audio/{split}/song{index}.flac"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / relative, wav, 22050)
+        records.append({"id": f"song{index}", "split": split, "audio": relative, "duration": 2.0})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_load_clips_takes_the_middle_of_each_song(tmp_path: Path) -> None:
+    clips = load_clips(_corpus(tmp_path), "test", clips=5, clip_seconds=1.0, sample_rate=22050)
+    assert len(clips) == 2 and all(c.shape == (1, 22050) for c in clips)
+    with pytest.raises(InputError, match="'valid' split is empty"):
+        load_clips(tmp_path, "valid", 1, 1.0, 22050)
+
+
+def test_evaluate_scores_every_level(tmp_path: Path) -> None:
+    codec = _tiny_codec()
+    clips = load_clips(_corpus(tmp_path), "test", clips=2, clip_seconds=1.0, sample_rate=22050)
+    result = evaluate_codec(codec, clips)
+    assert [s.levels for s in result.levels] == [1, 2, 3]
+    assert [round(s.tokens_per_second, 2) for s in result.levels] == [10.77, 32.3, 75.37]
+    for scores in result.levels:
+        assert scores.mel_vs_full > 0 and math.isfinite(scores.si_sdr_vs_full)
+    assert len(result.codebooks) == 3 and all(1 <= u.used <= 16 for u in result.codebooks)
+
+
+def test_codebook_usage_perplexity() -> None:
+    uniform = [[torch.full((8,), 5)]]
+    single = [[torch.tensor([10, 0, 0, 0, 0, 0, 0, 0])]]
+    assert codebook_usage(uniform, 8)[0].perplexity == pytest.approx(8.0)
+    assert codebook_usage(single, 8)[0].perplexity == pytest.approx(1.0)
+    assert codebook_usage(single, 8)[0].used == 1

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP hand-off stalls on a busy shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def clip(seed: int, length: int = 4096) -> torch.Tensor:
+    return 0.3 * torch.randn(2, 1, length, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def mel() -> MultiScaleMelLoss:
+    return MultiScaleMelLoss(22050)
+
+
+def test_mel_loss_zero_for_identical_and_positive_otherwise(mel):
+    x, y = clip(0), clip(1)
+    assert float(mel(x, x)) == 0.0
+    assert float(mel(x, y)) > 0.1
+    assert float(mel(x, 0.5 * x)) == pytest.approx(torch.log10(torch.tensor(2.0)).item(), rel=0.05)
+
+
+def test_mel_loss_accepts_flat_batches(mel):
+    x, y = clip(0), clip(1)
+    torch.testing.assert_close(mel(x.squeeze(1), y.squeeze(1)), mel(x, y))
+
+
+def test_mel_loss_has_seven_resolutions(mel):
+    assert [s.window_length for s in mel.spectrograms] == [32, 64, 128, 256, 512, 1024, 2048]
+    assert [s.hop_length for s in mel.spectrograms] == [8, 16, 32, 64, 128, 256, 512]
+    assert [getattr(mel, f"fbank_{i}").shape[1] for i in range(7)] == [5, 10, 20, 40, 80, 160, 320]
+    assert not any(name.startswith("fbank") for name in mel.state_dict())  # derived, not saved
+
+
+def test_stft_and_waveform_losses():
+    stft = MultiScaleSTFTLoss()
+    x, y = clip(0), clip(1)
+    assert float(stft(x, x)) == 0.0 and float(stft(x, y)) > 0.1
+    assert float(waveform_l1(x, x)) == 0.0
+    assert float(waveform_l1(x, x + 0.25)) == pytest.approx(0.25)
+
+
+def test_gradients_are_finite_on_silence(mel):
+    x = torch.zeros(1, 1, 2048, requires_grad=True)
+    loss = mel(x, clip(2, 2048)[:1]) + MultiScaleSTFTLoss()(x, clip(2, 2048)[:1])
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_short_clips_work(mel):
+    x, y = clip(0, 300), clip(1, 300)  # shorter than half the largest window
+    assert torch.isfinite(mel(x, y)) and float(mel(x, y)) > 0
