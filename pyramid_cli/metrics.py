@@ -62,7 +62,9 @@ def _magnitude(x: torch.Tensor, window_length: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def _mel_filterbank(window_length: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     """(F, n_mels) float32 on the CPU; keyed on ints only, so the cache holds no caller state."""
-    with warnings.catch_warnings():
+    # Built outside inference mode: the cached tensor may later take part in a training loss,
+    # and an inference tensor cannot be saved for backward.
+    with warnings.catch_warnings(), torch.inference_mode(False):
         # At 32-sample windows or 320 bands some triangles cover no FFT bin; torchaudio warns. Such
         # a band reads CLAMP_EPS in both signals and adds exactly 0 to the distance, as in DAC.
         warnings.simplefilter("ignore", UserWarning)

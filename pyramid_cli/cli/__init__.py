@@ -7,9 +7,10 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from pyramid_cli import __version__
-from pyramid_cli.cli import dataset, doctor
+from pyramid_cli.cli import codec, dataset, doctor, evaluate, train
 from pyramid_cli.cli._shared import console
 from pyramid_cli.errors import PyramidError
 
@@ -22,7 +23,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command("encode")(codec.encode)
+app.command("decode")(codec.decode)
+app.command("info")(codec.info)
 app.add_typer(dataset.app, name="dataset")
+app.add_typer(train.app, name="train")
+app.add_typer(evaluate.app, name="eval")
 app.command("doctor")(doctor.doctor)
 
 _debug = {"enabled": bool(os.environ.get("PYRAMID_DEBUG"))}
@@ -63,12 +69,12 @@ def main(args: list[str] | None = None) -> None:
     except PyramidError as error:
         if _debug["enabled"]:
             console.print_exception()
-        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         sys.exit(error.exit_code)
     except Exception as error:  # a bug: still one line, unless --debug asks for the traceback
         if _debug["enabled"]:
             console.print_exception()
-        console.print(f"[red]internal error:[/red] {type(error).__name__}: {error} (rerun with --debug for details)",
-                      soft_wrap=True)
+        console.print(f"[red]internal error:[/red] {type(error).__name__}: {escape(str(error))} "
+                      "(rerun with --debug for details)", soft_wrap=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

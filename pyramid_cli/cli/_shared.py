@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pyramid_cli.errors import InputError
+from pyramid_cli.fileio import write_bytes_atomic
 
 # stdout carries data only (audio, tokens, --json); everything for people goes to stderr.
 console = Console(stderr=True, highlight=False)
@@ -32,3 +36,66 @@ def print_json(payload: Any) -> None:
 
 def format_hours(hours: float) -> str:
     return f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
+
+
+# ---- options shared by the commands that run a model ------------------------------------------
+
+DeviceOption = Annotated[str, typer.Option(
+    "--device", help="Where to run: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps.")]
+ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Overwrite output files that already exist.")]
+
+# ---- "-" names stdin/stdout; outputs are checked first and written atomically -------------------
+
+STDIO = "-"
+
+
+def is_stdio(name: str | Path | None) -> bool:
+    return name is not None and str(name) == STDIO
+
+
+def stdin_is_piped() -> bool:
+    """True when stdin is a pipe or a file rather than a terminal (or absent)."""
+    return sys.stdin is not None and not sys.stdin.isatty()
+
+
+def stdout_is_piped() -> bool:
+    return sys.stdout is not None and not sys.stdout.isatty()
+
+
+def read_stdin_bytes() -> bytes:
+    """All of stdin as bytes (tokens and whole audio files are buffered; UX §2)."""
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    data = stream.read()
+    return data.encode() if isinstance(data, str) else data
+
+
+def check_output(path: str | Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse to overwrite an existing file without --force, a folder, or one of the inputs.
+
+    Raises:
+        InputError: with a one-line reason (exit code 1).
+    """
+    if is_stdio(path):
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{target}: is a folder; give a file name for the output")
+    if any(target.resolve() == Path(source).resolve() for source in inputs):
+        raise InputError(f"{target}: the output would overwrite its own input")
+    if target.exists() and not force:
+        raise InputError(f"{target} already exists; pass --force to overwrite it")
+
+
+def write_output(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to stdout for "-", else atomically (temporary file + rename) to ``path``."""
+    if is_stdio(path):
+        stream = getattr(sys.stdout, "buffer", None)
+        if stream is None:
+            raise InputError("stdout does not accept binary data")
+        stream.write(data)
+        stream.flush()
+        return
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write ({error.strerror or error})") from None

@@ -92,7 +92,7 @@ class BuildSummary:
 
 def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id: str) -> dict[str, Any]:
     """Parse or compose, merge, render and write one item. Runs inside a worker process."""
-    import pretty_midi
+    import pretty_midi  # imported here, and preloaded by the fork server, to keep the parent light
 
     from pyramid_cli.audio import is_silent, peak_normalize, save_audio, trim_trailing_silence
     from pyramid_cli.data.compose import compose_piece
@@ -141,11 +141,21 @@ def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id
     }
 
 
+def _mapped_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _worker_main(source: Source, options: BuildOptions, split: str, soundfont_id: str, conn: Connection) -> None:
     # pretty_midi warns about many harmless irregularities of real files; on a shared stderr
     # they would bury the progress display.
     warnings.simplefilter("ignore")
-    limit = options.memory_limit_mb * 1024 * 1024
+    # The cap counts from what the forked worker already maps: a parent that imported torch
+    # (tests, notebooks) maps gigabytes of address space before a MIDI file is even opened.
+    limit = _mapped_bytes() + options.memory_limit_mb * 1024 * 1024
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
@@ -236,7 +246,11 @@ def build_corpus(sources: list[Source], options: BuildOptions,
         if on_result:
             on_result(ItemResult(source, "skipped"))
     start = time.monotonic()
-    context = mp.get_context("fork")  # forking avoids re-importing pretty_midi per file
+    # A fork server, not plain fork: a parent that has run torch (tests, notebooks) holds thread
+    # pools whose locks a forked child inherits locked, and that child hangs. The server starts
+    # clean, imports the renderer once, and forks each worker from itself.
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["pyramid_cli.data.build", "pretty_midi", "fluidsynth"])
     running: dict[Connection, tuple[Source, Any, float]] = {}
     queue = list(reversed(pending))
 

@@ -56,3 +56,20 @@ def test_codebook_usage_perplexity() -> None:
     assert codebook_usage(uniform, 8)[0].perplexity == pytest.approx(8.0)
     assert codebook_usage(single, 8)[0].perplexity == pytest.approx(1.0)
     assert codebook_usage(single, 8)[0].used == 1
+
+
+def test_eval_codec_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pyramid_cli.cli import main
+
+    model_dir = tmp_path / "model"
+    _tiny_codec().save_pretrained(model_dir)
+    corpus = _corpus(tmp_path / "corpus")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "codec", "--data", str(corpus), "--model", str(model_dir), "--clips", "1",
+              "--clip-seconds", "0.5", "--device", "cpu", "--json"])
+    assert exit_info.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "tiny" and report["clips"] == 1 and len(report["levels"]) == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "codec", "--data", str(corpus), "--model", str(model_dir), "--split", "valid"])
+    assert exit_info.value.code == 1 and "'valid' split is empty" in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""`pyramid eval codec`: reconstruction metrics per number of decoded levels on a corpus split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pyramid_cli.cli._shared import JsonOption, console, make_progress, print_json
+
+app = typer.Typer(help="Measure models on a held-out corpus split.", no_args_is_help=True)
+
+
+@app.command("codec")
+def eval_codec(
+    data: Annotated[Path, typer.Option("--data", help="Corpus folder made by `pyramid dataset build`.")],
+    model: Annotated[str | None, typer.Option(help="Codec name or folder [default: the bundled default].")] = None,
+    split: Annotated[str, typer.Option(help="Corpus split to measure on.")] = "test",
+    clips: Annotated[int, typer.Option(help="Number of songs (one clip from the middle of each).")] = 20,
+    clip_seconds: Annotated[float, typer.Option(help="Clip length in seconds (the paper uses 10).")] = 10.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    json_output: JsonOption = False,
+) -> None:
+    """Mel, STFT, waveform distances and SI-SDR for 1, 2, ... levels, plus codebook usage.
+
+    Each k-level reconstruction is compared with the full signal and with its band-limited
+    target (the input limited to 1/2^(N-k) of its band), as in the paper's Table 1.
+
+    Example: pyramid eval codec --data corpus --split test --clips 20 --json
+    """
+    from pyramid_cli.codec.evaluate import evaluate_codec, load_clips
+    from pyramid_cli.devices import resolve_device
+    from pyramid_cli.errors import UsageError
+    from pyramid_cli.hub import DEFAULT_CODEC, load_codec
+
+    if clips < 1 or clip_seconds <= 0:
+        raise UsageError("--clips must be at least 1 and --clip-seconds positive")
+    codec, name, weights_hash = load_codec(model or DEFAULT_CODEC, resolve_device(device))
+    audio = load_clips(data, split, clips, clip_seconds, codec.config.sample_rate)
+    with make_progress() as progress:
+        task = progress.add_task("evaluating", total=len(audio))
+        result = evaluate_codec(codec, audio, on_clip=lambda _: progress.advance(task))
+    if json_output:
+        print_json({"model": name, "weights": weights_hash, "split": split, **result.to_dict()})
+        return
+    table = Table(title=f"{name}@{weights_hash[:8]} on {data} [{split}]: {result.clips} clips of "
+                        f"{result.clip_seconds:.1f} s")
+    for column in ("levels", "tokens/s", "mel (target)", "SI-SDR (target)", "mel (full)", "STFT (full)",
+                   "wave L1 (full)", "SI-SDR (full)"):
+        table.add_column(column, justify="right")
+    for s in result.levels:
+        table.add_row(str(s.levels), f"{s.tokens_per_second:.2f}", f"{s.mel_vs_target:.3f}",
+                      f"{s.si_sdr_vs_target:.2f} dB", f"{s.mel_vs_full:.3f}", f"{s.stft_vs_full:.3f}",
+                      f"{s.waveform_vs_full:.4f}", f"{s.si_sdr_vs_full:.2f} dB")
+    console.print(table)
+    usage = ", ".join(f"L{u.level}/{u.codebook}: {u.used}/{u.size} used, perplexity {u.perplexity:.0f}"
+                      for u in result.codebooks)
+    console.print(f"codebooks: {usage}")

@@ -1,0 +1,208 @@
+"""Audio ↔ ``.pyr`` as library calls: what ``pyramid encode`` and ``pyramid decode`` run.
+
+The library returns values and raises ``PyramidError``s; the command line owns paths, ``--force``
+and exit codes (EnCodec's split). Shapes: audio is numpy float32 (channels, samples); codes are
+(n_codebooks, frames) per level, level 0 (the coarsest) first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from pyramid_cli.audio import is_silent, load_audio, resample, to_mono
+from pyramid_cli.codec.inference import DEFAULT_CHUNK_SECONDS, Progress, decode_codes, encode_audio, receptive_field
+from pyramid_cli.errors import CodecMismatchError, InputError, UsageError
+from pyramid_cli.hub import LoadedCodec
+from pyramid_cli.pyrfile import PyrFile, PyrLevel, check_codec
+
+SILENCE_DB = -80.0  # a peak below this (about 3 LSB of 16-bit audio) holds nothing to encode
+
+
+def encode_file(
+    source: str | Path | BinaryIO,
+    codec: LoadedCodec,
+    *,
+    name: str | None = None,
+    levels: int | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> PyrFile:
+    """Read an audio file or stream and encode it (see ``encode_waveform``).
+
+    Args:
+        source: a path, or a binary stream holding a whole WAV/FLAC/OGG file (e.g. stdin).
+        codec: from ``pyramid_cli.hub.load_codec``.
+        name: how to call the input in messages and provenance (default: the path; ``<stdin>``).
+    """
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<stdin>")
+    wav, sample_rate = load_audio(source, name=label)
+    return encode_waveform(wav, sample_rate, codec, name=label, levels=levels, chunk_seconds=chunk_seconds,
+                           overlap_seconds=overlap_seconds, progress=progress)
+
+
+def encode_waveform(
+    wav: np.ndarray,
+    sample_rate: int,
+    codec: LoadedCodec,
+    *,
+    name: str = "<audio>",
+    levels: int | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> PyrFile:
+    """Mix down to mono, resample to the codec's rate and encode chunk by chunk into a ``PyrFile``.
+
+    Args:
+        wav: (C, T) float audio in [-1, 1] at ``sample_rate``.
+        levels: keep only the first ``levels`` levels (default all the codec has).
+        chunk_seconds, overlap_seconds: see ``pyramid_cli.codec.inference.encode_audio``; the
+            tokens do not depend on them.
+        progress: called with (samples done, total samples) at the codec rate.
+
+    Returns:
+        The ``.pyr`` content: codes, the exact length at the codec rate, the input's original rate
+        and channel count, and provenance (source name, chunk and overlap).
+
+    Raises:
+        InputError: the audio is silent or shorter than one coarse frame.
+        UsageError: ``levels`` outside 1..n_levels.
+    """
+    model, config = codec.model, codec.model.config
+    if levels is not None and not 1 <= levels <= config.n_levels:
+        raise UsageError(f"cannot keep {levels} levels: {codec.name} has levels 1..{config.n_levels}")
+    if wav.ndim != 2 or wav.shape[1] == 0:
+        raise InputError(f"{name}: expected (channels, samples) audio, got shape {wav.shape}")
+    mono = resample(to_mono(np.asarray(wav, dtype=np.float32)), sample_rate, config.sample_rate)
+    if is_silent(mono, SILENCE_DB):
+        raise InputError(f"{name} is silent (peak below {SILENCE_DB:.0f} dBFS after mixing down to mono); "
+                         "nothing to encode")
+    hop = config.hop_lengths[0]
+    if mono.shape[1] < hop:
+        raise InputError(f"{name} is too short: {mono.shape[1] / config.sample_rate * 1000:.1f} ms; the codec needs "
+                         f"at least one coarse frame ({hop} samples, {hop / config.sample_rate * 1000:.1f} ms)")
+    codes = encode_audio(model, torch.from_numpy(np.ascontiguousarray(mono)), chunk_seconds=chunk_seconds,
+                         overlap_seconds=overlap_seconds, progress=progress)
+    kept = config.n_levels if levels is None else levels
+    overlap = receptive_field(config).encode_seconds if overlap_seconds is None else overlap_seconds
+    return PyrFile(
+        codec_name=codec.name,
+        codec_hash=codec.hash,
+        sample_rate=config.sample_rate,
+        num_samples=mono.shape[1],
+        original_sample_rate=sample_rate,
+        original_channels=wav.shape[0],
+        codebook_size=config.codebook_size,
+        levels=[PyrLevel(hop, c.numpy()) for hop, c in zip(config.hop_lengths[:kept], codes[:kept], strict=True)],
+        provenance={
+            "source": Path(name).name if name not in ("<stdin>", "-") else "<stdin>",
+            "chunk_seconds": float(chunk_seconds),
+            "overlap_seconds": round(float(overlap), 6),
+        },
+    )
+
+
+def check_pyr_codec(pyr: PyrFile, codec: LoadedCodec, name: str = "the .pyr file") -> None:
+    """Refuse a ``.pyr`` made by another codec (identity), or whose layout the codec cannot read.
+
+    Raises:
+        CodecMismatchError: naming both codecs, or the first layout difference.
+    """
+    check_codec(pyr, codec.name, codec.hash, name=name)
+    config = codec.model.config
+    problems = []
+    if pyr.sample_rate != config.sample_rate:
+        problems.append(f"sample rate {pyr.sample_rate} Hz, the codec's is {config.sample_rate} Hz")
+    if pyr.codebook_size != config.codebook_size:
+        problems.append(f"codebook size {pyr.codebook_size}, the codec's is {config.codebook_size}")
+    if pyr.n_levels > config.n_levels:
+        problems.append(f"{pyr.n_levels} levels, the codec has {config.n_levels}")
+    for i, (level, hop, n_q) in enumerate(zip(pyr.levels, config.hop_lengths, config.n_codebooks, strict=False)):
+        if level.hop_length != hop or level.n_codebooks > n_q:
+            problems.append(f"level {i} has hop {level.hop_length} and {level.n_codebooks} codebooks, "
+                            f"the codec's has hop {hop} and {n_q}")
+    frames = codec.model.frame_counts(pyr.num_samples)
+    if pyr.frames != frames[: pyr.n_levels]:
+        problems.append(f"{pyr.frames} frames per level for {pyr.num_samples} samples; expected {frames}")
+    if problems:
+        raise CodecMismatchError(f"{name} does not fit {codec.name}: {problems[0]}")
+
+
+def decode_pyr(
+    pyr: PyrFile,
+    codec: LoadedCodec,
+    levels: int | None = None,
+    *,
+    name: str = "the .pyr file",
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Decode the first ``levels`` levels of a ``.pyr`` (default all it stores) to audio.
+
+    Returns:
+        (1, pyr.num_samples) float32 audio at ``pyr.sample_rate``: exactly the encoded length.
+
+    Raises:
+        CodecMismatchError: the file was made by another codec (see ``check_pyr_codec``).
+        UsageError: ``levels`` outside 1..pyr.n_levels.
+    """
+    check_pyr_codec(pyr, codec, name)
+    levels = pyr.n_levels if levels is None else levels
+    if not 1 <= levels <= pyr.n_levels:
+        stored = f"{pyr.n_levels} level{'s' * (pyr.n_levels > 1)}"
+        raise UsageError(f"cannot decode {levels} levels: {name} stores {stored}, so it decodes at 1..{pyr.n_levels}")
+    codes = [torch.from_numpy(level.codes) for level in pyr.levels[:levels]]
+    audio = decode_codes(codec.model, codes, levels=levels, num_samples=pyr.num_samples,
+                         chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, progress=progress)
+    return audio.numpy().astype(np.float32, copy=False)
+
+
+def pyr_summary(pyr: PyrFile, file_bytes: int, name: str = "the .pyr file") -> dict[str, Any]:
+    """The figures ``pyramid info`` shows: exact rates per level, alone and cumulative (UX §2).
+
+    Compression ratios compare with 16-bit PCM at the input's original rate and channel count:
+    per level from the bit rates, for the whole file from its size in bytes.
+    """
+    pcm_bits_per_second = pyr.original_sample_rate * pyr.original_channels * 16
+    pcm_bytes = round(pyr.duration_seconds * pyr.original_sample_rate) * pyr.original_channels * 2
+    levels = []
+    for i, level in enumerate(pyr.levels):
+        cumulative_bits = pyr.cumulative_bits_per_second[i]
+        levels.append({
+            "level": i,
+            "hop_length": level.hop_length,
+            "frame_rate": pyr.frame_rates[i],
+            "n_codebooks": level.n_codebooks,
+            "frames": level.frames,
+            "tokens_per_second": pyr.tokens_per_second[i],
+            "cumulative_tokens_per_second": pyr.cumulative_tokens_per_second[i],
+            "bits_per_second": pyr.bits_per_second[i],
+            "cumulative_bits_per_second": cumulative_bits,
+            "payload_bytes": pyr.level_payload_bytes[i],
+            "compression_ratio": pcm_bits_per_second / cumulative_bits if cumulative_bits else None,
+        })
+    return {
+        "file": name,
+        "bytes": file_bytes,
+        "codec": {"name": pyr.codec_name, "hash": pyr.codec_hash},
+        "pyramid_version": pyr.pyramid_version,
+        "sample_rate": pyr.sample_rate,
+        "num_samples": pyr.num_samples,
+        "duration_seconds": pyr.duration_seconds,
+        "original_sample_rate": pyr.original_sample_rate,
+        "original_channels": pyr.original_channels,
+        "codebook_size": pyr.codebook_size,
+        "bits_per_code": pyr.bits_per_code,
+        "levels": levels,
+        "tokens_per_second": pyr.cumulative_tokens_per_second[-1],
+        "bits_per_second": pyr.cumulative_bits_per_second[-1],
+        "pcm_bits_per_second": pcm_bits_per_second,
+        "compression_ratio": pcm_bytes / file_bytes if file_bytes else None,
+        "provenance": dict(pyr.provenance),
+    }

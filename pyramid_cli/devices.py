@@ -1,0 +1,67 @@
+"""Device selection: ``--device auto|cpu|cuda|cuda:N|mps`` → ``torch.device``.
+
+``auto`` prefers CUDA, then Apple's MPS, then the CPU (the demucs convention), so that the same
+command line works on a laptop, a workstation and a CPU-only CI runner (UX §4; DAC and nanoGPT
+default to CUDA and crash without it, nanoGPT#281). Asking for a device that is not there is a
+usage error with a one-line reason, not a CUDA traceback.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from pyramid_cli.errors import UsageError
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+_CUDA = re.compile(r"cuda(?::(\d+))?")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def available_devices() -> list[str]:
+    """Device names usable on this machine, best first (``cpu`` is always last)."""
+    names = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if _mps_available():
+        names.append("mps")
+    return [*names, "cpu"]
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """Turn a device name into a ``torch.device`` that exists on this machine.
+
+    Args:
+        spec: ``auto`` (CUDA → MPS → CPU), ``cpu``, ``cuda`` (= ``cuda:0``), ``cuda:N`` or ``mps``;
+            case and surrounding spaces are ignored. A ``torch.device`` is checked the same way.
+
+    Raises:
+        UsageError: an unknown name, or a device this machine does not have.
+    """
+    text = str(spec).strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "mps":
+        if not _mps_available():
+            raise UsageError(f"--device mps: Apple MPS is not available here; use --device auto or one of "
+                             f"{', '.join(available_devices())}")
+        return torch.device("mps")
+    match = _CUDA.fullmatch(text)
+    if match is None:
+        raise UsageError(f"--device {spec}: unknown device; use {DEVICE_CHOICES}")
+    if not torch.cuda.is_available():
+        built = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise UsageError(f"--device {spec}: CUDA is not available ({built}); use --device auto or cpu")
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise UsageError(f"--device {spec}: this machine has {count} CUDA device{'s' * (count != 1)} "
+                         f"(cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", index)

@@ -1,0 +1,273 @@
+"""Pieces of the codec training loop (``pyramid_cli.train.codec``): the hierarchical loss, code
+usage counting, dead-code reseeding under DDP, validation, checkpoint saving and fine-tuning
+initialisation. Kept apart so that the loop itself reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from pyramid_cli.checkpoint import LoadedState, save_training_state, step_dir_name
+from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
+from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
+from pyramid_cli.codec.targets import band_limited_targets
+from pyramid_cli.data.audio_dataset import RandomCropDataset, fixed_clips
+from pyramid_cli.errors import FormatError, InputError, UsageError
+from pyramid_cli.metrics import mel_distance
+from pyramid_cli.train.common import DistInfo, check_replicas_in_sync, gather_tensor, seed_everything
+
+if TYPE_CHECKING:
+    from pyramid_cli.train.codec import CodecTrainConfig
+
+
+def codec_loss(
+    out: CodecOutput,
+    wav: torch.Tensor,
+    levels: list[int],
+    n_levels: int,
+    cfg: CodecTrainConfig,
+    mel_weight: float,
+    mel_loss: MultiScaleMelLoss,
+    stft_loss: MultiScaleSTFTLoss | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 3: the sum over decoded levels of the losses of Y[i] against its band-limited target.
+
+    Args:
+        out: the model output for ``wav`` (B, 1, T); ``out.reconstructions`` holds ``levels``.
+        levels: the decoded level indices.
+
+    Returns:
+        The scalar training loss (float32) and its named parts (per level ``mel_l{i}`` ...).
+    """
+    parts = {"commitment": out.commitment_loss.float(), "codebook": out.codebook_loss.float()}
+    total = cfg.commitment_weight * parts["commitment"] + cfg.codebook_weight * parts["codebook"]
+    wav = wav.float()
+    for i in levels:
+        # Level i of N keeps 1/2^(N-1-i) of the band = level 0 of an (N - i)-level pyramid (Eq. 2).
+        target = band_limited_targets(wav, n_levels - i)[0]
+        estimate = out.reconstructions[i].float()  # losses in float32 even under bf16 autocast
+        parts[f"mel_l{i}"] = mel_loss(estimate, target)
+        total = total + mel_weight * parts[f"mel_l{i}"]
+        if stft_loss is not None:
+            parts[f"stft_l{i}"] = stft_loss(estimate, target)
+            total = total + cfg.stft_weight * parts[f"stft_l{i}"]
+        if cfg.waveform_weight:
+            parts[f"waveform_l{i}"] = waveform_l1(estimate, target)
+            total = total + cfg.waveform_weight * parts[f"waveform_l{i}"]
+    return total, parts
+
+
+class CodeCounter:
+    """Counts of every code per level and codebook over a logging window (on the model's device)."""
+
+    def __init__(self, config: CodecConfig) -> None:
+        self.size = config.codebook_size
+        self.counts: list[torch.Tensor | None] = [None] * config.n_levels
+
+    def add(self, codes: list[torch.Tensor]) -> None:
+        """``codes``: per level (B, n_q, T_i) long codes."""
+        for level, c in enumerate(codes):
+            n_q = c.shape[1]
+            offsets = torch.arange(n_q, device=c.device).view(1, n_q, 1) * self.size
+            counts = torch.bincount((c + offsets).reshape(-1), minlength=n_q * self.size).view(n_q, self.size)
+            previous = self.counts[level]
+            self.counts[level] = counts if previous is None else previous + counts
+
+    def summary(self) -> dict[str, list[float]]:
+        """Per level: distinct codes used and perplexity (exp entropy) of each codebook; resets."""
+        result: dict[str, list[float]] = {}
+        for level, counts in enumerate(self.counts):
+            if counts is None:
+                continue
+            p = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+            entropy = -(p * p.clamp(min=1e-30).log()).sum(dim=1)
+            result[f"codes_used_l{level}"] = (counts > 0).sum(dim=1).tolist()
+            result[f"perplexity_l{level}"] = [round(v, 2) for v in entropy.exp().tolist()]
+        self.counts = [None] * len(self.counts)
+        return result
+
+
+@torch.no_grad()
+def reseed_dead_codes(model: PyramidCodec, wav: torch.Tensor, info: DistInfo, generator: torch.Generator) -> int:
+    """Replace codebook entries no rank used since the last reseed (quantize.py's remedy), level by level.
+
+    Every level's RVQ is reseeded from the inputs it sees for ``wav`` (B, 1, T): F[i] + U_i(Q[i-1])
+    (Alg. 1), recomputed after the coarser levels changed. Under DDP the usage counts are summed
+    over ranks first and rank 0's new codebooks are broadcast, so the replicas stay identical.
+
+    Returns:
+        The number of entries replaced (as rank 0 counts them).
+    """
+    stages = [stage for rvq in model.level_quantizers for stage in rvq.stages]
+    if info.distributed:
+        for stage in stages:
+            dist.all_reduce(stage.code_counts)
+    replaced = 0
+    if info.is_main:
+        hop = model.config.hop_lengths[0]
+        wav = F.pad(wav.float(), (0, math.ceil(wav.shape[-1] / hop) * hop - wav.shape[-1]))
+        features = model.features(wav)  # per level (B, D, T_i)
+        previous = None
+        for i, rvq in enumerate(model.level_quantizers):
+            inputs = features[i] if previous is None else features[i] + model.up_encode[i - 1](previous)
+            replaced += rvq.reseed_dead_codes(inputs, generator=generator)
+            previous = rvq(inputs, train=False).z_q
+    else:
+        for stage in stages:
+            stage.code_counts.zero_()
+    if info.distributed:
+        for stage in stages:
+            dist.broadcast(stage.codebook.weight.data, src=0)
+    return replaced
+
+
+@dataclass
+class Evaluator:
+    """Mel distance of every level on fixed validation clips, against band-limited and full targets."""
+
+    clips: torch.Tensor  # (n, 1, T) on the training device
+    targets: list[torch.Tensor]  # per level (n, 1, T)
+    batch_size: int
+    sample_rate: int
+
+    @property
+    def count(self) -> int:
+        return self.clips.shape[0]
+
+    @classmethod
+    def build(cls, corpus: Path, cfg: CodecTrainConfig, config: CodecConfig, info: DistInfo) -> Evaluator | None:
+        """Clips from the "valid" split; None (evaluation off) when it has no song long enough."""
+        if not cfg.eval_every:
+            return None
+        try:
+            valid = RandomCropDataset(corpus, "valid", cfg.eval_seconds, config.sample_rate, seed=cfg.seed,
+                                      silence_db=cfg.silence_db)
+        except InputError:
+            return None
+        clips = fixed_clips(valid, cfg.eval_clips)
+        targets = band_limited_targets(clips, config.n_levels)
+        return cls(clips.to(info.device), [t.to(info.device) for t in targets], cfg.batch_size, config.sample_rate)
+
+    @torch.no_grad()
+    def run(self, model: PyramidCodec, step: int) -> dict[str, Any]:
+        """An "eval" metrics record; ``mel`` (the best-checkpoint criterion) averages the levels."""
+        was_training = model.training
+        model.eval()  # no quantizer dropout, no usage counting
+        n_levels = len(self.targets)
+        band: list[list[torch.Tensor]] = [[] for _ in range(n_levels)]
+        full: list[list[torch.Tensor]] = [[] for _ in range(n_levels)]
+        for start in range(0, self.count, self.batch_size):
+            batch = self.clips[start:start + self.batch_size]
+            out = model(batch, levels_to_decode=range(n_levels))
+            for i in range(n_levels):
+                estimate = out.reconstructions[i]
+                band[i].append(mel_distance(estimate, self.targets[i][start:start + len(batch)],
+                                            self.sample_rate, reduction="none"))
+                full[i].append(mel_distance(estimate, batch, self.sample_rate, reduction="none"))
+        model.train(was_training)
+        record: dict[str, Any] = {"kind": "eval", "step": step, "clips": self.count}
+        for i in range(n_levels):
+            record[f"mel_l{i}"] = float(torch.cat(band[i]).mean())
+            record[f"mel_full_l{i}"] = float(torch.cat(full[i]).mean())
+        record["mel"] = sum(record[f"mel_l{i}"] for i in range(n_levels)) / n_levels
+        return record
+
+
+class Saver:
+    """Checkpoint + export at one step: every rank takes part (RNG gather, sync check), rank 0 writes."""
+
+    def __init__(self, root: Path, export_dir: Path, cfg: CodecTrainConfig, info: DistInfo,
+                 model: PyramidCodec, optimizer: torch.optim.Optimizer) -> None:
+        self.root, self.export_dir, self.cfg, self.info = root, export_dir, cfg, info
+        self.model, self.optimizer = model, optimizer
+        self.last_saved: int | None = None
+
+    def _rank_rng(self) -> dict[str, torch.Tensor]:
+        """Torch generator states of ranks 1.. (rank 0's are saved by save_training_state itself)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for rank, state in enumerate(gather_tensor(torch.get_rng_state(), self.info)):
+            if rank:
+                tensors[f"rng.rank{rank}.torch"] = state
+        if self.info.device.type == "cuda":
+            for rank, state in enumerate(gather_tensor(torch.cuda.get_rng_state(self.info.device), self.info)):
+                if rank:
+                    tensors[f"rng.rank{rank}.cuda"] = state
+        return tensors
+
+    def save(self, step: int, state: dict[str, Any], is_best: bool) -> Path:
+        tensors = self._rank_rng()
+        check_replicas_in_sync(self.model, self.info)
+        path = self.root / step_dir_name(step)
+        if self.info.is_main:
+            path = save_training_state(self.root, step, self.model, self.optimizer, state, tensors,
+                                       model_config=self.model.config.to_dict(), keep_last=self.cfg.keep_last,
+                                       best=is_best)
+            self.model.save_pretrained(self.export_dir, fp16=True)  # the unwrapped model, ready to ship
+        self.last_saved = step
+        return path
+
+    def barrier(self) -> None:
+        if self.info.distributed:
+            dist.barrier()
+
+
+def restore_rank_rng(loaded: LoadedState, info: DistInfo, seed: int) -> None:
+    """Give ranks 1.. their saved generators (rank 0's are restored by load_training_state).
+
+    A rank the checkpoint has no state for (the run now has more processes) is seeded from
+    (seed, step, rank) instead.
+    """
+    if info.rank == 0:
+        return
+    key = f"rng.rank{info.rank}."
+    if f"{key}torch" not in loaded.tensors:
+        seed_everything(seed + 1_000_003 * loaded.step, info.rank)
+        return
+    torch.set_rng_state(loaded.tensors[f"{key}torch"])
+    if info.device.type == "cuda" and f"{key}cuda" in loaded.tensors:
+        torch.cuda.set_rng_state(loaded.tensors[f"{key}cuda"], info.device)
+
+
+def read_model_config(directory: Path) -> CodecConfig:
+    """The CodecConfig of a model folder (config.json + model.safetensors)."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (--init-from wants a model folder with config.json)")
+    try:
+        return CodecConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: unreadable codec config ({exc})") from exc
+
+
+def load_init_weights(model: PyramidCodec, directory: Path) -> None:
+    """Copy the weights of a model folder into ``model`` (fine-tuning start; optimizer stays fresh).
+
+    A folder saved with folded weight norm (plain ``weight`` keys) is accepted too: assigning a
+    weight to a weight-norm parametrized module goes through its ``right_inverse``, which
+    recovers magnitude and direction, so training keeps its weight-norm parametrization.
+    """
+    source = PyramidCodec.from_pretrained(directory)
+    if source.config != model.config:
+        raise UsageError(f"{directory}: holds a {source.config.name!r} model, not the one being trained")
+    state = source.state_dict()
+    folded = not any(".parametrizations." in key for key in state)
+    with torch.no_grad():
+        if folded:
+            for name, module in model.named_modules():
+                if parametrize.is_parametrized(module, "weight"):
+                    module.weight = state.pop(f"{name}.weight")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    if folded:  # the parametrizations were set above, not through the state dict
+        missing = [key for key in missing if ".parametrizations." not in key]
+    if missing or unexpected:
+        raise FormatError(f"{directory}: weights do not fit the model (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
