@@ -29,12 +29,15 @@ test: install system-deps
 test-slow: install system-deps
 	$(PY) -m pytest -q -m slow
 
-# The demo: build a small corpus (procedural pieces, plus real MIDI when ../shared is beside us).
+# The demo: the bundled codec on the bundled example (encode, decode at 1/2/3 levels, per-level
+# table; files left in demo/), then a small corpus build from MIDI.
 demo: install system-deps
 	$(PY) -m pyramid_cli doctor
-	$(PY) -m pyramid_cli dataset build --procedural 4 --procedural-seconds 20 --out demo/corpus
+	$(PY) examples/codec_demo.py examples/example.flac --out-dir demo
+	$(PY) -m pyramid_cli info demo/example.pyr
+	$(PY) -m pyramid_cli dataset build --procedural 2 --procedural-seconds 20 --out demo/corpus
 	@if [ -d "$(MIDI_DEV)" ]; then \
-		$(PY) -m pyramid_cli dataset build --midi-dir $(MIDI_DEV) --limit 4 --max-seconds 30 --out demo/corpus; \
+		$(PY) -m pyramid_cli dataset build --midi-dir $(MIDI_DEV) --limit 2 --max-seconds 30 --out demo/corpus; \
 	fi
 	$(PY) -m pyramid_cli dataset info demo/corpus
 
@@ -44,6 +47,7 @@ lint: install
 
 bench: install system-deps
 	$(PY) examples/bench_render.py
+	$(PY) examples/bench_codec.py
 
 clean:
 	rm -rf demo build dist .pytest_cache .mypy_cache .ruff_cache
