@@ -29,6 +29,7 @@ app.command("info")(codec.info)
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="eval")
+app.command("plot")(evaluate.plot)
 app.command("doctor")(doctor.doctor)
 
 _debug = {"enabled": bool(os.environ.get("PYRAMID_DEBUG"))}

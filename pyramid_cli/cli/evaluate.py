@@ -58,3 +58,46 @@ def eval_codec(
     usage = ", ".join(f"L{u.level}/{u.codebook}: {u.used}/{u.size} used, perplexity {u.perplexity:.0f}"
                       for u in result.codebooks)
     console.print(f"codebooks: {usage}")
+
+
+def plot(
+    audio: Annotated[Path, typer.Argument(help="Audio file to encode and decode.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG to write [default: <stem>.mel.png].")]
+    = None,
+    model: Annotated[str | None, typer.Option(help="Codec name or folder [default: the bundled default].")] = None,
+    seconds: Annotated[float, typer.Option(help="Plot at most this many seconds from the start.")] = 10.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite the PNG if it exists.")] = False,
+) -> None:
+    """Mel spectrograms of the input and of its reconstruction with 1, 2, ... levels (PNG).
+
+    As the paper's Figure 3: the coarse levels keep the low band and the rhythm, finer levels
+    add the upper bands. Needs matplotlib (pip install 'pyramid-cli[plot]').
+
+    Example: pyramid plot song.wav -o song.png
+    """
+    import torch
+
+    from pyramid_cli.audio import load_mono
+    from pyramid_cli.cli._shared import check_output, write_output
+    from pyramid_cli.codec.inference import decode_codes, encode_audio
+    from pyramid_cli.devices import resolve_device
+    from pyramid_cli.errors import UsageError
+    from pyramid_cli.hub import DEFAULT_CODEC, load_codec
+    from pyramid_cli.plot import spectrogram_png
+
+    if seconds <= 0:
+        raise UsageError("--seconds must be positive")
+    target = output or audio.with_suffix(".mel.png")
+    check_output(target, force, (audio,))
+    codec, name, _ = load_codec(model or DEFAULT_CODEC, resolve_device(device))
+    rate = codec.config.sample_rate
+    wav = torch.from_numpy(load_mono(audio, rate, name=str(audio))[:, : int(seconds * rate)])
+    codes = encode_audio(codec, wav)
+    rows = [(f"input: {audio.name}", wav)]
+    for levels in range(1, codec.config.n_levels + 1):
+        decoded = decode_codes(codec, codes, levels, wav.shape[-1])
+        rows.append((f"{name}, {levels} level(s): {codec.config.tokens_per_second(levels):.1f} tokens/s",
+                     decoded.cpu()))
+    write_output(target, spectrogram_png(rows, rate))
+    console.print(f"wrote {target}")

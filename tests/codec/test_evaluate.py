@@ -73,3 +73,20 @@ def test_eval_codec_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "codec", "--data", str(corpus), "--model", str(model_dir), "--split", "valid"])
     assert exit_info.value.code == 1 and "'valid' split is empty" in capsys.readouterr().err
+
+
+def test_plot_cli_writes_a_png_and_respects_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pyramid_cli.cli import main
+
+    model_dir = tmp_path / "model"
+    _tiny_codec().save_pretrained(model_dir)
+    audio = _corpus(tmp_path / "corpus") / "audio" / "test" / "song0.flac"
+    args = ["plot", str(audio), "--model", str(model_dir), "--device", "cpu", "--seconds", "1", "-o",
+            str(tmp_path / "fig.png")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 0
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 1 and "--force" in capsys.readouterr().err

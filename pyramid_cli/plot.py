@@ -1,0 +1,50 @@
+"""Mel spectrograms of an input and its reconstructions, one row each (the paper's Figure 3).
+
+matplotlib is an optional dependency (`pip install 'pyramid-cli[plot]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+import torchaudio.functional as AF
+
+from pyramid_cli.errors import DependencyError
+
+
+def log_mel(wav: torch.Tensor, sample_rate: int, n_fft: int = 1024, n_mels: int = 80) -> torch.Tensor:
+    """(1, T) → (n_mels, frames) log10 mel magnitudes, floored at 1e-5 as in the mel distance."""
+    window = torch.hann_window(n_fft)
+    spectrum = torch.stft(wav.reshape(1, -1), n_fft, hop_length=n_fft // 4, window=window,
+                          return_complex=True).abs()[0]  # (F, frames)
+    bank = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate,
+                              norm="slaney", mel_scale="slaney")  # (F, n_mels)
+    return torch.log10(torch.clamp(bank.T @ spectrum, min=1e-5))
+
+
+def spectrogram_png(rows: list[tuple[str, torch.Tensor]], sample_rate: int) -> bytes:
+    """A PNG with one mel spectrogram per (title, (1, T) waveform) row, on a shared colour scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DependencyError("plotting needs matplotlib: pip install 'pyramid-cli[plot]'") from None
+    mels = [log_mel(wav, sample_rate) for _, wav in rows]
+    low, high = -5.0, max(float(m.max()) for m in mels)
+    figure, axes = plt.subplots(len(rows), 1, figsize=(10, 2.2 * len(rows)), sharex=True, squeeze=False)
+    seconds = max(wav.shape[-1] for _, wav in rows) / sample_rate
+    for axis, (title, _), mel in zip(axes[:, 0], rows, mels, strict=True):
+        axis.imshow(mel.numpy(), origin="lower", aspect="auto", vmin=low, vmax=high, cmap="magma",
+                    extent=(0.0, mel.shape[1] * 256 / sample_rate, 0, mel.shape[0]))
+        axis.set_title(title, fontsize=10, loc="left")
+        axis.set_ylabel("mel band")
+    axes[-1, 0].set_xlabel("time (s)")
+    axes[-1, 0].set_xlim(0, seconds)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
