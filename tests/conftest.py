@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_MIDI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "midi"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Tests run tiny tensors: one intra-op thread avoids the OpenMP hand-off stalls that make
+    them 5-50x slower on a loaded 2-core machine (CI, or training running beside the tests)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

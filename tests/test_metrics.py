@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -35,16 +35,6 @@ def with_snr(x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
     n = n - n.mean(dim=-1, keepdim=True)
     energy_x = (x - x.mean(dim=-1, keepdim=True)).pow(2).sum(dim=-1, keepdim=True)
     return x + n * torch.sqrt(energy_x / n.pow(2).sum(dim=-1, keepdim=True) / 10 ** (snr_db / 10))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small STFTs gain nothing from threads, and on a loaded machine (CI, parallel test runs) the
-    OpenMP barriers of an oversubscribed pool make them 5-10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 DISTANCES: dict[str, Callable[..., torch.Tensor]] = {

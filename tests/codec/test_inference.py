@@ -17,14 +17,6 @@ RATE = 22050
 LENGTH = 4 * RATE + 1234  # 44 coarse frames, the last one partly padding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-off stalls on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def model() -> PyramidCodec:

@@ -4,15 +4,6 @@ import torch
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-off stalls on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def clip(seed: int, length: int = 4096) -> torch.Tensor:
     return 0.3 * torch.randn(2, 1, length, generator=torch.Generator().manual_seed(seed))
 

@@ -34,14 +34,6 @@ TINY_DAC = CodecConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-off stalls on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def make(config: CodecConfig = TINY, seed: int = 0) -> PyramidCodec:
     torch.manual_seed(seed)

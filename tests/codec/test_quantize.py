@@ -6,14 +6,6 @@ from pyramid_cli.codec.quantize import ResidualVectorQuantize, VectorQuantize
 DIM, SIZE, CODE_DIM = 12, 16, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-off stalls on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def make_rvq(n_codebooks: int = 3, dropout: float = 0.0, seed: int = 0) -> ResidualVectorQuantize:
     torch.manual_seed(seed)

@@ -30,14 +30,6 @@ FAST = dict(model=TINY.to_dict(), crop_seconds=0.3, batch_size=2, lr=3e-3, warmu
             eval_seconds=0.3, log_every=1, eval_every=0, checkpoint_every=0, reseed_dead_codes_every=0, seed=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-off stalls on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def write_corpus(root: Path, seconds: float = 1.5, n_train: int = 3, n_valid: int = 1) -> Path:
     """FLAC tones with a tremolo and a little noise, plus the manifest `dataset build` would write."""
