@@ -16,13 +16,14 @@ from pyramid_cli.cli._shared import JsonOption, console, print_json
 def _checks() -> list[tuple[str, bool, str]]:
     import soundfile
 
-    from pyramid_cli.data.render import _load_fluidsynth, default_soundfont
+    from pyramid_cli.data.midi_libs import load_fluidsynth
+    from pyramid_cli.data.render import default_soundfont
     from pyramid_cli.errors import DependencyError
 
     results: list[tuple[str, bool, str]] = [("python", True, platform.python_version()),
                                             ("pyramid", True, __version__)]
     try:
-        fluidsynth = _load_fluidsynth()
+        fluidsynth = load_fluidsynth()
         results.append(("fluidsynth", True, f"pyfluidsynth {getattr(fluidsynth, '__version__', '')}".strip()))
     except DependencyError as error:
         results.append(("fluidsynth", False, str(error)))

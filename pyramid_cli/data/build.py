@@ -92,11 +92,12 @@ class BuildSummary:
 
 def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id: str) -> dict[str, Any]:
     """Parse or compose, merge, render and write one item. Runs inside a worker process."""
-    import pretty_midi  # imported here, and preloaded by the fork server, to keep the parent light
-
     from pyramid_cli.audio import is_silent, peak_normalize, save_audio, trim_trailing_silence
     from pyramid_cli.data.compose import compose_piece
     from pyramid_cli.data.midi import groups_present, initial_tempo, merge_tracks
+    from pyramid_cli.data.midi_libs import (
+        pretty_midi,  # imported here, and preloaded by the fork server, to keep the parent light
+    )
     from pyramid_cli.data.render import render_midi
 
     if source.path is not None:
@@ -250,7 +251,7 @@ def build_corpus(sources: list[Source], options: BuildOptions,
     # pools whose locks a forked child inherits locked, and that child hangs. The server starts
     # clean, imports the renderer once, and forks each worker from itself.
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["pyramid_cli.data.build", "pretty_midi", "fluidsynth"])
+    context.set_forkserver_preload(["pyramid_cli.data.build", "pyramid_cli.data.midi_libs"])
     running: dict[Connection, tuple[Source, Any, float]] = {}
     queue = list(reversed(pending))
 

@@ -9,7 +9,8 @@ through the same track merging as real MIDI files.
 from __future__ import annotations
 
 import numpy as np
-import pretty_midi
+
+from pyramid_cli.data.midi_libs import pretty_midi
 
 FORMS = ("AABA", "ABAB", "AABAC", "ABACAB", "AABB", "ABCA")
 # Diatonic progressions as scale degrees (0 = tonic).

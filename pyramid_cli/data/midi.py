@@ -29,7 +29,7 @@ track without one track's bend detuning another's notes.
 
 from __future__ import annotations
 
-import pretty_midi
+from pyramid_cli.data.midi_libs import pretty_midi
 
 GROUPS: tuple[str, ...] = ("lead", "piano", "guitar", "strings", "bass", "drums")
 

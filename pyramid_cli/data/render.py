@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pretty_midi
 
+from pyramid_cli.data.midi_libs import load_fluidsynth, pretty_midi
 from pyramid_cli.errors import DependencyError
 
 DRUM_CHANNEL = 9
@@ -24,25 +24,13 @@ def default_soundfont() -> Path:
     return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
 
 
-def _load_fluidsynth():
-    try:
-        import fluidsynth
-    except (ImportError, OSError) as error:
-        raise DependencyError(
-            f"FluidSynth is not available ({error}); install the system library: apt-get install -y libfluidsynth3"
-        ) from None
-    if not hasattr(fluidsynth, "Synth"):
-        raise DependencyError("the 'fluidsynth' module found is not pyfluidsynth; pip install pyfluidsynth")
-    return fluidsynth
-
-
 def render_midi(midi: pretty_midi.PrettyMIDI, sample_rate: int, soundfont: Path,
                 max_seconds: float | None = None) -> np.ndarray:
     """Render every instrument of `midi` with its own program. Returns mono float32 (T,) in [-1, 1].
 
     Drum instruments play on the GM drum channel (bank 128); the others get a channel each.
     """
-    fluidsynth = _load_fluidsynth()
+    fluidsynth = load_fluidsynth()
     if not soundfont.is_file():
         raise DependencyError(f"sound font not found: {soundfont}")
     synth = fluidsynth.Synth(samplerate=float(sample_rate), gain=0.5)

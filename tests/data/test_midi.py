@@ -1,7 +1,7 @@
-import pretty_midi
 import pytest
 
 from pyramid_cli.data.midi import GROUP_PROGRAMS, GROUPS, group_of, groups_present, initial_tempo, merge_tracks
+from pyramid_cli.data.midi_libs import pretty_midi
 
 
 @pytest.mark.parametrize(
