@@ -1,4 +1,4 @@
-"""`pyramid dataset build | info | merge`: turn MIDI collections into rendered audio corpora."""
+"""`pyramid dataset build | info | merge | tokenize`: turn MIDI collections into rendered audio corpora."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import TextColumn
 from rich.table import Table
 
-from pyramid_cli.cli._shared import JsonOption, console, format_hours, make_progress, print_json
+from pyramid_cli.cli._shared import DeviceOption, JsonOption, console, format_hours, make_progress, print_json
 from pyramid_cli.errors import UsageError
+from pyramid_cli.hub import DEFAULT_CODEC
 
 app = typer.Typer(help="Build and inspect training corpora rendered from MIDI.", no_args_is_help=True)
 
@@ -165,3 +167,82 @@ def merge(
     else:
         console.print(f"merged {result['files']} files from {result['inputs']} folder(s) into {out / 'manifest.jsonl'}"
                       f" ({result['failures']} failed sources)")
+
+
+@app.command()
+def tokenize(
+    corpus: Annotated[Path, typer.Argument(
+        help="A corpus folder made by `pyramid dataset build` (manifest.jsonl + audio).", show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Token folder to create, or to resume: a rerun skips the items already encoded.",
+        show_default=False)],
+    model: Annotated[str, typer.Option(
+        "--model", help="Codec: a bundled model name or a folder with config.json + model.safetensors. "
+        "The tokens are exactly those `pyramid encode` writes with it.")] = DEFAULT_CODEC,
+    splits: Annotated[str | None, typer.Option(
+        help="Comma-separated splits to encode, e.g. train,valid (default: every split of the corpus).",
+        show_default=False)] = None,
+    device: DeviceOption = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads for torch (default: torch's choice); fewer leave cores to other jobs.")] = None,
+    chunk_seconds: Annotated[float, typer.Option(
+        "--chunk-seconds", min=0.1, help="Audio encoded per step; bounds the memory on long songs. "
+        "The tokens do not depend on it.")] = 30.0,
+    json_output: JsonOption = False,
+) -> None:
+    """Encode a corpus into token shards for LM training: one uint16 file per split and level.
+
+    Output: OUT/tokens.json (codec identity, frame rates), OUT/<split>/level<i>.u16 (memory-mappable
+    codes) and OUT/<split>/index.jsonl (one line per song); the layout is documented in
+    pyramid_cli/data/tokens.py. Rerunning the same command resumes; unreadable songs are listed and
+    skipped, not fatal. A folder made with another codec is refused.
+
+    Examples:
+
+      pyramid dataset tokenize corpus --out tokens
+
+      pyramid dataset tokenize corpus --out tokens --model runs/p111/export --splits train,valid --device cuda
+    """
+    from pyramid_cli.data.manifest import load_manifest
+    from pyramid_cli.data.tokens import ItemReport, tokenize_corpus
+    from pyramid_cli.hub import load_codec
+
+    chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits is not None else None
+    if chosen is not None and not chosen:
+        raise UsageError("--splits names no split; e.g. --splits train,valid")
+    load_manifest(corpus)  # a wrong corpus fails here, before a model is loaded
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    codec = load_codec(model, device)
+
+    totals = {"seconds": 0.0, "failed": 0}
+    with make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
+        task = progress.add_task("tokenizing", total=None, audio=format_hours(0), failed=0)
+
+        def on_item(report: ItemReport) -> None:
+            totals["seconds"] += report.seconds
+            if report.status == "failed":
+                totals["failed"] += 1
+                progress.console.print(f"[yellow]skipped[/yellow] {escape(report.split)}/{escape(report.id)}: "
+                                       f"{escape(report.error or '')}", soft_wrap=True)
+            progress.update(task, completed=report.done, total=report.total, description=f"tokenizing {report.split}",
+                            audio=format_hours(totals["seconds"] / 3600), failed=totals["failed"])
+
+        summary = tokenize_corpus(corpus, codec, out, splits=chosen, chunk_seconds=chunk_seconds, on_item=on_item)
+
+    if json_output:
+        print_json(summary.to_dict())
+        return
+    table = Table(title=f"dataset tokenize → {out}", show_header=False)
+    rate = summary.encoded_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
+    rows = [("codec", f"{codec.name} ({codec.hash})"), ("encoded now", summary.encoded),
+            ("already done", summary.skipped), ("failed", summary.failed),
+            ("audio encoded", format_hours(summary.encoded_seconds / 3600)),
+            ("wall time", f"{summary.wall_seconds:.1f} s"), ("speed", f"{rate:.1f} s of audio per s")]
+    rows += [(f"{split} (items, frames per level)", f"{summary.items[split]}, {summary.frames[split]}")
+             for split in summary.items]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)

@@ -1,0 +1,425 @@
+"""Token shards: a corpus encoded by one codec into flat, memory-mappable uint16 files.
+
+``tokenize_corpus`` (``pyramid dataset tokenize``) writes them; ``TokenSet`` reads them for the LM
+trainer. No pickles and no framing: each level of a split is one raw array that ``np.memmap`` maps
+as is, so a trainer can sample windows from hours of tokens without loading them.
+
+Format "pyramid-tokens", version 1. A token folder TOKENS holds::
+
+    TOKENS/tokens.json     UTF-8 JSON object, written once (atomically) before any tokens:
+        {"format": "pyramid-tokens", "version": 1,
+         "codec": {"name": str, "hash": str},   # the codec's identity, as .pyr files record it
+         "sample_rate": int,                    # Hz, the codec's rate
+         "hop_lengths": [int, ...],             # samples per frame per level, level 0 (coarsest) first
+         "frame_rates": [float, ...],           # sample_rate / hop_lengths[i], exact
+         "n_codebooks": [int, ...],             # codebooks per level
+         "codebook_size": int,                  # every code lies in [0, codebook_size); at most 65,536
+         "corpus": str,                         # the corpus path as given to the first run
+         "levels": int}                         # number of levels = len(hop_lengths)
+
+    TOKENS/<split>/level<i>.u16     for i in 0 .. levels-1. Raw little-endian uint16, no header,
+        an array shaped (total_frames_i, n_codebooks[i]) in row-major order: bytes
+        2*(frame*n_codebooks[i] + q) and 2*(frame*n_codebooks[i] + q) + 1 are the low and high
+        byte of the code of codebook q (residual order) at frame `frame`. The items of the split
+        follow one another, in index order. Size: exactly 2 * total_frames_i * n_codebooks[i].
+
+    TOKENS/<split>/index.jsonl      one JSON object per item, one "\\n"-terminated line each, in
+        file order (items sorted by id when they were encoded):
+        {"id": str,              # the corpus manifest's id
+         "source": str,          # the audio file that was encoded, relative to the corpus
+         "duration": float,      # seconds of audio encoded, at the codec's rate
+         "frames": [f_0, ...],   # the item's frames per level; f_i * hop_lengths[i] is the same for all i
+         "offsets": [o_0, ...]}  # its first row in level<i>.u16: o_i of an item = o_i + f_i of the one before
+
+The item's level-i codes are rows o_i .. o_i + f_i - 1 of level<i>.u16, transposed to
+(n_codebooks[i], f_i): exactly ``PyrFile.levels[i].codes`` of ``pyramid encode`` on its audio
+(encoding is chunk-invariant). Splits are those of the corpus manifest.
+
+Resume: an item's level data is appended and fsynced before its index line, which is appended and
+fsynced last; the index is the truth. A rerun drops a torn last index line, truncates every level
+file to the end that the index implies (an item caught half-written) and skips the ids it lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from pyramid_cli.data.manifest import SPLITS, append_jsonl, load_manifest, read_jsonl, repair_jsonl
+from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, PyramidError, UsageError
+from pyramid_cli.fileio import write_text_atomic
+from pyramid_cli.hub import LoadedCodec
+
+if TYPE_CHECKING:
+    from pyramid_cli.pyrfile import PyrFile
+
+FORMAT = "pyramid-tokens"
+VERSION = 1
+META_NAME = "tokens.json"
+INDEX_NAME = "index.jsonl"
+DTYPE = np.dtype("<u2")  # little-endian on every host
+MAX_CODEBOOK_SIZE = 2**16
+
+
+def level_name(level: int) -> str:
+    return f"level{level}.u16"
+
+
+def _is_int_list(value: Any, length: int, low: int = 0) -> bool:
+    return (isinstance(value, list) and len(value) == length
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value))
+
+
+@dataclass(frozen=True)
+class TokenMeta:
+    """The content of ``tokens.json`` (see the module docstring)."""
+
+    codec_name: str
+    codec_hash: str
+    sample_rate: int
+    hop_lengths: tuple[int, ...]
+    frame_rates: tuple[float, ...]
+    n_codebooks: tuple[int, ...]
+    codebook_size: int
+    corpus: str
+
+    @property
+    def levels(self) -> int:
+        return len(self.hop_lengths)
+
+    @classmethod
+    def for_codec(cls, codec: LoadedCodec, corpus: str | Path) -> TokenMeta:
+        config = codec.model.config
+        if config.codebook_size > MAX_CODEBOOK_SIZE:
+            raise UsageError(f"{codec.name} has {config.codebook_size} codes per codebook; "
+                             f"uint16 token files hold at most {MAX_CODEBOOK_SIZE}")
+        return cls(codec.name, codec.hash, config.sample_rate, tuple(config.hop_lengths),
+                   tuple(float(r) for r in config.frame_rates), tuple(config.n_codebooks),
+                   config.codebook_size, str(corpus))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "codec": {"name": self.codec_name, "hash": self.codec_hash},
+                "sample_rate": self.sample_rate, "hop_lengths": list(self.hop_lengths),
+                "frame_rates": list(self.frame_rates), "n_codebooks": list(self.n_codebooks),
+                "codebook_size": self.codebook_size, "corpus": self.corpus, "levels": self.levels}
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str) -> TokenMeta:
+        """Validate a parsed ``tokens.json``; every defect is a FormatError naming ``name``."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise FormatError(f"{name}: not a pyramid token set (format is not {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise FormatError(f"{name}: token format version {data.get('version')!r}; this pyramid reads {VERSION}")
+        codec, levels = data.get("codec"), data.get("levels")
+        if not (isinstance(codec, dict) and isinstance(codec.get("name"), str) and isinstance(codec.get("hash"), str)):
+            raise FormatError(f"{name}: 'codec' must be {{\"name\": str, \"hash\": str}}")
+        if not (isinstance(levels, int) and levels >= 1 and _is_int_list(data.get("hop_lengths"), levels, 1)
+                and _is_int_list(data.get("n_codebooks"), levels, 1)
+                and isinstance(data.get("frame_rates"), list) and len(data["frame_rates"]) == levels):
+            raise FormatError(f"{name}: hop_lengths, frame_rates and n_codebooks need one entry per level")
+        size, rate = data.get("codebook_size"), data.get("sample_rate")
+        if not (isinstance(size, int) and 1 <= size <= MAX_CODEBOOK_SIZE and isinstance(rate, int) and rate > 0):
+            raise FormatError(f"{name}: codebook_size must be in 1..{MAX_CODEBOOK_SIZE} and sample_rate positive")
+        return cls(codec["name"], codec["hash"], rate, tuple(data["hop_lengths"]),
+                   tuple(float(r) for r in data["frame_rates"]), tuple(data["n_codebooks"]), size,
+                   str(data.get("corpus", "")))
+
+
+def _read_meta(folder: Path) -> TokenMeta:
+    path = folder / META_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{folder}: not a token folder (no {META_NAME}; made by `pyramid dataset tokenize`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FormatError(f"{path}: unreadable ({error})") from None
+    return TokenMeta.from_dict(data, str(path))
+
+
+def _read_index(path: Path, meta: TokenMeta) -> tuple[list[dict[str, Any]], list[int]]:
+    """The index entries, checked to tile the level files, and the frame count they imply per level."""
+    records = read_jsonl(path)  # a torn last line (killed mid-append) is dropped
+    ends, seen = [0] * meta.levels, set()
+    for number, record in enumerate(records, start=1):
+        frames: Any = record.get("frames")
+        offsets: Any = record.get("offsets")
+        valid = (isinstance(record.get("id"), str) and record["id"] not in seen
+                 and isinstance(record.get("source"), str) and isinstance(record.get("duration"), (int, float))
+                 and _is_int_list(frames, meta.levels) and offsets == ends
+                 and len({f * h for f, h in zip(frames, meta.hop_lengths, strict=True)}) == 1)
+        if not valid:
+            raise FormatError(f"{path}: entry {number} ({record.get('id', '?')}) is inconsistent (expected a new "
+                              f"id, a source, a duration, offsets {ends} and frames for equal lengths)")
+        seen.add(record["id"])
+        ends = [o + f for o, f in zip(ends, frames, strict=True)]
+    return records, ends
+
+
+def _expected_bytes(meta: TokenMeta, level: int, frames: int) -> int:
+    return frames * meta.n_codebooks[level] * DTYPE.itemsize
+
+
+@dataclass(frozen=True)
+class TokenItem:
+    """One encoded item; ``levels()`` views its codes in the memory-mapped level files."""
+
+    id: str
+    source: str
+    duration: float
+    frames: list[int]
+    offsets: list[int]
+    arrays: list[np.ndarray] = field(repr=False, compare=False)  # the split's (total_frames_i, n_codebooks_i)
+
+    def levels(self) -> list[np.ndarray]:
+        """Per level, level 0 first, a read-only uint16 view shaped (n_codebooks_i, frames_i) (no copy)."""
+        return [a[o:o + f].T for a, o, f in zip(self.arrays, self.offsets, self.frames, strict=True)]
+
+
+class TokenSet:
+    """A token folder opened for reading; use ``TokenSet.open(path)``."""
+
+    def __init__(self, path: Path, meta: TokenMeta) -> None:
+        self.path = path
+        self.meta = meta
+        self._cache: dict[str, tuple[list[dict[str, Any]], list[np.ndarray]]] = {}
+
+    @classmethod
+    def open(cls, path: str | Path) -> TokenSet:
+        """Read and validate ``tokens.json`` (format, version, fields).
+
+        Raises:
+            InputError: no such token folder. FormatError: a bad or newer tokens.json.
+        """
+        return cls(Path(path), _read_meta(Path(path)))
+
+    @property
+    def codec_name(self) -> str:
+        return self.meta.codec_name
+
+    @property
+    def codec_hash(self) -> str:
+        return self.meta.codec_hash
+
+    def splits(self) -> list[str]:
+        """Splits present (train, valid, test first, then any other), each a folder with an index."""
+        found = {p.parent.name for p in self.path.glob(f"*/{INDEX_NAME}")}
+        return [s for s in SPLITS if s in found] + sorted(found - set(SPLITS))
+
+    def arrays(self, split: str) -> list[np.ndarray]:
+        """Per level the whole split as a read-only (total_frames_i, n_codebooks_i) uint16 memmap."""
+        return self._load(split)[1]
+
+    def items(self, split: str) -> list[TokenItem]:
+        """The items of ``split`` in file order; sizes are checked against the index first.
+
+        Raises:
+            InputError: no such split. FormatError: an inconsistent index or a level file whose size
+                does not match it (truncated, or an interrupted run that was never resumed).
+        """
+        records, arrays = self._load(split)
+        return [TokenItem(r["id"], r["source"], float(r["duration"]), r["frames"], r["offsets"], arrays)
+                for r in records]
+
+    def _load(self, split: str) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+        if split not in self._cache:
+            folder = self.path / split
+            if not (folder / INDEX_NAME).is_file():
+                raise InputError(f"{self.path}: no split {split!r} (splits: {', '.join(self.splits()) or 'none'})")
+            records, ends = _read_index(folder / INDEX_NAME, self.meta)
+            arrays = []
+            for level, end in enumerate(ends):
+                path, n_q = folder / level_name(level), self.meta.n_codebooks[level]
+                size = path.stat().st_size if path.exists() else -1
+                if size != _expected_bytes(self.meta, level, end):
+                    raise FormatError(f"{path}: {max(size, 0)} bytes, but its index lists {end} frames x {n_q} "
+                                      f"codebooks = {_expected_bytes(self.meta, level, end)} bytes (truncated or "
+                                      "interrupted; rerun `pyramid dataset tokenize` to finish it)")
+                # np.memmap refuses empty files; an empty split is an empty array.
+                arrays.append(np.memmap(path, dtype=DTYPE, mode="r", shape=(end, n_q)) if end
+                              else np.zeros((0, n_q), dtype=DTYPE))
+            self._cache[split] = (records, arrays)
+        return self._cache[split]
+
+
+@dataclass(frozen=True)
+class ItemReport:
+    """Progress: one item handled. ``done`` counts items handled so far (this one included) of ``total``."""
+
+    split: str
+    id: str
+    status: str  # "encoded", "skipped" (already in the index) or "failed"
+    done: int
+    total: int
+    seconds: float = 0.0  # audio encoded now
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    split: str
+    id: str
+    audio: str
+    error: str
+
+
+@dataclass
+class TokenizeSummary:
+    out: Path
+    codec_name: str
+    codec_hash: str
+    encoded: int = 0  # items encoded by this run
+    skipped: int = 0  # items found in the index
+    failures: list[ItemFailure] = field(default_factory=list)
+    items: dict[str, int] = field(default_factory=dict)  # per split, items in the index after the run
+    frames: dict[str, list[int]] = field(default_factory=dict)  # per split, frames per level after the run
+    encoded_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(out=str(self.out), failed=self.failed)
+        return data
+
+
+def _choose_splits(records: list[dict[str, Any]], splits: Sequence[str] | None) -> list[str]:
+    present = {r["split"] for r in records}
+    known = list(SPLITS) + sorted(present - set(SPLITS))
+    if splits is None:
+        return [s for s in known if s in present]
+    unknown = [s for s in splits if s not in known]
+    if unknown or not splits:
+        raise UsageError(f"unknown split {unknown[0]!r}; the corpus has {', '.join(known)}" if unknown
+                         else "no split to tokenize")
+    return list(dict.fromkeys(splits))
+
+
+def _prepare(out: Path, meta: TokenMeta) -> None:
+    """Create the folder and tokens.json, or check that an existing one belongs to the same codec."""
+    if (out / META_NAME).exists():
+        old = _read_meta(out)
+        if dataclasses.replace(old, corpus=meta.corpus) != meta:
+            raise CodecMismatchError(f"{out} holds tokens of codec {old.codec_name} ({old.codec_hash}), not "
+                                     f"{meta.codec_name} ({meta.codec_hash}); tokenize into another folder")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out}: exists and is not a token folder (no {META_NAME}); give a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / META_NAME, json.dumps(meta.to_dict(), indent=2) + "\n")
+
+
+def _resume(folder: Path, meta: TokenMeta) -> tuple[list[int], set[str]]:
+    """Make the split's files consistent with its index; return (frames per level, ids done)."""
+    folder.mkdir(exist_ok=True)
+    repair_jsonl(folder / INDEX_NAME)
+    records, ends = _read_index(folder / INDEX_NAME, meta)
+    (folder / INDEX_NAME).touch()
+    for level, end in enumerate(ends):
+        path, need = folder / level_name(level), _expected_bytes(meta, level, end)
+        size = path.stat().st_size if path.exists() else 0
+        if size < need:
+            raise FormatError(f"{path}: {size} bytes, but its index lists {need}; the token set is damaged "
+                              f"(delete {folder} and rerun to encode the split again)")
+        with open(path, "r+b" if path.exists() else "wb") as handle:
+            handle.truncate(need)  # drops the tokens of an item whose index line was never written
+    return ends, {r["id"] for r in records}
+
+
+def _append_item(handles: Sequence[BinaryIO], index: Path, record: dict[str, Any], pyr: PyrFile,
+                 ends: list[int]) -> None:
+    """Append one item's tokens, then (once they are on disk) its index line; advance ``ends``."""
+    try:
+        for handle, level in zip(handles, pyr.levels, strict=True):
+            handle.write(np.ascontiguousarray(level.codes.T, dtype=DTYPE).tobytes())  # (frames_i, n_codebooks_i)
+        for handle in handles:
+            handle.flush()
+            os.fsync(handle.fileno())  # the tokens reach the disk before the index names them
+        append_jsonl(index, {"id": record["id"], "source": record["audio"], "duration": pyr.duration_seconds,
+                             "frames": pyr.frames, "offsets": list(ends)})
+    except OSError as error:
+        raise InputError(f"{index.parent}: cannot write tokens ({error.strerror or error})") from None
+    ends[:] = [e + f for e, f in zip(ends, pyr.frames, strict=True)]
+
+
+def tokenize_corpus(
+    corpus: str | Path,
+    codec: LoadedCodec,
+    out: str | Path,
+    *,
+    splits: Sequence[str] | None = None,
+    chunk_seconds: float = 30.0,
+    on_item: Callable[[ItemReport], None] | None = None,
+) -> TokenizeSummary:
+    """Encode every item of a built corpus into token shards under ``out`` (create or resume).
+
+    Args:
+        corpus: a folder made by ``pyramid dataset build`` (``manifest.jsonl`` + audio).
+        codec: from ``pyramid_cli.hub.load_codec``; the tokens equal ``encode_file``'s codes.
+        out: the token folder (see the module docstring); created if missing.
+        splits: the splits to encode (default every split of the manifest).
+        chunk_seconds: audio per encoder step; bounds memory, does not change the tokens.
+        on_item: called after each item (encoded, skipped or failed), for progress.
+
+    Returns:
+        What was done; items whose audio is missing, unreadable or silent are in ``failures``
+        and are retried by the next run.
+
+    Raises:
+        CodecMismatchError: ``out`` holds tokens of another codec. UsageError: an unknown split or
+        ``out`` is some other folder. FormatError: a bad manifest or damaged token files.
+    """
+    from pyramid_cli.codec.api import encode_file  # torch is imported only to encode
+
+    started = time.perf_counter()
+    corpus, out = Path(corpus), Path(out)
+    records = load_manifest(corpus)
+    chosen = _choose_splits(records, splits)
+    meta = TokenMeta.for_codec(codec, corpus)
+    _prepare(out, meta)
+    summary = TokenizeSummary(out, codec.name, codec.hash)
+    plans = []
+    for split in chosen:
+        ends, done = _resume(out / split, meta)
+        plans.append((split, ends, done, sorted((r for r in records if r["split"] == split), key=lambda r: r["id"])))
+    total, count = sum(len(todo) for *_, todo in plans), 0
+    for split, ends, done, todo in plans:
+        folder = out / split
+        handles = [open(folder / level_name(level), "ab") for level in range(meta.levels)]
+        try:
+            for record in todo:
+                count += 1
+                if record["id"] in done:
+                    summary.skipped += 1
+                    report = ItemReport(split, record["id"], "skipped", count, total)
+                else:
+                    try:
+                        pyr = encode_file(corpus / record["audio"], codec, chunk_seconds=chunk_seconds)
+                    except PyramidError as error:
+                        summary.failures.append(ItemFailure(split, record["id"], record["audio"], str(error)))
+                        report = ItemReport(split, record["id"], "failed", count, total, error=str(error))
+                    else:
+                        _append_item(handles, folder / INDEX_NAME, record, pyr, ends)
+                        done.add(record["id"])
+                        summary.encoded += 1
+                        summary.encoded_seconds += pyr.duration_seconds
+                        report = ItemReport(split, record["id"], "encoded", count, total, pyr.duration_seconds)
+                if on_item is not None:
+                    on_item(report)
+        finally:
+            for handle in handles:
+                handle.close()
+        summary.items[split] = len(done)
+        summary.frames[split] = list(ends)
+    summary.wall_seconds = time.perf_counter() - started
+    return summary

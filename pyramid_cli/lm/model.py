@@ -1,0 +1,208 @@
+"""The pyramid LM: a GPT-2-style decoder (pre-norm, causal by layout, rotary positions) with an
+explicit key/value cache, in the shape of nanoGPT's ``model.py``.
+
+Positions are rotary (RoPE, Su et al. 2021) rather than learned: attention scores then depend
+only on the distance between two tokens, so a model trained on short windows scores the same
+distances at minute 3 of a piece as at second 3. A token's input embedding is its code plus its
+stream (level and codebook), since the same 1024 code ids are shared by every level.
+
+Attention follows the layout (``TokenSequence.ranges``): training passes the dense (L, L) mask;
+generation passes the key slots each query may see, read from a ``KVCache`` that ``forward``
+fills and returns (EnCodec's ``LMModel.forward(indices, states, offset)`` pattern).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyramid_cli.errors import FormatError, InputError
+from pyramid_cli.fileio import write_bytes_atomic, write_text_atomic
+from pyramid_cli.lm.config import LMConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotate channel pairs of ``x`` (B, H, T, hd) by ``positions`` (T,) or (B, T) x frequencies."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.to(torch.float32)[..., None] * freqs  # (T, hd/2) or (B, T, hd/2)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, T, hd/2): the same rotation for every head
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for every slot of a sequence: (n_layer, B, H, L, hd) each."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def empty(cls, config: LMConfig, batch: int, length: int, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> KVCache:
+        shape = (config.n_layer, batch, config.n_head, length, config.d_model // config.n_head)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_head: int, dropout: float, rope_base: float) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.rope_base = rope_base
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None = None, layer: int = 0, start: int = 0,
+                key_slots: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        q = rotary(q, positions, self.rope_base)
+        k = rotary(k, positions, self.rope_base)
+        if cache is not None:
+            cache.keys[layer, :, :, start:start + T] = k
+            cache.values[layer, :, :, start:start + T] = v
+            if key_slots is not None:  # only the slots the layout lets these queries see
+                k = cache.keys[layer].index_select(2, key_slots)
+                v = cache.values[layer].index_select(2, key_slots)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, 4 * d_model)
+        self.down = nn.Linear(4 * d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_head: int, dropout: float, rope_base: float) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_head, dropout, rope_base)
+        self.ln_2 = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, dropout)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, layer: int, start: int, key_slots: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), positions, mask, cache, layer, start, key_slots)
+        return x + self.mlp(self.ln_2(x))
+
+
+class PyramidLM(nn.Module):
+    """GPT over laid-out pyramid tokens; see the module docstring."""
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.stream_embedding = nn.Embedding(config.n_streams, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(config.d_model, config.n_head, config.dropout, config.rope_base) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, parameter in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("down.weight"):
+                # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer).
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, streams: torch.Tensor,
+                mask: torch.Tensor | None = None, cache: KVCache | None = None, start: int = 0,
+                key_slots: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache | None]:
+        """Logits for the next token after each input token.
+
+        Args:
+            tokens: (B, T) token ids (no -1: unknown tokens are never fed).
+            positions: (T,) or (B, T) rotary positions; streams: (B, T) or (T,) stream ids.
+            mask: (T, T) or (B, 1, T, T) bool, True = may attend (training); or (T, K) against
+                ``key_slots`` when cached; None = every key visible.
+            cache: filled at slots ``start:start+T`` and returned; None for training.
+            key_slots: (K,) cache slots the queries attend to (default: all written so far are
+                ignored and only this chunk is seen, as in training).
+
+        Returns:
+            (logits (B, T, vocab_size), cache).
+        """
+        x = self.dropout(self.token_embedding(tokens) + self.stream_embedding(streams))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, positions, mask, cache, layer, start, key_slots)
+        return self.head(self.ln_f(x)), cache
+
+    # ---- checkpoints: config.json + model.safetensors, no pickles -------------------------------
+
+    def save_pretrained(self, folder: str | Path, fp16: bool = False) -> None:
+        """Write config.json and model.safetensors (safetensors only; ``fp16`` for release bundles)."""
+        folder = Path(folder)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        if fp16:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        metadata = {"format": "pt", "model_type": self.config.model_type, "name": self.config.name,
+                    "dtype": "float16" if fp16 else "float32"}  # safetensors metadata values must be str
+        write_bytes_atomic(folder / WEIGHTS_NAME, safetensors.torch.save(state, metadata=metadata))
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> PyramidLM:
+        """Load a folder written by ``save_pretrained`` onto ``device`` (weights cast to float32)."""
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise InputError(f"{path}: no such file (an LM folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{config_path}: unreadable LM config ({exc})") from None
+        model = cls(LMConfig.from_dict(data))
+        try:
+            state = safetensors.torch.load_file(weights_path)
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise FormatError(f"{weights_path}: unreadable safetensors file ({exc})") from None
+        try:
+            model.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as exc:
+            first_line = str(exc).splitlines()[0]
+            raise FormatError(f"{weights_path}: weights do not match config.json ({first_line})") from None
+        return model.to(device).eval()
+
+
+def check_codec(config: LMConfig, codec_name: str, codec_hash: str) -> None:
+    """Refuse tokens of a codec other than the one the LM was trained on, naming both."""
+    if (config.codec_name, config.codec_hash) != (codec_name, codec_hash):
+        raise InputError(f"the LM {config.name} was trained on tokens of {config.codec_name}@{config.codec_hash}, "
+                         f"not {codec_name}@{codec_hash}")

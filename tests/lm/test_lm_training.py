@@ -1,0 +1,71 @@
+"""LM training: the loss falls on learnable tokens, a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyramid_cli.data.tokens import TokenSet
+from pyramid_cli.errors import UsageError
+from pyramid_cli.lm.config import tiny
+from pyramid_cli.lm.model import PyramidLM
+from pyramid_cli.train.lm import LMTrainConfig, evaluate_lm, train_lm
+
+MODEL = replace(tiny(), n_layer=1, d_model=32, coarse_window=16, train_detail_frames=6, flat_window=48).to_dict()
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory: pytest.TempPathFactory, token_set_writer) -> Path:
+    return token_set_writer(tmp_path_factory.mktemp("tokens"), "tiny-codec", "00ff", {"train": [40, 30, 50], "valid": [30]})
+
+
+def settings(**changes) -> LMTrainConfig:
+    base = dict(model=MODEL, batch_size=4, steps=40, lr=3e-3, warmup_steps=5, eval_every=20, eval_windows=8,
+                log_every=5, checkpoint_every=20, device="cpu")
+    return LMTrainConfig(**{**base, **changes})
+
+
+@pytest.mark.parametrize("layout", ["time_aligned", "flat"])
+def test_training_lowers_the_loss(tmp_path: Path, tokens: Path, layout: str):
+    before = evaluate_lm(_fresh(tokens, layout), TokenSet.open(tokens), "valid", 8)
+    result = train_lm(tmp_path / "run", settings(layout=layout), tokens)
+    assert result.finished and result.step == 40
+    model = PyramidLM.from_pretrained(tmp_path / "run" / "export")
+    assert model.config.layout == layout and model.config.codec_name == "tiny-codec"
+    after = evaluate_lm(model, TokenSet.open(tokens), "valid", 8)
+    assert after["nll"] < before["nll"] - 0.3
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} >= {"start", "train", "eval", "checkpoint"}
+    assert all(np.isfinite(after[f"bits_per_second_l{i}"]) for i in range(3) if after[f"tokens_l{i}"])
+
+
+def _fresh(tokens: Path, layout: str) -> PyramidLM:
+    meta = TokenSet.open(tokens).meta
+    torch.manual_seed(0)
+    config = settings(layout=layout).lm_config().with_codec(meta.codec_name, meta.codec_hash, meta.sample_rate,
+                                                            meta.hop_lengths, meta.n_codebooks, meta.codebook_size)
+    return PyramidLM(config)
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path, tokens: Path):
+    train_lm(tmp_path / "straight", settings(steps=20), tokens)
+    first = train_lm(tmp_path / "resumed", settings(steps=20), tokens, max_steps_this_call=12)
+    assert first.step == 12 and not first.finished
+    second = train_lm(tmp_path / "resumed", settings(steps=20), tokens)
+    assert second.resumed_from == 12 and second.finished
+    a = PyramidLM.from_pretrained(tmp_path / "straight" / "export").state_dict()
+    b = PyramidLM.from_pretrained(tmp_path / "resumed" / "export").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_tokens_of_another_codec_are_refused(tmp_path: Path, tokens: Path, token_set_writer):
+    train_lm(tmp_path / "run", settings(steps=2, eval_every=0), tokens)
+    other = token_set_writer(tmp_path / "other", "other-codec", "1234", {"train": [20]})
+    with pytest.raises(UsageError, match="tiny-codec@00ff"):
+        train_lm(tmp_path / "run", settings(steps=4, eval_every=0), other)
