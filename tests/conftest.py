@@ -39,3 +39,11 @@ def few_real_midi(shared_midi_dir: Path, tmp_path_factory: pytest.TempPathFactor
         target.parent.mkdir()
         target.symlink_to(path)
     return folder
+
+
+@pytest.fixture(scope="session")
+def token_set_writer():
+    """``tests/token_sets.write_token_set``: a synthetic token set in the tokenize format."""
+    from token_sets import write_token_set
+
+    return write_token_set

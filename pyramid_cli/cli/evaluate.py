@@ -1,4 +1,4 @@
-"""`pyramid eval codec`: reconstruction metrics per number of decoded levels on a corpus split."""
+"""`pyramid eval codec | lm`: reconstruction metrics per decoded level, LM likelihood per level."""
 
 from __future__ import annotations
 
@@ -101,3 +101,48 @@ def plot(
                      decoded.cpu()))
     write_output(target, spectrogram_png(rows, rate))
     console.print(f"wrote {target}")
+
+
+@app.command("lm")
+def eval_lm(
+    tokens: Annotated[Path, typer.Option("--tokens", help="Token folder from `pyramid dataset tokenize`.")],
+    lm: Annotated[str | None, typer.Option("--lm", help="LM name or folder [default: the bundled default].")] = None,
+    split: Annotated[str, typer.Option(help="Token split to measure on.")] = "test",
+    windows: Annotated[int, typer.Option(help="Number of fixed windows drawn from the split.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the window draw (the same seed gives the same windows).")] = 1234,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    json_output: JsonOption = False,
+) -> None:
+    """Negative log-likelihood per level: nats and bits per token, bits per second of audio.
+
+    Windows are the training windows of the LM's layout (for time_aligned, each detail token sees
+    its full generation-time context), so figures compare runs with the same layout.
+
+    Example: pyramid eval lm --tokens tokens --split test --json
+    """
+    from pyramid_cli.data.tokens import TokenSet
+    from pyramid_cli.errors import UsageError
+    from pyramid_cli.hub import DEFAULT_LM, resolve_model
+    from pyramid_cli.lm.api import load_lm
+    from pyramid_cli.lm.model import check_codec
+    from pyramid_cli.train.lm import evaluate_lm
+
+    if windows < 1:
+        raise UsageError("--windows must be at least 1")
+    loaded = load_lm(resolve_model(lm or DEFAULT_LM, kind="lm"), device)
+    token_set = TokenSet.open(tokens)
+    check_codec(loaded.model.config, token_set.codec_name, token_set.codec_hash)
+    if split not in token_set.splits():
+        raise UsageError(f"{tokens} has no {split!r} split (it has {', '.join(token_set.splits())})")
+    record = evaluate_lm(loaded.model, token_set, split, windows, seed=seed)
+    record["lm"] = f"{loaded.name}@{loaded.hash}"
+    if json_output:
+        print_json(record)
+        return
+    table = Table(title=f"{loaded.name} on {split} ({windows} windows)")
+    for column in ("level", "tokens", "nats/token", "bits/token", "bits/s of audio"):
+        table.add_column(column, justify="right")
+    for i in range(loaded.model.config.n_levels):
+        table.add_row(str(i), str(record[f"tokens_l{i}"]), f"{record[f'nll_l{i}']:.3f}",
+                      f"{record[f'bits_per_token_l{i}']:.3f}", f"{record[f'bits_per_second_l{i}']:.1f}")
+    console.print(table)

@@ -1,11 +1,13 @@
-"""`pyramid train codec`: train a PyramidCodec on a built corpus; rerunning the command resumes."""
+"""`pyramid train codec | lm`: train a PyramidCodec on a corpus, or the LM on its tokens; reruns resume."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +20,12 @@ from pyramid_cli.errors import InputError, UsageError
 app = typer.Typer(help="Train models on a corpus built by `pyramid dataset build`.", no_args_is_help=True)
 
 
-def _settings(run: Path, config: Path | None, explicit: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Layer the settings: the run's saved config < --config FILE < explicit options < --set."""
+def _settings(run: Path, config: Path | None, explicit: dict[str, Any], overrides: list[str],
+              preset_dict: Callable[[str | None], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Layer the settings: the run's saved config < --config FILE < explicit options < --set.
+
+    ``preset_dict(name)`` spells a model preset out as a full config dict, so that ``--set
+    model.x=...`` can edit it (default: codec presets)."""
     from pyramid_cli.train.common import apply_overrides
 
     settings: dict[str, Any] = {}
@@ -33,12 +39,22 @@ def _settings(run: Path, config: Path | None, explicit: dict[str, Any], override
         settings.update(loaded)
     settings.update({key: value for key, value in explicit.items() if value is not None})
     if any(item.startswith("model.") for item in overrides) and not isinstance(settings.get("model"), dict):
-        from pyramid_cli.codec import preset
-        from pyramid_cli.train.codec import CodecTrainConfig
-
-        # --set model.x=... edits a preset: spell the preset out as a full config dict first.
-        settings["model"] = preset(settings.get("model", CodecTrainConfig.model)).to_dict()
+        settings["model"] = (preset_dict or _codec_preset_dict)(settings.get("model"))
     return apply_overrides(settings, overrides)
+
+
+def _codec_preset_dict(name: str | None) -> dict[str, Any]:
+    from pyramid_cli.codec import preset
+    from pyramid_cli.train.codec import CodecTrainConfig
+
+    return preset(name or str(CodecTrainConfig.model)).to_dict()
+
+
+def _lm_preset_dict(name: str | None) -> dict[str, Any]:
+    from pyramid_cli.lm.config import preset
+    from pyramid_cli.train.lm import LMTrainConfig
+
+    return preset(name or str(LMTrainConfig.model)).to_dict()
 
 
 def _status(record: dict[str, Any]) -> str:
@@ -66,6 +82,32 @@ def _describe(record: dict[str, Any]) -> str | None:
     if kind == "note" and record.get("reseeded_codes"):
         return f"step {record['step']}: reseeded {record['reseeded_codes']} dead codebook entries"
     return None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(main_rank: bool) -> Iterator[threading.Event]:
+    """Ctrl-C / SIGTERM set the event (the trainer saves a checkpoint and returns); a second
+    Ctrl-C aborts at once."""
+    stop = threading.Event()
+    previous = {}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop.set()
+        if main_rank:
+            console.print("[yellow]stopping[/yellow]: finishing this step and saving a checkpoint "
+                          "(Ctrl-C again to abort without saving)", soft_wrap=True)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()
@@ -125,21 +167,6 @@ def codec(
                 "lr": lr, "seed": seed, "device": device}
     settings = CodecTrainConfig.from_dict(_settings(run, config, explicit, set_ or []))
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
-    stop = threading.Event()
-    previous = {}
-
-    def request_stop(signum: int, frame: Any) -> None:
-        if stop.is_set() and signum == signal.SIGINT:  # a second Ctrl-C aborts at once
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        stop.set()
-        if main_rank:
-            console.print("[yellow]stopping[/yellow]: finishing this step and saving a checkpoint "
-                          "(Ctrl-C again to abort without saving)", soft_wrap=True)
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, request_stop)
     progress = make_progress(TextColumn("{task.fields[status]}"))
     task = progress.add_task("training", total=None, status="starting")
 
@@ -154,13 +181,9 @@ def codec(
         if line:
             progress.console.print(line, soft_wrap=True)
 
-    try:
-        with progress:
-            result = train_codec(run, settings, data, on_log=on_log if main_rank else None,
-                                 init_from=init_from, stop=stop.is_set)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stop_on_signals(main_rank) as stop, progress:
+        result = train_codec(run, settings, data, on_log=on_log if main_rank else None,
+                             init_from=init_from, stop=stop.is_set)
     if not main_rank:
         raise typer.Exit(130 if result.stopped else 0)
     if json_output:
@@ -174,5 +197,105 @@ def codec(
                       "Rerun the same command to resume.")
         raise typer.Exit(130)
     best = f"; best validation mel {result.best_mel:.3f} at step {result.best_step}" if result.best_step else ""
+    console.print(f"[green]done[/green]: step {result.step}/{result.total_steps}{best}; model in {result.export_dir}",
+                  soft_wrap=True)
+
+
+def _lm_status(record: dict[str, Any]) -> str:
+    levels = " ".join(f"l{k[6:]} {v:.3f}" for k, v in sorted(record.items()) if k.startswith("loss_l"))
+    return (f"loss {record['loss']:.3f} ({levels}) · {record['steps_per_s']:.2f} step/s · "
+            f"{record['tokens_per_s']:.0f} tok/s · lr {record['lr']:.2e}")
+
+
+def _lm_describe(record: dict[str, Any]) -> str | None:
+    if record["kind"] == "start":
+        where = f"resuming at step {record['resumed_from']}" if record["resumed_from"] is not None else "new run"
+        return (f"{where}: {record['parameters'] / 1e6:.1f} M parameters, {record['layout']} layout, "
+                f"{record['codec']} tokens, {record['train_items']} training pieces on {record['device']}")
+    if record["kind"] == "eval":
+        levels = " ".join(f"l{i} {record[f'bits_per_token_l{i}']:.2f}" for i in range(8)
+                          if f"bits_per_token_l{i}" in record)
+        return f"step {record['step']}: validation nll {record['nll']:.3f} nats/token; bits/token {levels}"
+    if record["kind"] == "checkpoint":
+        return f"step {record['step']}: checkpoint{' (best)' if record['best'] else ''} {record['path']}"
+    return None
+
+
+@app.command()
+def lm(
+    tokens: Annotated[Path, typer.Option("--tokens", help="Token folder from `pyramid dataset tokenize`: windows "
+                                         "come from its train split, validation from its valid split.")],
+    run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder (config.json, metrics.jsonl, "
+                                      "checkpoints/, export/); a run with a checkpoint resumes.")],
+    preset: Annotated[str | None, typer.Option(help="Model preset: small (CPU-sized default), tiny, paper "
+                                               "(6 x 8 heads x 768, the paper's).")] = None,
+    layout: Annotated[str | None, typer.Option(help="time_aligned (windowed, seamless on long pieces) or flat "
+                                               "(the paper's [BOS] l0 [SEP] l1 [SEP] l2 [EOS]).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Total steps of the run (default 5000).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Windows per step per process (default 16).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate (default 1e-3).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Fixes initial weights and the windows drawn.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps (default auto).")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="Fine-tune from this LM folder's weights with a fresh "
+                                                   "optimizer and schedule.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="JSON file of training settings.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override one setting, key=value (repeatable): "
+                                                   "--set eval_every=200 --set model.n_layer=8.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Train the abstract-to-detail LM on token shards; rerunning resumes.
+
+    Examples:
+
+      pyramid train lm --tokens tokens --run runs/lm --steps 3000
+
+      pyramid train lm --tokens tokens --run runs/lm-flat --layout flat
+
+      torchrun --nproc_per_node=8 -m pyramid_cli train lm --tokens tokens \\
+          --run-dir runs/lm-paper --preset paper
+    """
+    import torch
+
+    from pyramid_cli.train.lm import LMTrainConfig, train_lm
+
+    if threads is not None:
+        if threads < 1:
+            raise UsageError("--threads must be at least 1")
+        torch.set_num_threads(threads)
+    explicit = {"model": preset, "layout": layout, "steps": steps, "batch_size": batch_size, "lr": lr,
+                "seed": seed, "device": device}
+    settings = LMTrainConfig.from_dict(_settings(run, config, explicit, set_ or [], _lm_preset_dict))
+    main_rank = os.environ.get("RANK", "0") == "0"
+    progress = make_progress(TextColumn("{task.fields[status]}"))
+    task = progress.add_task("training", total=None, status="starting")
+
+    def on_log(record: dict[str, Any]) -> None:
+        if record["kind"] == "start":
+            progress.update(task, total=record["total_steps"], completed=record["step"])
+        elif record["kind"] == "train":
+            progress.update(task, completed=record["step"], status=_lm_status(record))
+            if not console.is_terminal:
+                console.print(f"step {record['step']}/{settings.steps}: {_lm_status(record)}", soft_wrap=True)
+        line = _lm_describe(record)
+        if line:
+            progress.console.print(line, soft_wrap=True)
+
+    with _stop_on_signals(main_rank) as stop, progress:
+        result = train_lm(run, settings, tokens, on_log=on_log if main_rank else None, init_from=init_from,
+                          stop=stop.is_set)
+    if not main_rank:
+        raise typer.Exit(130 if result.stopped else 0)
+    if json_output:
+        print_json({"ok": True, "run": str(result.run_dir), "step": result.step, "total_steps": result.total_steps,
+                    "finished": result.finished, "stopped": result.stopped, "resumed_from": result.resumed_from,
+                    "best_step": result.best_step, "best_nll": result.best_loss,
+                    "export": None if result.export_dir is None else str(result.export_dir),
+                    "last_eval": result.last_eval})
+    if result.stopped:
+        console.print(f"[yellow]stopped[/yellow] at step {result.step}/{result.total_steps}; checkpoint saved. "
+                      "Rerun the same command to resume.")
+        raise typer.Exit(130)
+    best = f"; best validation nll {result.best_loss:.3f} at step {result.best_step}" if result.best_step else ""
     console.print(f"[green]done[/green]: step {result.step}/{result.total_steps}{best}; model in {result.export_dir}",
                   soft_wrap=True)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from pyramid_cli.data.tokens import TokenMeta, level_name
 
@@ -51,9 +50,3 @@ def write_token_set(folder: Path, codec_name: str, codec_hash: str, items: dict[
             handle.close()
         (folder / split / "index.jsonl").write_text("".join(line + "\n" for line in lines))
     return folder
-
-
-@pytest.fixture(scope="session")
-def token_set_writer():
-    """``write_token_set`` for tests (conftest modules cannot be imported by name)."""
-    return write_token_set

@@ -1,0 +1,144 @@
+"""Generation as a library call: lay out a piece, place a prompt, sample, and return ``.pyr`` files.
+
+The CLI's ``pyramid generate`` is this function plus file handling. A generated ``PyrFile``
+records in its provenance everything needed to make it again: the LM's and the codec's
+identities, the seed and the sampling settings (UX §6).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyramid_cli.errors import InputError, UsageError
+from pyramid_cli.hub import LoadedCodec, weights_hash
+from pyramid_cli.lm.layout import TokenSequence, make_layout
+from pyramid_cli.lm.model import PyramidLM, check_codec
+from pyramid_cli.lm.sampling import ProgressCallback, SamplingSettings, generate
+from pyramid_cli.pyrfile import PyrFile, PyrLevel
+
+MAX_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class LoadedLM:
+    """An LM ready for sampling and its identity (name + 16-hex weights hash)."""
+
+    model: PyramidLM
+    name: str
+    hash: str
+    folder: Path
+
+
+def load_lm(folder: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
+    """Load an LM folder (config.json + model.safetensors) for inference on ``device``."""
+    from pyramid_cli.devices import resolve_device
+
+    folder = Path(folder)
+    model = PyramidLM.from_pretrained(folder, device=resolve_device(device))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return LoadedLM(model, model.config.name, weights_hash(folder / "model.safetensors"), folder)
+
+
+@dataclass
+class GenerationResult:
+    """Generated pieces and how long they took."""
+
+    pieces: list[PyrFile]
+    seed: int
+    coarse_frames: int
+    tokens_generated: int  # over all samples
+    seconds: float  # wall time of sampling
+    prompt_seconds: float = 0.0
+    tokens_per_level: list[int] = field(default_factory=list)  # per sample
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_generated / max(self.seconds, 1e-9)
+
+
+def plan_piece(lm: PyramidLM, seconds: float, prompt: PyrFile | None = None,
+               prompt_seconds: float | None = None) -> tuple[TokenSequence, int, float]:
+    """The layout of a ``seconds``-long piece with the prompt's codes in place.
+
+    Returns:
+        (plan, coarse frames, seconds of prompt used). The prompt keeps its own time: it is the
+        start of the piece and is continued, never re-based.
+    """
+    config = lm.config
+    if not 0 < seconds <= MAX_SECONDS:
+        raise UsageError(f"the length must be in (0, {MAX_SECONDS:.0f}] seconds, got {seconds:g}")
+    frames = config.coarse_frames_for(seconds)
+    plan = make_layout(config).piece(frames)
+    used = 0.0
+    if prompt is not None:
+        if prompt.n_levels != config.n_levels:
+            raise InputError(f"the prompt holds {prompt.n_levels} level(s); continuing needs all {config.n_levels}")
+        # Whole level-0 frames only: the last frame of an encoding covers zero padding.
+        prompt_frames = prompt.num_samples // config.coarse_hop
+        if prompt_seconds is not None:
+            prompt_frames = min(prompt_frames, int(prompt_seconds * config.coarse_frame_rate))
+        if prompt_frames < 1:
+            raise InputError("the prompt is shorter than one level-0 frame "
+                             f"({config.coarse_hop / config.sample_rate * 1000:.0f} ms)")
+        if prompt_frames >= frames:
+            raise UsageError(f"the piece ({seconds:g} s) must be longer than its prompt "
+                             f"({prompt_frames / config.coarse_frame_rate:.1f} s)")
+        for i, (ratio, level) in enumerate(zip(config.frames_per_coarse, prompt.levels, strict=True)):
+            where = np.where((plan.level == i) & (plan.frame < prompt_frames * ratio))[0]
+            plan.tokens[where] = level.codes[plan.codebook[where], plan.frame[where]]
+        used = prompt_frames / config.coarse_frame_rate
+    return plan, frames, used
+
+
+def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, sampling: SamplingSettings,
+                    seed: int, num_samples: int = 1, levels: int | None = None, prompt: PyrFile | None = None,
+                    prompt_seconds: float | None = None, prompt_name: str | None = None,
+                    on_progress: ProgressCallback | None = None) -> GenerationResult:
+    """Sample ``num_samples`` pieces of ``seconds`` seconds as ``.pyr`` files.
+
+    Args:
+        levels: generate only what decoding ``levels`` levels needs (a quick sketch with 1);
+            the files then hold that many levels. Default: all.
+        seed: with the same LM, codec, settings and device the tokens are identical.
+    """
+    config = lm.model.config
+    check_codec(config, codec.name, codec.hash)
+    if prompt is not None and (prompt.codec_name, prompt.codec_hash) != (codec.name, codec.hash):
+        raise InputError(f"the prompt was encoded with {prompt.codec_name}@{prompt.codec_hash[:8]}, "
+                         f"the LM models {codec.name}@{codec.hash[:8]}")
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got {num_samples}")
+    keep = config.n_levels if levels is None else levels
+    if not 1 <= keep <= config.n_levels:
+        raise UsageError(f"--levels must be in 1..{config.n_levels}, got {levels}")
+    plan, frames, used = plan_piece(lm.model, seconds, prompt, prompt_seconds)
+    stop = int(np.where((plan.level >= 0) & (plan.level < keep))[0].max()) + 1
+    device = next(lm.model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    started = time.perf_counter()
+    tokens = generate(lm.model, plan, num_samples=num_samples, sampling=sampling, generator=generator, stop=stop,
+                      on_progress=on_progress)
+    elapsed = time.perf_counter() - started
+    generated = int(((plan.tokens[:stop] < 0)).sum()) * num_samples
+    layout = make_layout(config)
+    hops = [config.coarse_hop // r for r in config.frames_per_coarse]
+    provenance = {"generated_by": lm.name, "lm_hash": lm.hash, "seed": seed, "temperature": sampling.temperature,
+                  "top_k": sampling.top_k, "top_p": sampling.top_p, "layout": config.layout,
+                  "prompt": prompt_name, "prompt_seconds": round(used, 6)}
+    pieces = []
+    for sample in range(num_samples):
+        plan.tokens = tokens[sample]
+        codes = layout.to_levels(plan)[:keep]
+        pieces.append(PyrFile(
+            codec_name=codec.name, codec_hash=codec.hash, sample_rate=config.sample_rate,
+            num_samples=frames * config.coarse_hop, original_sample_rate=config.sample_rate, original_channels=1,
+            codebook_size=config.codebook_size, levels=[PyrLevel(h, c) for h, c in zip(hops, codes, strict=False)],
+            provenance={**provenance, "sample": sample}))
+    return GenerationResult(pieces, seed, frames, generated, elapsed, used,
+                            [frames * n for n in config.tokens_per_coarse_frame[:keep]])

@@ -1,0 +1,122 @@
+"""`pyramid train lm`, `pyramid generate` and `pyramid eval lm` end to end with tiny real models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pyramid_cli.codec import CodecConfig, PyramidCodec
+from pyramid_cli.hub import codec_identity
+from pyramid_cli.pyrfile import PyrFile
+
+TINY_CODEC = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)
+
+
+def pyramid(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyramid_cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, token_set_writer) -> tuple[Path, Path, Path]:
+    """(codec folder, LM folder, token folder): an LM trained for a few steps on the codec's tokens."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    PyramidCodec(TINY_CODEC).eval().save_pretrained(root / "codec")
+    name, digest = codec_identity(root / "codec")
+    tokens = token_set_writer(root / "tokens", name, digest, {"train": [40, 30], "valid": [30], "test": [30]})
+    result = pyramid("train", "lm", "--tokens", str(tokens), "--run", str(root / "run"), "--preset", "tiny",
+                     "--steps", "6", "--batch-size", "2", "--device", "cpu", "--set", "eval_every=3",
+                     "--set", "eval_windows=4", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["finished"] and report["step"] == 6
+    return root / "codec", root / "run" / "export", tokens
+
+
+def test_generate_writes_audio_and_reproducible_tokens(models: tuple[Path, Path, Path], tmp_path: Path):
+    codec, lm, _ = models
+    args = ["generate", "--seconds", "2", "--lm", str(lm), "--model", str(codec), "--seed", "3",
+            "--temperature", "1.3", "--device", "cpu"]
+    first = pyramid(*args, "-o", str(tmp_path / "a.wav"), "--save-tokens", str(tmp_path / "a.pyr"), "--json")
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["seed"] == 3 and summary["levels"] == 3 and summary["tokens_generated"] > 0
+    audio, rate = sf.read(tmp_path / "a.wav")
+    pyr = PyrFile.read(tmp_path / "a.pyr")
+    assert rate == 22050 and len(audio) == pyr.num_samples >= 2 * 22050
+    assert pyr.frames == [22, 44, 88] and pyr.provenance["seed"] == 3 and pyr.provenance["temperature"] == 1.3
+    second = pyramid(*args, "--save-tokens", str(tmp_path / "b.pyr"))
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "a.pyr").read_bytes() == (tmp_path / "b.pyr").read_bytes(), "same seed, same tokens"
+    decoded = pyramid("decode", str(tmp_path / "a.pyr"), "--model", str(codec), "--levels", "1", "--device", "cpu")
+    assert decoded.returncode == 0, decoded.stderr
+    again = pyramid(*args, "--save-tokens", str(tmp_path / "a.pyr"))
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_continuation_keeps_the_prompt(models: tuple[Path, Path, Path], tmp_path: Path):
+    codec, lm, _ = models
+    base = ["--lm", str(lm), "--model", str(codec), "--device", "cpu"]
+    assert pyramid("generate", "--seconds", "2", *base, "--seed", "1", "--save-tokens", str(tmp_path / "p.pyr"),
+                   ).returncode == 0
+    result = pyramid("generate", "--seconds", "3", *base, "--seed", "2", "--prompt", str(tmp_path / "p.pyr"),
+                     "--prompt-seconds", "1", "--num-samples", "2", "--save-tokens", str(tmp_path / "c.pyr"), "--json")
+    assert result.returncode == 0, result.stderr
+    prompt = PyrFile.read(tmp_path / "p.pyr")
+    for name in ("c-1.pyr", "c-2.pyr"):
+        continued = PyrFile.read(tmp_path / name)
+        assert continued.frames == [33, 66, 132]
+        for level, ratio in zip(range(3), (1, 2, 4), strict=True):
+            np.testing.assert_array_equal(continued.levels[level].codes[:, :10 * ratio],
+                                          prompt.levels[level].codes[:, :10 * ratio])
+    assert json.loads(result.stdout)["prompt_seconds"] == pytest.approx(10 * 2048 / 22050)
+
+
+def test_coarse_sketch_and_eval(models: tuple[Path, Path, Path], tmp_path: Path):
+    codec, lm, tokens = models
+    result = pyramid("generate", "--seconds", "2", "--lm", str(lm), "--model", str(codec), "--levels", "1",
+                     "--device", "cpu", "-o", str(tmp_path / "s.wav"), "--save-tokens", str(tmp_path / "s.pyr"))
+    assert result.returncode == 0, result.stderr
+    assert PyrFile.read(tmp_path / "s.pyr").n_levels == 1 and "seed" in result.stderr
+    evaluated = pyramid("eval", "lm", "--tokens", str(tokens), "--lm", str(lm), "--windows", "4", "--device", "cpu",
+                        "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    record = json.loads(evaluated.stdout)
+    assert record["split"] == "test" and all(record[f"tokens_l{i}"] > 0 for i in range(3))
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--seconds", "2", "--minutes", "1", "-o", "x.wav"], 2, "one of --minutes or --seconds"),
+        (["--seconds", "2"], 2, "-o OUT.wav"),
+        (["--seconds", "2", "-o", "x.mp3"], 2, ".wav or .flac"),
+        (["--seconds", "2", "-o", "x.wav", "--top-p", "1.5"], 2, "--top-p"),
+        (["--seconds", "0", "-o", "x.wav"], 2, "seconds"),
+        (["--seconds", "2", "-o", "x.wav", "--prompt", "missing.wav"], 1, "missing.wav"),
+    ],
+)
+def test_bad_options(models: tuple[Path, Path, Path], tmp_path: Path, args: list[str], code: int, message: str):
+    codec, lm, _ = models
+    result = pyramid("generate", *args, "--lm", str(lm), "--model", str(codec), "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_lm_of_another_codec_is_refused(models: tuple[Path, Path, Path], tmp_path: Path):
+    _, lm, _ = models
+    torch.manual_seed(1)
+    PyramidCodec(TINY_CODEC).eval().save_pretrained(tmp_path / "other")
+    result = pyramid("generate", "--seconds", "1", "--lm", str(lm), "--model", str(tmp_path / "other"),
+                     "--device", "cpu", "-o", str(tmp_path / "x.wav"))
+    assert result.returncode == 1 and "was trained on tokens of tiny-p111@" in result.stderr
+    assert not (tmp_path / "x.wav").exists()
