@@ -1,24 +1,35 @@
-"""Find and load codec checkpoints: ``--model NAME | DIR``.
+"""The model registry: ``--model PATH | NAME | hf://org/repo[@rev]`` → a local checkpoint folder.
 
 A checkpoint is a folder with ``config.json`` and ``model.safetensors`` (safetensors only, no
-pickles). ``NAME`` is a model bundled with pyramid: ``models/<NAME>/`` beside the package in a
-source checkout, or ``pyramid_cli/models/<NAME>/`` inside an installed wheel, so a fresh install
-works offline (UX §5). A later version adds a download cache and the Hugging Face Hub here.
+pickles), usually with a ``README.md`` model card and a ``checksums.json`` (see ``bundle``). A
+reference is resolved in this order, the first match winning:
 
-A codec's identity is its name (from the config) and the first 16 hex digits of the SHA-256 of
-its weights file. ``.pyr`` files record it, so tokens are never decoded with another codec's
-weights (DAC leaves this check to the user).
+1. ``hf://org/repo[@rev]``: a Hugging Face Hub repository, read from the standard Hub cache
+   (``HF_HUB_CACHE``, else ``$HF_HOME/hub``); a cache hit never touches the network, a miss is
+   downloaded unless ``HF_HUB_OFFLINE=1`` (then the error names the ``pyramid download`` to run).
+2. an explicit folder (anything that exists, or looks like a path: ``./x``, ``~/x``, ``a/b``);
+3. a bundled model: ``models/<NAME>/`` beside the package in a source checkout, or
+   ``pyramid_cli/models/<NAME>/`` inside an installed wheel, so a fresh install works offline;
+4. the user cache: ``$PYRAMID_HOME/models/<NAME>/`` (default ``~/.cache/pyramid``), filled by
+   ``pyramid download --name``.
+
+Two kinds of model share this layout: codecs, and language models over codec tokens, told apart
+by ``config.json`` (``model_kind``). A codec's identity is its name and the first 16 hex digits
+of the SHA-256 of its weights; ``.pyr`` files record it, so tokens are never decoded with another
+codec's weights (DAC leaves this check to the user).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pyramid_cli
-from pyramid_cli.errors import FormatError, InputError
+from pyramid_cli.errors import FormatError, InputError, UsageError
 
 if TYPE_CHECKING:  # torch is heavy: imported only when a model is actually loaded
     import torch
@@ -26,9 +37,16 @@ if TYPE_CHECKING:  # torch is heavy: imported only when a model is actually load
     from pyramid_cli.codec.model import PyramidCodec
 
 DEFAULT_CODEC = "pyramid-22k-p111-small"
+DEFAULT_LM = "pyramid-lm-small"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+README_NAME = "README.md"
 HASH_DIGITS = 16
+LM_MODEL_TYPE = "pyramid-lm"  # the "model_type" of a language model's config.json
+
+ModelKind = Literal["codec", "lm"]
+Origin = Literal["path", "bundled", "cache", "hf"]
+KIND_NAMES: dict[str, str] = {"codec": "codec", "lm": "language model"}
 
 
 class LoadedCodec(NamedTuple):
@@ -39,10 +57,35 @@ class LoadedCodec(NamedTuple):
     hash: str
 
 
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a reference led: the folder, and by which route (the CLI shows and `models rm` checks it)."""
+
+    name: str  # the bundled/cached name, the hf:// reference, or the folder as given
+    path: Path
+    origin: Origin
+
+
+# ---- where models live ----------------------------------------------------------------------------
+
+
 def model_roots() -> list[Path]:
     """Folders that hold bundled models: the checkout's ``models/``, then the wheel's ``pyramid_cli/models``."""
     package = Path(pyramid_cli.__file__).resolve().parent
     return [package.parent / "models", package / "models"]
+
+
+def pyramid_home() -> Path:
+    """``$PYRAMID_HOME``, else ``$XDG_CACHE_HOME/pyramid``, else ``~/.cache/pyramid`` (read at each call)."""
+    explicit = os.environ.get("PYRAMID_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "pyramid"
+
+
+def cache_root() -> Path:
+    """The user cache of installed models: ``$PYRAMID_HOME/models``."""
+    return pyramid_home() / "models"
 
 
 def is_model_dir(path: Path) -> bool:
@@ -50,52 +93,140 @@ def is_model_dir(path: Path) -> bool:
     return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
+def _complete_models(root: Path) -> dict[str, Path]:
+    """Complete model folders under ``root``; hidden ones (temporary copies in flight) are skipped."""
+    if not root.is_dir():
+        return {}
+    return {folder.name: folder for folder in sorted(root.iterdir())
+            if folder.is_dir() and not folder.name.startswith(".") and is_model_dir(folder)}
+
+
 def bundled_models() -> dict[str, Path]:
     """Name → folder of every complete bundled model (the checkout's copy wins over the wheel's)."""
     found: dict[str, Path] = {}
     for root in model_roots():
-        if root.is_dir():
-            for folder in sorted(root.iterdir()):
-                if folder.is_dir() and is_model_dir(folder):
-                    found.setdefault(folder.name, folder)
+        for name, folder in _complete_models(root).items():
+            found.setdefault(name, folder)
     return found
+
+
+def cached_models() -> dict[str, Path]:
+    """Name → folder of every complete model in the user cache (``$PYRAMID_HOME/models``)."""
+    return _complete_models(cache_root())
+
+
+# ---- what a folder holds ----------------------------------------------------------------------------
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The JSON object in ``folder/config.json`` (never anything but JSON is parsed)."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FormatError(f"{path}: unreadable model config ({error})") from None
+    if not isinstance(config, dict):
+        raise FormatError(f"{path}: a model config must be a JSON object")
+    return config
+
+
+def model_kind(folder: str | Path) -> ModelKind:
+    """``"lm"`` for a config with ``"model_type": "pyramid-lm"``, ``"codec"`` for one with ``encoder_rates``."""
+    config = read_config(folder)
+    if config.get("model_type") == LM_MODEL_TYPE:
+        return "lm"
+    if "encoder_rates" in config:
+        return "codec"
+    raise FormatError(f"{Path(folder) / CONFIG_NAME}: neither a codec config (encoder_rates) nor a "
+                      f"language model config (model_type {LM_MODEL_TYPE!r})")
+
+
+# ---- resolution ---------------------------------------------------------------------------------------
 
 
 def _looks_like_path(ref: str) -> bool:
     return "/" in ref or "\\" in ref or ref.startswith(".") or ref.startswith("~")
 
 
-def resolve_model(ref: str | Path) -> Path:
-    """The checkpoint folder that ``ref`` names.
+def _missing_files(path: Path) -> list[str]:
+    return [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (path / name).is_file()]
+
+
+def _not_found(text: str) -> InputError:
+    bundled, cached = bundled_models(), cached_models()
+    listed = f"bundled models: {', '.join(bundled)}" if bundled else "no models are bundled with this install"
+    if cached:
+        listed += f"; cached: {', '.join(cached)}"
+    if text in (DEFAULT_CODEC, DEFAULT_LM):
+        what = "codec" if text == DEFAULT_CODEC else "language model"
+        return InputError(f"the default {what} {text} is not installed ({listed}; it is still being trained); "
+                          f"pass --model DIR with a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    return InputError(f"unknown model {text!r}: not a folder, a bundled or a cached model ({listed}); "
+                      "`pyramid models list` shows them, hf://org/repo names a Hugging Face Hub model")
+
+
+def locate_model(ref: str | Path, kind: ModelKind | None = None, *, download: bool = True) -> ModelLocation:
+    """Find the checkpoint folder that ``ref`` names (see the module docstring for the order).
 
     Args:
-        ref: a folder with config.json + model.safetensors, or the name of a bundled model.
+        ref: ``hf://org/repo[@rev]``, a folder, or the name of a bundled or cached model.
+        kind: refuse a model of the other kind (a language model where a codec is needed).
+        download: fetch an ``hf://`` model missing from the Hub cache (never when ``HF_HUB_OFFLINE=1``).
 
     Raises:
-        InputError: an incomplete folder, or an unknown name (the message lists the bundled ones).
+        InputError: an incomplete folder, an unknown name, an offline miss (naming the command to run).
+        FormatError: an unreadable config, or one of neither kind.
     """
+    from pyramid_cli import hf
+
     text = str(ref)
+    if not isinstance(ref, Path) and hf.is_hub_ref(text):
+        hub_ref = hf.parse_hub_ref(text)
+        path = hf.fetch(hub_ref, download=download).path
+        location = ModelLocation(str(hub_ref), path, "hf")
+    else:
+        location = _locate_local(ref, text, kind)
+    if kind is not None:
+        found = model_kind(location.path)
+        if found != kind:
+            raise InputError(f"{location.name}: is a {KIND_NAMES[found]}, but a {KIND_NAMES[kind]} is needed here")
+    return location
+
+
+def _locate_local(ref: str | Path, text: str, kind: ModelKind | None) -> ModelLocation:
+    what = KIND_NAMES[kind] if kind else "model"
     path = Path(text).expanduser()
     if path.is_dir():
-        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (path / name).is_file()]
+        missing = _missing_files(path)
         if missing:
-            raise InputError(f"{text}: not a codec folder (missing {' and '.join(missing)})")
-        return path
+            raise InputError(f"{text}: not a {what} folder (missing {' and '.join(missing)})")
+        return ModelLocation(text, path, "path")
     if isinstance(ref, Path) or _looks_like_path(text) or path.exists():
-        what = "a file, not a folder" if path.exists() else "no such folder"
-        raise InputError(f"{text}: {what} (a codec folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        found = "a file, not a folder" if path.exists() else "no such folder"
+        raise InputError(f"{text}: {found} (a {what} folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    if not text:
+        raise UsageError("empty model name")
     bundled = bundled_models()
     if text in bundled:
-        return bundled[text]
-    listed = f"bundled models: {', '.join(bundled)}" if bundled else "no models are bundled with this install"
-    if text == DEFAULT_CODEC:
-        raise InputError(f"the default codec {DEFAULT_CODEC} is not installed ({listed}; it is still being "
-                         f"trained); pass --model DIR with a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
-    raise InputError(f"unknown model {text!r}: not a folder and not a bundled model ({listed})")
+        return ModelLocation(text, bundled[text], "bundled")
+    cached = cached_models()
+    if text in cached:
+        return ModelLocation(text, cached[text], "cache")
+    raise _not_found(text)
 
 
-def weights_hash(path: Path) -> str:
-    """The first 16 hex digits of the SHA-256 of a file, read in 1 MiB blocks."""
+def resolve_model(ref: str | Path, kind: ModelKind | None = None, *, download: bool = True) -> Path:
+    """The checkpoint folder that ``ref`` names: ``locate_model(ref, kind, download=download).path``."""
+    return locate_model(ref, kind, download=download).path
+
+
+# ---- identity and loading ---------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    """The full SHA-256 (64 hex digits) of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
@@ -103,22 +234,20 @@ def weights_hash(path: Path) -> str:
                 digest.update(block)
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    return digest.hexdigest()[:HASH_DIGITS]
+    return digest.hexdigest()
+
+
+def weights_hash(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file (the codec identity's hash)."""
+    return file_sha256(path)[:HASH_DIGITS]
 
 
 def codec_identity(model_dir: str | Path) -> tuple[str, str]:
     """(name from config.json, hash of model.safetensors) of a checkpoint folder."""
     folder = Path(model_dir)
-    config_path = folder / CONFIG_NAME
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{config_path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"{config_path}: unreadable codec config ({error})") from None
-    name = config.get("name") if isinstance(config, dict) else None
+    name = read_config(folder).get("name")
     if not isinstance(name, str) or not name:
-        raise FormatError(f"{config_path}: the codec config has no name")
+        raise FormatError(f"{folder / CONFIG_NAME}: the model config has no name")
     return name, weights_hash(folder / WEIGHTS_NAME)
 
 
@@ -126,7 +255,7 @@ def load_codec(ref: str | Path = DEFAULT_CODEC, device: str | torch.device = "cp
     """Load a codec for inference: eval mode, weight norm folded, on ``device``.
 
     Args:
-        ref: a checkpoint folder or a bundled model name (see ``resolve_model``).
+        ref: a checkpoint folder, a bundled or cached name, or ``hf://org/repo[@rev]`` (see ``locate_model``).
         device: a ``torch.device`` or a name for ``pyramid_cli.devices.resolve_device``.
 
     Returns:
@@ -135,7 +264,7 @@ def load_codec(ref: str | Path = DEFAULT_CODEC, device: str | torch.device = "cp
     from pyramid_cli.codec.model import PyramidCodec
     from pyramid_cli.devices import resolve_device
 
-    folder = resolve_model(ref)
+    folder = resolve_model(ref, kind="codec")
     name, digest = codec_identity(folder)
     model = PyramidCodec.from_pretrained(folder, device=resolve_device(device))
     model.fold_weight_norm().eval()

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from pyramid_cli import __version__
-from pyramid_cli.cli import codec, dataset, doctor, evaluate, train
+from pyramid_cli.cli import codec, dataset, doctor, evaluate, generate, models, train
 from pyramid_cli.cli._shared import console
 from pyramid_cli.errors import PyramidError
 
@@ -26,11 +26,16 @@ app = typer.Typer(
 app.command("encode")(codec.encode)
 app.command("decode")(codec.decode)
 app.command("info")(codec.info)
+app.command("generate")(generate.generate)
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="eval")
 app.command("plot")(evaluate.plot)
 app.command("doctor")(doctor.doctor)
+app.add_typer(models.app, name="models")
+app.command("download")(models.download)
+app.command("export")(models.export)
+app.command("upload")(models.upload)
 
 _debug = {"enabled": bool(os.environ.get("PYRAMID_DEBUG"))}
 

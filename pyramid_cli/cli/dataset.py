@@ -1,4 +1,4 @@
-"""`pyramid dataset build | info | merge | tokenize`: turn MIDI collections into rendered audio corpora."""
+"""`pyramid dataset build | info | merge | tokenize | merge-tokens`: MIDI to audio corpora to token shards."""
 
 from __future__ import annotations
 
@@ -188,6 +188,9 @@ def tokenize(
     chunk_seconds: Annotated[float, typer.Option(
         "--chunk-seconds", min=0.1, help="Audio encoded per step; bounds the memory on long songs. "
         "The tokens do not depend on it.")] = 30.0,
+    shard: Annotated[str, typer.Option(
+        help="Encode only shard i of n (e.g. 0/4) of each split, balanced by duration, into its own --out; "
+        "combine the parts with `dataset merge-tokens`.")] = "0/1",
     json_output: JsonOption = False,
 ) -> None:
     """Encode a corpus into token shards for LM training: one uint16 file per split and level.
@@ -202,11 +205,15 @@ def tokenize(
       pyramid dataset tokenize corpus --out tokens
 
       pyramid dataset tokenize corpus --out tokens --model runs/p111/export --splits train,valid --device cuda
+
+      pyramid dataset tokenize corpus --out tokens.0 --shard 0/2   (and --out tokens.1 --shard 1/2 elsewhere)
     """
     from pyramid_cli.data.manifest import load_manifest
+    from pyramid_cli.data.sources import parse_shard
     from pyramid_cli.data.tokens import ItemReport, tokenize_corpus
     from pyramid_cli.hub import load_codec
 
+    shard_spec = parse_shard(shard)
     chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits is not None else None
     if chosen is not None and not chosen:
         raise UsageError("--splits names no split; e.g. --splits train,valid")
@@ -230,14 +237,16 @@ def tokenize(
             progress.update(task, completed=report.done, total=report.total, description=f"tokenizing {report.split}",
                             audio=format_hours(totals["seconds"] / 3600), failed=totals["failed"])
 
-        summary = tokenize_corpus(corpus, codec, out, splits=chosen, chunk_seconds=chunk_seconds, on_item=on_item)
+        summary = tokenize_corpus(corpus, codec, out, splits=chosen, chunk_seconds=chunk_seconds, on_item=on_item,
+                                  shard=shard_spec)
 
     if json_output:
         print_json(summary.to_dict())
         return
     table = Table(title=f"dataset tokenize → {out}", show_header=False)
     rate = summary.encoded_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
-    rows = [("codec", f"{codec.name} ({codec.hash})"), ("encoded now", summary.encoded),
+    rows = [("codec", f"{codec.name} ({codec.hash})"), ("shard", f"{shard_spec[0]}/{shard_spec[1]}"),
+            ("encoded now", summary.encoded),
             ("already done", summary.skipped), ("failed", summary.failed),
             ("audio encoded", format_hours(summary.encoded_seconds / 3600)),
             ("wall time", f"{summary.wall_seconds:.1f} s"), ("speed", f"{rate:.1f} s of audio per s")]
@@ -246,3 +255,29 @@ def tokenize(
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+
+
+@app.command("merge-tokens")
+def merge_tokens(
+    out: Annotated[Path, typer.Argument(
+        help="Token folder to create, or an existing one to add the parts' missing items to.", show_default=False)],
+    parts: Annotated[list[Path], typer.Argument(
+        help="Token folders to merge in, e.g. made by `dataset tokenize --shard i/n`.", show_default=False)],
+    json_output: JsonOption = False,
+) -> None:
+    """Combine token folders (shards made with `tokenize --shard i/n`) into one.
+
+    All parts must come from one codec (same tokens.json but for 'corpus'). Per split, items that OUT
+    lacks are appended sorted by id (items already present are skipped); a merge into a new OUT equals
+    an unsharded `dataset tokenize`. An interrupted merge is finished by rerunning it.
+
+    Example: pyramid dataset merge-tokens tokens tokens.0 tokens.1
+    """
+    from pyramid_cli.data.tokens import merge_token_sets
+
+    summary = merge_token_sets(out, parts)
+    if json_output:
+        print_json(summary.to_dict())
+        return
+    console.print(f"merged {summary.merged} items from {summary.parts} part(s) into {escape(str(out))} "
+                  f"({summary.skipped} already present); items per split: {summary.items}")

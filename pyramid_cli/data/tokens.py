@@ -38,6 +38,14 @@ The item's level-i codes are rows o_i .. o_i + f_i - 1 of level<i>.u16, transpos
 Resume: an item's level data is appended and fsynced before its index line, which is appended and
 fsynced last; the index is the truth. A rerun drops a torn last index line, truncates every level
 file to the end that the index implies (an item caught half-written) and skips the ids it lists.
+
+Shards (``tokenize --shard i/n``, then ``merge-tokens``): ``shard_records`` deals the items of each
+split to n shards greedily by duration, longest first (ties by id), each to the shard with the least
+audio so far (ties to the lowest shard): deterministic for a given manifest, so every machine must
+run on the same manifest.jsonl. Each shard writes an ordinary token folder; ``merge_token_sets``
+appends the parts' items to OUT, new items sorted by id (so a merge into an empty OUT equals an
+unsharded run), writing every level's data (fsynced) before the index lines: the resume rule above
+makes an interrupted merge safe to rerun.
 """
 
 from __future__ import annotations
@@ -282,6 +290,7 @@ class TokenizeSummary:
     frames: dict[str, list[int]] = field(default_factory=dict)  # per split, frames per level after the run
     encoded_seconds: float = 0.0
     wall_seconds: float = 0.0
+    shard: tuple[int, int] = (0, 1)  # (i, n): this run encoded shard i of n
 
     @property
     def failed(self) -> int:
@@ -291,6 +300,30 @@ class TokenizeSummary:
         data = dataclasses.asdict(self)
         data.update(out=str(self.out), failed=self.failed)
         return data
+
+
+def shard_records(records: Sequence[dict[str, Any]], shard: tuple[int, int]) -> list[dict[str, Any]]:
+    """The records (of one split) that shard ``i`` of ``n`` encodes, sorted by id.
+
+    Greedy by duration: longest first (ties by id), each to the shard with the least audio so far
+    (ties to the lowest shard). Deterministic for a given list, whatever its order.
+    """
+    index, count = shard
+    if count == 1:
+        return sorted(records, key=lambda r: r["id"])
+    loads, mine = [0.0] * count, []
+    for record in sorted(records, key=lambda r: (-float(r["duration"]), r["id"])):
+        target = min(range(count), key=lambda k: (loads[k], k))
+        loads[target] += float(record["duration"])
+        if target == index:
+            mine.append(record)
+    return sorted(mine, key=lambda r: r["id"])
+
+
+def _check_shard(shard: tuple[int, int]) -> None:
+    index, count = shard
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise UsageError(f"--shard must be i/n with 0 <= i < n, got '{index}/{count}'")
 
 
 def _choose_splits(records: list[dict[str, Any]], splits: Sequence[str] | None) -> list[str]:
@@ -360,6 +393,7 @@ def tokenize_corpus(
     splits: Sequence[str] | None = None,
     chunk_seconds: float = 30.0,
     on_item: Callable[[ItemReport], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> TokenizeSummary:
     """Encode every item of a built corpus into token shards under ``out`` (create or resume).
 
@@ -370,6 +404,8 @@ def tokenize_corpus(
         splits: the splits to encode (default every split of the manifest).
         chunk_seconds: audio per encoder step; bounds memory, does not change the tokens.
         on_item: called after each item (encoded, skipped or failed), for progress.
+        shard: (i, n): encode only shard i of n of each split (see ``shard_records``); ``out`` is
+            then an ordinary token folder holding that part, for ``merge_token_sets``.
 
     Returns:
         What was done; items whose audio is missing, unreadable or silent are in ``failures``
@@ -382,16 +418,17 @@ def tokenize_corpus(
     from pyramid_cli.codec.api import encode_file  # torch is imported only to encode
 
     started = time.perf_counter()
+    _check_shard(shard)
     corpus, out = Path(corpus), Path(out)
     records = load_manifest(corpus)
     chosen = _choose_splits(records, splits)
     meta = TokenMeta.for_codec(codec, corpus)
     _prepare(out, meta)
-    summary = TokenizeSummary(out, codec.name, codec.hash)
+    summary = TokenizeSummary(out, codec.name, codec.hash, shard=(shard[0], shard[1]))
     plans = []
     for split in chosen:
         ends, done = _resume(out / split, meta)
-        plans.append((split, ends, done, sorted((r for r in records if r["split"] == split), key=lambda r: r["id"])))
+        plans.append((split, ends, done, shard_records([r for r in records if r["split"] == split], shard)))
     total, count = sum(len(todo) for *_, todo in plans), 0
     for split, ends, done, todo in plans:
         folder = out / split
@@ -422,4 +459,105 @@ def tokenize_corpus(
         summary.items[split] = len(done)
         summary.frames[split] = list(ends)
     summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class MergeSummary:
+    out: Path
+    codec_name: str
+    codec_hash: str
+    parts: int
+    merged: int = 0  # items appended to ``out`` by this merge
+    skipped: int = 0  # items whose id ``out`` (or an earlier part) already had
+    items: dict[str, int] = field(default_factory=dict)  # per split, items in ``out`` after the merge
+    frames: dict[str, list[int]] = field(default_factory=dict)  # per split, frames per level after the merge
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["out"] = str(self.out)
+        return data
+
+
+def _check_same_meta(meta: TokenMeta, other: TokenMeta, where: Path, first: Path) -> None:
+    if (other.codec_name, other.codec_hash) != (meta.codec_name, meta.codec_hash):
+        raise CodecMismatchError(f"{where} holds tokens of codec {other.codec_name} ({other.codec_hash}), but {first} "
+                                 f"of {meta.codec_name} ({meta.codec_hash}); only parts of one codec can be merged")
+    if dataclasses.replace(other, corpus=meta.corpus) != meta:
+        raise FormatError(f"{where / META_NAME} differs from {first / META_NAME} (beyond 'corpus'); "
+                          "only parts made by one codec can be merged")
+
+
+def merge_token_sets(out: str | Path, parts: Sequence[str | Path]) -> MergeSummary:
+    """Append the items of token folders ``parts`` (e.g. ``tokenize --shard i/n`` outputs) to ``out``.
+
+    ``out`` is created (with the first part's tokens.json) when missing or empty; an existing token
+    folder gets the parts' items it lacks. Per split, the new items (ids not in ``out`` nor in an
+    earlier part) are appended sorted by id: all their level data first (fsynced), then their index
+    lines (fsynced), so an interrupted merge leaves ``out`` valid after a rerun (see the module docstring).
+
+    Raises:
+        UsageError: no parts, or ``out`` is some other non-empty folder. InputError: a part is not a
+        token folder. CodecMismatchError: parts (or ``out``) of different codecs. FormatError: other
+        tokens.json differences, or a damaged / unfinished part.
+    """
+    out = Path(out)
+    paths = [Path(p) for p in parts]
+    if not paths:
+        raise UsageError("merge-tokens needs at least one PART")
+    sets = [TokenSet.open(p) for p in paths]
+    meta = sets[0].meta
+    for part in sets[1:]:
+        _check_same_meta(meta, part.meta, part.path, paths[0])
+    for part in sets:  # refuse a damaged or unfinished part before anything is written
+        for split in part.splits():
+            part._load(split)
+    if (out / META_NAME).exists():
+        existing = _read_meta(out)
+        _check_same_meta(existing, meta, paths[0], out)
+        meta = existing
+    else:
+        _prepare(out, meta)
+    summary = MergeSummary(out, meta.codec_name, meta.codec_hash, len(paths))
+    found = {s for part in sets for s in part.splits()}
+    for split in [s for s in SPLITS if s in found] + sorted(found - set(SPLITS)):
+        folder = out / split
+        ends, done = _resume(folder, meta)
+        new: dict[str, tuple[dict[str, Any], list[np.ndarray]]] = {}
+        for part in sets:
+            if split not in part.splits():
+                continue
+            if part.path.resolve() == out.resolve():
+                summary.skipped += len(part.items(split))
+                continue
+            records, arrays = part._load(split)  # checks the part's sizes against its index
+            for record in records:
+                if record["id"] in done or record["id"] in new:
+                    summary.skipped += 1
+                else:
+                    new[record["id"]] = (record, arrays)
+        lines = []
+        try:
+            for level in range(meta.levels):
+                with open(folder / level_name(level), "ab") as handle:
+                    for item_id in sorted(new):
+                        record, arrays = new[item_id]
+                        start, count = record["offsets"][level], record["frames"][level]
+                        handle.write(np.ascontiguousarray(arrays[level][start:start + count], dtype=DTYPE).tobytes())
+                    handle.flush()
+                    os.fsync(handle.fileno())  # the tokens reach the disk before the index names them
+            for item_id in sorted(new):
+                record = new[item_id][0]
+                lines.append(json.dumps({"id": item_id, "source": record["source"], "duration": record["duration"],
+                                         "frames": record["frames"], "offsets": list(ends)}, sort_keys=True) + "\n")
+                ends = [e + f for e, f in zip(ends, record["frames"], strict=True)]
+            with open(folder / INDEX_NAME, "a", encoding="utf-8") as handle:
+                handle.write("".join(lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise InputError(f"{folder}: cannot write tokens ({error.strerror or error})") from None
+        summary.merged += len(new)
+        summary.items[split] = len(done) + len(new)
+        summary.frames[split] = list(ends)
     return summary

@@ -19,7 +19,7 @@ from pyramid_cli.hub import LoadedCodec, weights_hash
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import PyramidLM, check_codec
 from pyramid_cli.lm.sampling import ProgressCallback, SamplingSettings, generate
-from pyramid_cli.pyrfile import PyrFile, PyrLevel
+from pyramid_cli.pyrfile import ProvenanceValue, PyrFile, PyrLevel
 
 MAX_SECONDS = 3600.0
 
@@ -128,9 +128,10 @@ def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, samplin
     generated = int(((plan.tokens[:stop] < 0)).sum()) * num_samples
     layout = make_layout(config)
     hops = [config.coarse_hop // r for r in config.frames_per_coarse]
-    provenance = {"generated_by": lm.name, "lm_hash": lm.hash, "seed": seed, "temperature": sampling.temperature,
-                  "top_k": sampling.top_k, "top_p": sampling.top_p, "layout": config.layout,
-                  "prompt": prompt_name, "prompt_seconds": round(used, 6)}
+    provenance: dict[str, ProvenanceValue] = {
+        "generated_by": lm.name, "lm_hash": lm.hash, "seed": seed, "temperature": sampling.temperature,
+        "top_k": sampling.top_k, "top_p": sampling.top_p, "layout": config.layout,
+        "prompt": prompt_name, "prompt_seconds": round(used, 6)}
     pieces = []
     for sample in range(num_samples):
         plan.tokens = tokens[sample]

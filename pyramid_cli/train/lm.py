@@ -128,12 +128,11 @@ def window_rng(seed: int, step: int, rank: int, row: int) -> np.random.Generator
     return np.random.default_rng([seed, step, rank, row])
 
 
-def sample_windows(layout: Layout, items: Sequence[TokenItem], weights: np.ndarray, count: int,
-                   rng_for: Callable[[int], np.random.Generator]) -> list[TokenSequence]:
-    """``count`` training windows; row r is drawn with ``rng_for(r)`` alone."""
+def sample_windows(layout: Layout, items: Sequence[TokenItem], weights: np.ndarray,
+                   rngs: Sequence[np.random.Generator]) -> list[TokenSequence]:
+    """One training window per generator: a piece drawn by length, then a window of it."""
     windows = []
-    for row in range(count):
-        rng = rng_for(row)
+    for rng in rngs:
         item = items[int(rng.choice(len(items), p=weights))]
         windows.append(layout.window([np.asarray(level) for level in item.levels()], rng))
     return windows
@@ -168,7 +167,8 @@ def window_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], n_levels
     nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["tokens"][:, 1:], reduction="none")
     keep = target_level >= 0
     loss = nll[keep].mean()
-    per_level = [(float(nll[target_level == i].detach().sum()), int((target_level == i).sum())) for i in range(n_levels)]
+    per_level = [(float(nll[target_level == i].detach().sum()), int((target_level == i).sum()))
+                 for i in range(n_levels)]
     return loss, per_level
 
 
@@ -194,8 +194,8 @@ def evaluate_lm(model: PyramidLM, tokens: TokenSet, split: str, windows: int, se
     pad = special_tokens(config.codebook_size)["PAD"]
     for first in range(0, windows, batch_size):
         count = min(batch_size, windows - first)
-        batch = collate(sample_windows(layout, items, weights, count,
-                                       lambda row, f=first: window_rng(seed, f + row, 0, 0)), pad)
+        rngs = [window_rng(seed, first + row, 0, 0) for row in range(count)]
+        batch = collate(sample_windows(layout, items, weights, rngs), pad)
         _, per_level = window_loss(model, {k: v.to(device) for k, v in batch.items()}, config.n_levels, False)
         for i, (total, n) in enumerate(per_level):
             sums[i] += total
@@ -309,8 +309,8 @@ def train_lm(run_dir: str | Path, config: LMTrainConfig, tokens_dir: str | Path,
                                config.lr_decay, config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = collate(sample_windows(layout, items, weights, config.batch_size,
-                                           lambda row, s=step: window_rng(config.seed, s, info.rank, row)), pad)
+            rngs = [window_rng(config.seed, step, info.rank, row) for row in range(config.batch_size)]
+            batch = collate(sample_windows(layout, items, weights, rngs), pad)
             batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
             loss, per_level = window_loss(ddp, batch, lm_config.n_levels, autocast)
             optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ import torch
 
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.codec.api import encode_file
-from pyramid_cli.data.tokens import INDEX_NAME, TokenSet, level_name, tokenize_corpus
+from pyramid_cli.data.tokens import INDEX_NAME, TokenSet, level_name, merge_token_sets, tokenize_corpus
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
 from pyramid_cli.hub import LoadedCodec, load_codec
 
@@ -200,3 +200,61 @@ def test_cli_end_to_end(corpus: Path, models: tuple[Path, Path], reference: Path
     assert other.returncode == 1 and "another folder" in other.stderr and "Traceback" not in other.stderr
     usage = _pyramid(str(corpus), "--out", str(out), "--model", str(models[0]), "--splits", "holdout")
     assert usage.returncode == 2 and "unknown split" in usage.stderr and "Traceback" not in usage.stderr
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, corpus: Path, codec: LoadedCodec) -> tuple[Path, Path]:
+    """The corpus tokenized as shards 0/2 and 1/2, each into its own folder."""
+    root = tmp_path_factory.mktemp("shards")
+    for i in (0, 1):
+        summary = tokenize_corpus(corpus, codec, root / f"part{i}", shard=(i, 2))
+        assert summary.shard == (i, 2) and summary.failed == 0 and summary.to_dict()["shard"] == (i, 2)
+    return root / "part0", root / "part1"
+
+
+def test_sharded_tokenize_merges_into_the_reference(shards: tuple[Path, Path], reference: Path,
+                                                     tmp_path: Path) -> None:
+    ids = [{item.id for split in TokenSet.open(part).splits() for item in TokenSet.open(part).items(split)}
+           for part in shards]
+    assert ids[0] & ids[1] == set() and ids[0] | ids[1] == {"a", "b", "c", "d"}
+    assert ids == [{"a", "c", "d"}, {"b"}]  # greedy by duration: a (1.3 s) to shard 0, b (0.8 s) to shard 1
+    out = tmp_path / "merged"
+    summary = merge_token_sets(out, [shards[1], shards[0]])  # part order does not matter: items sorted by id
+    assert (summary.merged, summary.skipped) == (4, 0) and summary.items == {"train": 2, "valid": 1, "test": 1}
+    merged, ref = TokenSet.open(out), TokenSet.open(reference)
+    assert merged.splits() == ref.splits()
+    for split in ref.splits():
+        got, want = merged.items(split), ref.items(split)
+        assert [i.id for i in got] == [i.id for i in want]
+        for a, b in zip(got, want, strict=True):
+            for x, y in zip(a.levels(), b.levels(), strict=True):
+                np.testing.assert_array_equal(x, y)
+    assert _files(out) == _files(reference)  # byte for byte, index included
+    again = merge_token_sets(out, shards)  # appending what OUT already has is a no-op
+    assert (again.merged, again.skipped) == (0, 4) and _files(out) == _files(reference)
+
+
+def test_merge_refuses_other_codecs_and_folders(shards: tuple[Path, Path], corpus: Path, models: tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    other = tmp_path / "other-codec"
+    tokenize_corpus(corpus, load_codec(models[1]), other, splits=["train"], shard=(1, 2))
+    with pytest.raises(CodecMismatchError, match="only parts of one codec"):
+        merge_token_sets(tmp_path / "out", [shards[0], other])
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not a token folder"):
+        merge_token_sets(tmp_path / "mine", [shards[0]])
+    with pytest.raises(UsageError, match="--shard must be i/n"):
+        tokenize_corpus(corpus, load_codec(models[0]), tmp_path / "t", shard=(2, 2))
+
+
+def test_cli_shard_and_merge_tokens(corpus: Path, models: tuple[Path, Path], shards: tuple[Path, Path],
+                                    reference: Path, tmp_path: Path) -> None:
+    usage = _pyramid(str(corpus), "--out", str(tmp_path / "t"), "--model", str(models[0]), "--shard", "2/2")
+    assert usage.returncode == 2 and "--shard must be i/n" in usage.stderr and "Traceback" not in usage.stderr
+    assert not (tmp_path / "t").exists()
+    done = subprocess.run([sys.executable, "-m", "pyramid_cli", "dataset", "merge-tokens", str(tmp_path / "m"),
+                           *map(str, shards), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["merged"] == 4 and _files(tmp_path / "m") == _files(reference)

@@ -34,7 +34,8 @@ def test_piece_round_trip(layout: str, ratios: tuple, n_codebooks: tuple, frames
     seq = lay.piece(frames, levels)
     back = lay.to_levels(seq)
     assert all(np.array_equal(a, b) for a, b in zip(levels, back, strict=True))
-    assert len(seq) == sum(n.size for n in levels) + (2 + len(ratios) - 1 if layout == "flat" else 1 + (len(ratios) > 1))
+    specials = 2 + len(ratios) - 1 if layout == "flat" else 1 + (len(ratios) > 1)
+    assert len(seq) == sum(n.size for n in levels) + specials
     # every code token carries its level's stream; specials carry stream 0
     assert ((seq.streams == 0) == (seq.level < 0)).all()
     unknown = lay.piece(frames)

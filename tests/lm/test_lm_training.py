@@ -21,7 +21,8 @@ MODEL = replace(tiny(), n_layer=1, d_model=32, coarse_window=16, train_detail_fr
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory: pytest.TempPathFactory, token_set_writer) -> Path:
-    return token_set_writer(tmp_path_factory.mktemp("tokens"), "tiny-codec", "00ff", {"train": [40, 30, 50], "valid": [30]})
+    return token_set_writer(tmp_path_factory.mktemp("tokens"), "tiny-codec", "00ff",
+                            {"train": [40, 30, 50], "valid": [30]})
 
 
 def settings(**changes) -> LMTrainConfig:
