@@ -30,11 +30,13 @@ test-slow: install system-deps
 	$(PY) -m pytest -q -m slow
 
 # The demo: the bundled codec on the bundled example (encode, decode at 1/2/3 levels, per-level
-# table; files left in demo/), then a small corpus build from MIDI.
+# table), a 20-second piece from the bundled LM (with the 3-minute estimate for this machine),
+# then a small corpus build from MIDI. Files are left in demo/.
 demo: install system-deps
 	$(PY) -m pyramid_cli doctor
 	$(PY) examples/codec_demo.py examples/example.flac --out-dir demo
 	$(PY) -m pyramid_cli info demo/example.pyr
+	$(PY) examples/generate_demo.py --seconds 20 --seed 7 --out-dir demo
 	$(PY) -m pyramid_cli dataset build --procedural 2 --procedural-seconds 20 --out demo/corpus
 	@if [ -d "$(MIDI_DEV)" ]; then \
 		$(PY) -m pyramid_cli dataset build --midi-dir $(MIDI_DEV) --limit 2 --max-seconds 30 --out demo/corpus; \

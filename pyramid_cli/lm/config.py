@@ -157,8 +157,9 @@ class LMConfig:
 
 
 def small() -> LMConfig:
-    """CPU-sized default: 6 layers x 256 wide (~5.3 M parameters)."""
-    return LMConfig()
+    """CPU-sized default: 4 layers x 256 wide (~3.7 M parameters), 12 s of skeleton context and
+    windows of about 320 tokens (flat: 320), sized for training on two CPU cores."""
+    return LMConfig(n_layer=4, coarse_window=128, train_detail_frames=32, flat_window=320)
 
 
 def tiny() -> LMConfig:

@@ -25,3 +25,24 @@ def test_codec_demo_writes_every_level(tmp_path: Path) -> None:
     assert "mel vs input" in result.stderr and result.stdout == ""
     assert sorted(p.name for p in out.iterdir()) == ["example.l1.wav", "example.l2.wav", "example.l3.wav",
                                                       "example.pyr"]
+
+
+def test_generate_demo_writes_a_piece(tmp_path: Path, token_set_writer) -> None:
+    from pyramid_cli.hub import codec_identity
+    from pyramid_cli.lm.config import tiny
+    from pyramid_cli.lm.model import PyramidLM
+
+    torch.manual_seed(0)
+    codec_dir = tmp_path / "codec"
+    PyramidCodec(CodecConfig(name="tiny", encoder_dim=4, decoder_dim=32, latent_dim=8,
+                             codebook_size=64)).save_pretrained(codec_dir)
+    name, digest = codec_identity(codec_dir)
+    lm = PyramidLM(tiny().with_codec(name, digest, 22050, (2048, 1024, 512), (1, 1, 1), 64))
+    lm.save_pretrained(tmp_path / "lm")
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, str(EXAMPLES / "generate_demo.py"), "--lm", str(tmp_path / "lm"),
+                             "--model", str(codec_dir), "--seconds", "2", "--out-dir", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "3 minutes here" in result.stderr and result.stdout == ""
+    assert sorted(p.name for p in out.iterdir()) == ["generated.l1.wav", "generated.pyr", "generated.wav"]
