@@ -70,3 +70,24 @@ def test_tokens_of_another_codec_are_refused(tmp_path: Path, tokens: Path, token
     other = token_set_writer(tmp_path / "other", "other-codec", "1234", {"train": [20]})
     with pytest.raises(UsageError, match="tiny-codec@00ff"):
         train_lm(tmp_path / "run", settings(steps=4, eval_every=0), other)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path: Path, tokens: Path):
+    """torchrun with 2 CPU processes (gloo): trains, checkpoints once, resumes under DDP."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "settings.json").write_text(json.dumps({**settings(steps=1).to_dict(), "eval_every": 2}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "pyramid_cli", "train", "lm", "--tokens", str(tokens), "--run-dir", str(tmp_path / "run"),
+               "--config", str(tmp_path / "settings.json"), "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for steps in (2, 4):
+        done = subprocess.run([*command, "--steps", str(steps)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    starts = [r for r in records if r["kind"] == "start"]
+    assert [r["world_size"] for r in starts] == [2, 2] and starts[1]["resumed_from"] == 2
+    assert PyramidLM.from_pretrained(tmp_path / "run" / "export").config.codec_name == "tiny-codec"
