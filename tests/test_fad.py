@@ -1,0 +1,142 @@
+"""Fréchet distance, the built-in mel-statistics embedding, the user-embedding hook and `pyramid eval fad`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pyramid_cli.errors import UsageError
+from pyramid_cli.fad import (
+    MEL_STATS_DIM,
+    embed_files,
+    fad,
+    fad_from_embeddings,
+    frechet_distance,
+    load_embedding,
+    mel_statistics,
+)
+
+RATE = 16000
+
+
+def tone(seconds: float, frequency: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
+    """A sine tone with a little noise and a slow tremolo, so windows are not all identical."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    wav = 0.5 * (1 + 0.3 * np.sin(2 * np.pi * 0.7 * t)) * np.sin(2 * np.pi * frequency * t)
+    return (wav + 0.001 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def noise(seconds: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
+    return (0.3 * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+def test_frechet_distance_basic_properties() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 4))
+    b = rng.standard_normal((4, 4))
+    s1, s2 = a @ a.T + 0.1 * np.eye(4), b @ b.T + 0.1 * np.eye(4)
+    mu1, mu2 = rng.standard_normal(4), rng.standard_normal(4)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-9)
+    assert frechet_distance(mu1, s1, mu1 + 1.0, s1) == pytest.approx(4.0, rel=1e-6)  # ||1||² in 4-D
+    assert frechet_distance(mu1, s1, mu2, s2) > 0
+
+
+def test_frechet_distance_closed_form_for_diagonal_covariances() -> None:
+    # 1-D: (m1 - m2)² + (s1 - s2)² with s the standard deviations.
+    assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])) == \
+        pytest.approx((1 - 3) ** 2 + (2 - 3) ** 2, rel=1e-6)
+    std1, std2 = np.array([1.0, 2.0, 0.5]), np.array([3.0, 2.0, 1.5])
+    mu1, mu2 = np.zeros(3), np.array([1.0, -1.0, 2.0])
+    expected = float(((mu1 - mu2) ** 2).sum() + ((std1 - std2) ** 2).sum())
+    assert frechet_distance(mu1, np.diag(std1**2), mu2, np.diag(std2**2)) == pytest.approx(expected, rel=1e-6)
+    # Rank-deficient covariances (zero variance) stay finite thanks to the ridge.
+    assert frechet_distance(np.zeros(2), np.zeros((2, 2)), np.zeros(2), np.zeros((2, 2))) == pytest.approx(0.0)
+
+
+def test_mel_statistics_shape_and_finiteness() -> None:
+    stats = mel_statistics(tone(3.0, 440.0), RATE)
+    assert stats.shape == (4, MEL_STATS_DIM)  # 1 s windows with 0.5 s hop over 3 s
+    assert np.all(np.isfinite(stats))
+    assert mel_statistics(np.zeros(RATE // 4, dtype=np.float32), RATE).shape == (1, MEL_STATS_DIM)
+    assert mel_statistics(np.zeros(0, dtype=np.float32), RATE).shape == (0, MEL_STATS_DIM)
+
+
+def test_tones_are_closer_to_tones_than_to_noise() -> None:
+    tones_a = [mel_statistics(tone(3.0, f, seed=i), RATE) for i, f in enumerate((220.0, 330.0, 440.0))]
+    tones_b = [mel_statistics(tone(3.0, f, seed=9 + i), RATE) for i, f in enumerate((247.0, 370.0, 415.0))]
+    noises = [mel_statistics(noise(3.0, seed=i), RATE) for i in range(3)]
+    tone_vs_tone = fad_from_embeddings(tones_a, tones_b, "mel-stats").distance
+    tone_vs_noise = fad_from_embeddings(tones_a, noises, "mel-stats").distance
+    assert tone_vs_noise > 2 * tone_vs_tone
+
+
+def test_load_embedding_user_function_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_embedding(None)[1] is mel_statistics
+    assert load_embedding("mel-stats")[0] == "mel-stats"
+    (tmp_path / "my_embedding_mod.py").write_text(
+        "import numpy as np\n"
+        "def embed(wav, sample_rate):\n"
+        "    frames = wav[: wav.size // 1000 * 1000].reshape(-1, 1000)\n"
+        "    return np.stack([frames.mean(axis=1), frames.std(axis=1)], axis=1)\n"
+        "not_callable = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name, fn = load_embedding("my_embedding_mod:embed")
+    assert name == "my_embedding_mod:embed"
+    for item, wav in (("a", tone(1.0, 440.0)), ("b", noise(1.0))):
+        sf.write(tmp_path / f"{item}.wav", wav, RATE)
+    result = fad([tmp_path / "a.wav"], [tmp_path / "b.wav"], fn, name=name)
+    assert result.dim == 2 and result.n_generated_frames == 16 and result.distance > 0
+    for bad in ("no_colon", "my_embedding_mod:", "no_such_module_xyz:f", "my_embedding_mod:missing",
+                "my_embedding_mod:not_callable"):
+        with pytest.raises(UsageError):
+            load_embedding(bad)
+
+
+def test_embed_files_names_unreadable_file(tmp_path: Path) -> None:
+    from pyramid_cli.errors import InputError
+
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"not audio")
+    with pytest.raises(InputError, match="broken.wav"):
+        embed_files([bad], mel_statistics)
+
+
+def _corpus(root: Path) -> Path:
+    lines = []
+    for index, (split, frequency) in enumerate((("test", 220.0), ("test", 330.0), ("train", 440.0))):
+        audio = f"audio/{split}/s{index}.flac"
+        (root / audio).parent.mkdir(parents=True, exist_ok=True)
+        wav = tone(2.0, frequency, seed=index)
+        sf.write(root / audio, wav, RATE)
+        lines.append(json.dumps({"id": f"s{index}", "source": f"s{index}.mid", "split": split, "audio": audio,
+                                 "duration": 2.0, "num_samples": wav.size, "sample_rate": RATE}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_cli_json_and_missing_file(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path / "corpus")
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    sf.write(generated / "g.wav", tone(2.0, 262.0, seed=5), RATE)
+    done = subprocess.run([sys.executable, "-m", "pyramid_cli", "eval", "fad", str(generated), "--data", str(corpus),
+                           "--max-seconds", "1.5", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["embedding"] == "mel-stats" and record["dim"] == MEL_STATS_DIM
+    assert record["n_generated_files"] == 1 and record["n_reference_files"] == 2
+    assert record["distance"] >= 0 and record["reference_self_distance"] >= 0
+    missing = subprocess.run([sys.executable, "-m", "pyramid_cli", "eval", "fad", str(tmp_path / "nope.wav"),
+                              "--data", str(corpus)], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1
+    assert "nope.wav" in missing.stderr and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
