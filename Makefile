@@ -47,9 +47,13 @@ lint: install
 	$(VENV)/bin/ruff check pyramid_cli tests examples
 	$(VENV)/bin/mypy pyramid_cli
 
+# Codec speed and memory against the peers and the DAC-n2 baseline (10 s and 3 min inputs, both
+# allocators), then generation speed: `pyramid bench`. Peers run when `pip install -e '.[bench]'`
+# installed them, jemalloc when libjemalloc2 is there; both are otherwise skipped with a note.
+# Extra options: make bench BENCH_ARGS="--threads 2 --markdown".
 bench: install system-deps
 	$(PY) examples/bench_render.py
-	$(PY) examples/bench_codec.py
+	$(PY) -m pyramid_cli bench --allocator both $(BENCH_ARGS)
 
 clean:
 	rm -rf demo build dist .pytest_cache .mypy_cache .ruff_cache

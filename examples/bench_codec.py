@@ -1,5 +1,9 @@
 """Encode / decode speed of PyramidCodec presets on the CPU (prints a table, asserts nothing).
 
+A sizing tool: it times raw ``encode`` / ``decode`` calls with config overrides (``--set``), whole
+or in plain chunks. For the comparison with the peers and the DAC-n2 baseline through the real
+inference path, with peak memory and tokens per second, use ``pyramid bench`` (``make bench``).
+
 Real-time factor (RTF) = seconds of audio per second of wall time; higher is faster. The input
 is a 440 Hz sine plus a little noise at the codec's sample rate, run with
 ``torch.inference_mode`` and weight norm folded, as inference runs it. Weights are random:

@@ -28,7 +28,8 @@ JEMALLOC_PATHS = (
     "/usr/lib/libjemalloc.so.2",
     "/usr/local/lib/libjemalloc.so.2",
 )
-JEMALLOC_HINT = "install it with `apt-get install libjemalloc2` (Debian/Ubuntu) or set PYRAMID_JEMALLOC=/path/to/libjemalloc.so.2"
+JEMALLOC_HINT = ("install it with `apt-get install libjemalloc2` (Debian/Ubuntu) or set "
+                 "PYRAMID_JEMALLOC=/path/to/libjemalloc.so.2")
 _MB = 2**20
 
 
@@ -99,25 +100,27 @@ def reset_peak() -> bool:
 
 
 class PeakMemory:
-    """The peak resident set of one phase and its growth over the resident set when it started.
+    """The peak resident set of one phase, and its growth over a baseline (by default the resident set
+    when the phase started).
 
     Call ``start()`` before the phase and ``stop()`` after it; ``stop`` returns
     ``(peak MiB, growth MiB)``, either None where it cannot be read.
     """
 
-    def __init__(self) -> None:
-        self._start: float | None = None
+    def __init__(self, baseline_mb: float | None = None) -> None:
+        self._baseline = baseline_mb
         self._reset = False
 
     def start(self) -> None:
-        self._start = rss_mb()
+        if self._baseline is None:
+            self._baseline = rss_mb()
         self._reset = reset_peak()
 
     def stop(self) -> tuple[float | None, float | None]:
         peak = _status_mb("VmHWM") if self._reset else None
         if peak is None:
             peak = _lifetime_peak_mb()
-        growth = None if self._start is None else max(0.0, peak - self._start)
+        growth = None if self._baseline is None else max(0.0, peak - self._baseline)
         return peak, growth
 
 
@@ -129,6 +132,7 @@ class MachineInfo:
     """Where a benchmark ran (recorded beside every figure)."""
 
     cpu_model: str
+    cpu_features: str  # the vector extensions torch's CPU kernels use, when present
     logical_cores: int
     usable_cores: int
     torch_threads: int
@@ -152,6 +156,22 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "asimd", "sve")
+
+
+def cpu_features() -> str:
+    """The vector extensions among ``_FEATURES`` that /proc/cpuinfo lists ("" elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                present = set(value.split())
+                return " ".join(f for f in _FEATURES if f in present)
+    except OSError:
+        pass
+    return ""
 
 
 def usable_cores() -> int:
@@ -182,6 +202,7 @@ def machine_info(device: str) -> MachineInfo:
     library = find_jemalloc()
     return MachineInfo(
         cpu_model=cpu_model(),
+        cpu_features=cpu_features(),
         logical_cores=os.cpu_count() or 1,
         usable_cores=usable_cores(),
         torch_threads=torch.get_num_threads(),

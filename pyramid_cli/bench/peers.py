@@ -133,7 +133,7 @@ def _build_encodec(module: Any, kwargs: dict[str, Any]) -> PeerCodec:
     model = module.EncodecModel.encodec_model_24khz(pretrained=False)  # random weights: nothing is downloaded
     model.set_target_bandwidth(kwargs["bandwidth"])
     n_q = model.quantizer.get_num_quantizers_for_bandwidth(model.frame_rate, model.bandwidth)
-    hop = int(math.prod(model.encoder.ratios))
+    hop = int(model.encoder.hop_length)
     return PeerCodec(model, model.sample_rate, hop, n_q * model.frame_rate, model.encode, model.decode)
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from pyramid_cli import __version__
-from pyramid_cli.cli import codec, dataset, doctor, evaluate, generate, models, train
+from pyramid_cli.cli import bench, codec, dataset, doctor, evaluate, generate, models, train
 from pyramid_cli.cli._shared import console
 from pyramid_cli.errors import PyramidError
 
@@ -36,6 +36,7 @@ app.add_typer(models.app, name="models")
 app.command("download")(models.download)
 app.command("export")(models.export)
 app.command("upload")(models.upload)
+app.command("bench")(bench.bench)
 
 _debug = {"enabled": bool(os.environ.get("PYRAMID_DEBUG"))}
 

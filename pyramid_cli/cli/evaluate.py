@@ -46,7 +46,7 @@ def eval_codec(
     if json_output:
         print_json({"model": name, "weights": weights_hash, "split": split, **result.to_dict()})
         return
-    table = Table(title=f"{name}@{weights_hash[:8]} on {data} [{split}]: {result.clips} clips of "
+    table = Table(title=f"{name}@{weights_hash[:8]} on {data} ({split} split): {result.clips} clips of "
                         f"{result.clip_seconds:.1f} s")
     for column in ("levels", "tokens/s", "mel (target)", "SI-SDR (target)", "mel (full)", "STFT (full)",
                    "wave L1 (full)", "SI-SDR (full)"):
