@@ -1,0 +1,123 @@
+"""`pyramid bench`: codec and generation speed against named baselines (``pyramid_cli.bench``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pyramid_cli.cli._shared import DeviceOption, JsonOption, console, print_json
+from pyramid_cli.errors import UsageError
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"{option}: expected comma-separated numbers of seconds, got {text!r}") from None
+
+
+def _show_list(json_output: bool) -> None:
+    from pyramid_cli.bench import check_peers, model_keys
+
+    peers = check_peers()
+    entries = {key: {"measures": what, "available": peers.get(key) is None, "reason": peers.get(key)}
+               for key, what in model_keys().items()}
+    if json_output:
+        print_json(entries)
+        return
+    table = Table(title="pyramid bench --models")
+    for column in ("name", "measures", "status"):
+        table.add_column(column)
+    for key, entry in entries.items():
+        status = "[green]ok[/green]" if entry["available"] else f"[yellow]{escape(str(entry['reason']))}[/yellow]"
+        table.add_row(key, escape(str(entry["measures"])), status)
+    console.print(table)
+
+
+def bench(
+    seconds: Annotated[str, typer.Option(help="Input lengths in seconds, comma-separated: each model encodes and "
+                                         "decodes each length.")] = "10,180",
+    models: Annotated[str | None, typer.Option(help="Comma-separated models to measure (see --list): default, "
+                                               "codec presets, peers, or codec folders "
+                                               "(default: default,p111,dac_n2 and every installed peer).")] = None,
+    device: DeviceOption = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads for every measurement "
+                                                "(default: torch's choice).")] = None,
+    allocator: Annotated[str, typer.Option(help="system, jemalloc or both (side by side): jemalloc keeps freed "
+                                           "memory, which speeds up convolutional codecs on the CPU; needs "
+                                           "libjemalloc2.")] = "system",
+    skip_peers: Annotated[bool, typer.Option("--skip-peers", help="Measure only pyramid's own models.")] = False,
+    skip_lm: Annotated[bool, typer.Option("--skip-lm", help="Do not measure generation.")] = False,
+    lm: Annotated[str | None, typer.Option("--lm", help="LM to time: a folder, a bundled name or a preset (tiny, "
+                                           "small, paper) (default: the default LM, else a random small).")] = None,
+    lm_seconds: Annotated[float, typer.Option(help="Length of the generated piece in seconds.")] = 180.0,
+    naive_tokens: Annotated[int, typer.Option(help="Tokens sampled naively (full prefix each; slow) from the "
+                                              "middle of the piece.")] = 200,
+    chunk_seconds: Annotated[float, typer.Option(help="Chunk length of chunked encoding and decoding "
+                                                 "(the peers run on chunks of the same length).")] = 30.0,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Measure in this process instead of a fresh "
+                                             "one per measurement (quicker; memory peaks not clean).")] = False,
+    list_models: Annotated[bool, typer.Option("--list", help="List the models --models knows and exit.")] = False,
+    json_output: JsonOption = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print Markdown tables (for the README) on "
+                                           "stdout.")] = False,
+) -> None:
+    """Measure encode/decode real-time factors, peak memory and tokens per second of audio for pyramid's
+    codecs and the peers (DAC, SNAC, EnCodec with random weights, when installed), and LM generation
+    speed against naive sampling, all in one run on the same input and threads.
+
+    Example: pyramid bench --seconds 10 --models default,dac_44k --threads 2 --skip-lm
+    """
+    from pyramid_cli.bench import BenchSettings, run_bench
+    from pyramid_cli.bench.report import LM_COLUMNS, codec_columns, codec_rows, lm_row, machine_line, to_markdown
+
+    if list_models:
+        _show_list(json_output)
+        return
+    if json_output and markdown:
+        raise UsageError("--json and --markdown both write to stdout: choose one")
+    settings = BenchSettings(
+        seconds=_floats(seconds, "--seconds"),
+        models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+        device=device, threads=threads, skip_peers=skip_peers, skip_lm=skip_lm, lm=lm, lm_seconds=lm_seconds,
+        naive_tokens=naive_tokens, allocator=allocator.strip().lower(), chunk_seconds=chunk_seconds,
+        isolate=not in_process,
+    )
+    report = run_bench(settings, on_progress=lambda line: console.print(f"[dim]measuring {escape(line)}[/dim]"))
+    # In logs (stderr not a terminal) rich would squeeze the tables into 80 columns.
+    tables = console if console.is_terminal else Console(stderr=True, highlight=False, width=160)
+    console.print(f"[bold]{machine_line(report)}[/bold]", soft_wrap=True)
+    if report.codecs:
+        table = Table(title="codecs: RTF = seconds of audio per second (wall; CPU = process CPU time), "
+                            "MB = peak RSS growth over the loaded model")
+        for column in codec_columns(report):
+            table.add_column(column, justify="left" if column in ("model", "weights", "allocator") else "right")
+        for row in codec_rows(report):
+            table.add_row(*(escape(cell) for cell in row))
+        tables.print(table)
+    lm_cells = lm_row(report)
+    if lm_cells is not None:
+        table = Table(title=f"generation: cached sampler vs naive full-prefix sampling "
+                            f"({report.lm.naive_tokens if report.lm else 0} tokens)")
+        for column in LM_COLUMNS:
+            table.add_column(column, justify="left" if column in ("LM", "weights", "layout") else "right")
+        table.add_row(*(escape(cell) for cell in lm_cells))
+        tables.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+    for skipped in report.skipped:
+        colour = "red" if skipped.status == "failed" else "yellow"
+        console.print(f"[{colour}]{skipped.status}:[/{colour}] {escape(skipped.model)}: {escape(skipped.reason)}",
+                      soft_wrap=True)
+    if json_output:
+        print_json(report.to_dict())
+    elif markdown:
+        sys.stdout.write(to_markdown(report))
+        sys.stdout.flush()
+    if report.failed:
+        raise typer.Exit(code=1)
