@@ -210,7 +210,7 @@ def tokenize(
     """
     from pyramid_cli.data.manifest import load_manifest
     from pyramid_cli.data.sources import parse_shard
-    from pyramid_cli.data.tokens import ItemReport, tokenize_corpus
+    from pyramid_cli.data.tokenize import ItemReport, tokenize_corpus
     from pyramid_cli.hub import load_codec
 
     shard_spec = parse_shard(shard)
@@ -273,7 +273,7 @@ def merge_tokens(
 
     Example: pyramid dataset merge-tokens tokens tokens.0 tokens.1
     """
-    from pyramid_cli.data.tokens import merge_token_sets
+    from pyramid_cli.data.tokenize import merge_token_sets
 
     summary = merge_token_sets(out, parts)
     if json_output:

@@ -15,7 +15,8 @@ import torch
 
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.codec.api import encode_file
-from pyramid_cli.data.tokens import INDEX_NAME, TokenSet, level_name, merge_token_sets, tokenize_corpus
+from pyramid_cli.data.tokenize import merge_token_sets, tokenize_corpus
+from pyramid_cli.data.tokens import INDEX_NAME, TokenSet, level_name
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
 from pyramid_cli.hub import LoadedCodec, load_codec
 
