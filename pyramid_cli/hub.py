@@ -161,8 +161,10 @@ def _not_found(text: str) -> InputError:
         listed += f"; cached: {', '.join(cached)}"
     if text in (DEFAULT_CODEC, DEFAULT_LM):
         what = "codec" if text == DEFAULT_CODEC else "language model"
-        return InputError(f"the default {what} {text} is not installed ({listed}; it is still being trained); "
-                          f"pass --model DIR with a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+        option = "--model" if text == DEFAULT_CODEC else "--lm"
+        return InputError(f"the default {what} {text} is not installed ({listed}); reinstall pyramid with "
+                          f"its bundled models, or pass {option} DIR with a folder holding {CONFIG_NAME} and "
+                          f"{WEIGHTS_NAME}")
     return InputError(f"unknown model {text!r}: not a folder, a bundled or a cached model ({listed}); "
                       "`pyramid models list` shows them, hf://org/repo names a Hugging Face Hub model")
 
