@@ -110,6 +110,44 @@ def _stop_on_signals(main_rank: bool) -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
+def _run_and_report(train: Callable[[Callable[[dict[str, Any]], None] | None, Callable[[], bool]], Any],
+                    total_steps: int, status: Callable[[dict[str, Any]], str],
+                    describe: Callable[[dict[str, Any]], str | None], json_output: bool,
+                    json_extra: Callable[[Any], dict[str, Any]], best_text: Callable[[Any], str]) -> None:
+    """Run ``train(on_log, stop)`` under a live progress bar (rank 0 only under torchrun), stopping
+    cleanly on Ctrl-C, then report the result (codec and LM trainers return the same fields)."""
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    progress = make_progress(TextColumn("{task.fields[status]}"))
+    task = progress.add_task("training", total=None, status="starting")
+
+    def on_log(record: dict[str, Any]) -> None:
+        if record["kind"] == "start":
+            progress.update(task, total=record["total_steps"], completed=record["step"])
+        elif record["kind"] == "train":
+            progress.update(task, completed=record["step"], status=status(record))
+            if not console.is_terminal:  # no live bar in logs: one line per record instead
+                console.print(f"step {record['step']}/{total_steps}: {status(record)}", soft_wrap=True)
+        line = describe(record)
+        if line:
+            progress.console.print(line, soft_wrap=True)
+
+    with _stop_on_signals(main_rank) as stop, progress:
+        result = train(on_log if main_rank else None, stop.is_set)
+    if not main_rank:
+        raise typer.Exit(130 if result.stopped else 0)
+    if json_output:
+        print_json({"ok": True, "run": str(result.run_dir), "step": result.step, "total_steps": result.total_steps,
+                    "finished": result.finished, "stopped": result.stopped, "resumed_from": result.resumed_from,
+                    "best_step": result.best_step,
+                    "export": None if result.export_dir is None else str(result.export_dir), **json_extra(result)})
+    if result.stopped:
+        console.print(f"[yellow]stopped[/yellow] at step {result.step}/{result.total_steps}; checkpoint saved. "
+                      "Rerun the same command to resume.")
+        raise typer.Exit(130)
+    console.print(f"[green]done[/green]: step {result.step}/{result.total_steps}{best_text(result)}; model in "
+                  f"{result.export_dir}", soft_wrap=True)
+
+
 @app.command()
 def codec(
     data: Annotated[Path, typer.Option("--data", help="Corpus folder from `pyramid dataset build`: crops come "
@@ -166,40 +204,11 @@ def codec(
     explicit = {"model": preset, "steps": steps, "batch_size": batch_size, "crop_seconds": crop_seconds,
                 "lr": lr, "seed": seed, "device": device}
     settings = CodecTrainConfig.from_dict(_settings(run, config, explicit, set_ or []))
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
-    progress = make_progress(TextColumn("{task.fields[status]}"))
-    task = progress.add_task("training", total=None, status="starting")
-
-    def on_log(record: dict[str, Any]) -> None:
-        if record["kind"] == "start":
-            progress.update(task, total=record["total_steps"], completed=record["step"])
-        elif record["kind"] == "train":
-            progress.update(task, completed=record["step"], status=_status(record))
-            if not console.is_terminal:  # no live bar in logs: one line per record instead
-                console.print(f"step {record['step']}/{settings.steps}: {_status(record)}", soft_wrap=True)
-        line = _describe(record)
-        if line:
-            progress.console.print(line, soft_wrap=True)
-
-    with _stop_on_signals(main_rank) as stop, progress:
-        result = train_codec(run, settings, data, on_log=on_log if main_rank else None,
-                             init_from=init_from, stop=stop.is_set)
-    if not main_rank:
-        raise typer.Exit(130 if result.stopped else 0)
-    if json_output:
-        print_json({"ok": True, "run": str(result.run_dir), "step": result.step, "total_steps": result.total_steps,
-                    "finished": result.finished, "stopped": result.stopped, "resumed_from": result.resumed_from,
-                    "best_step": result.best_step, "best_mel": result.best_mel,
-                    "export": None if result.export_dir is None else str(result.export_dir),
-                    "last": result.last_train})
-    if result.stopped:
-        console.print(f"[yellow]stopped[/yellow] at step {result.step}/{result.total_steps}; checkpoint saved. "
-                      "Rerun the same command to resume.")
-        raise typer.Exit(130)
-    best = f"; best validation mel {result.best_mel:.3f} at step {result.best_step}" if result.best_step else ""
-    console.print(f"[green]done[/green]: step {result.step}/{result.total_steps}{best}; model in {result.export_dir}",
-                  soft_wrap=True)
-
+    _run_and_report(
+        lambda on_log, stop: train_codec(run, settings, data, on_log=on_log, init_from=init_from, stop=stop),
+        settings.steps, _status, _describe, json_output,
+        lambda r: {"best_mel": r.best_mel, "last": r.last_train},
+        lambda r: f"; best validation mel {r.best_mel:.3f} at step {r.best_step}" if r.best_step else "")
 
 def _lm_status(record: dict[str, Any]) -> str:
     levels = " ".join(f"l{k[6:]} {v:.3f}" for k, v in sorted(record.items()) if k.startswith("loss_l"))
@@ -266,36 +275,8 @@ def lm(
     explicit = {"model": preset, "layout": layout, "steps": steps, "batch_size": batch_size, "lr": lr,
                 "seed": seed, "device": device}
     settings = LMTrainConfig.from_dict(_settings(run, config, explicit, set_ or [], _lm_preset_dict))
-    main_rank = os.environ.get("RANK", "0") == "0"
-    progress = make_progress(TextColumn("{task.fields[status]}"))
-    task = progress.add_task("training", total=None, status="starting")
-
-    def on_log(record: dict[str, Any]) -> None:
-        if record["kind"] == "start":
-            progress.update(task, total=record["total_steps"], completed=record["step"])
-        elif record["kind"] == "train":
-            progress.update(task, completed=record["step"], status=_lm_status(record))
-            if not console.is_terminal:
-                console.print(f"step {record['step']}/{settings.steps}: {_lm_status(record)}", soft_wrap=True)
-        line = _lm_describe(record)
-        if line:
-            progress.console.print(line, soft_wrap=True)
-
-    with _stop_on_signals(main_rank) as stop, progress:
-        result = train_lm(run, settings, tokens, on_log=on_log if main_rank else None, init_from=init_from,
-                          stop=stop.is_set)
-    if not main_rank:
-        raise typer.Exit(130 if result.stopped else 0)
-    if json_output:
-        print_json({"ok": True, "run": str(result.run_dir), "step": result.step, "total_steps": result.total_steps,
-                    "finished": result.finished, "stopped": result.stopped, "resumed_from": result.resumed_from,
-                    "best_step": result.best_step, "best_nll": result.best_loss,
-                    "export": None if result.export_dir is None else str(result.export_dir),
-                    "last_eval": result.last_eval})
-    if result.stopped:
-        console.print(f"[yellow]stopped[/yellow] at step {result.step}/{result.total_steps}; checkpoint saved. "
-                      "Rerun the same command to resume.")
-        raise typer.Exit(130)
-    best = f"; best validation nll {result.best_loss:.3f} at step {result.best_step}" if result.best_step else ""
-    console.print(f"[green]done[/green]: step {result.step}/{result.total_steps}{best}; model in {result.export_dir}",
-                  soft_wrap=True)
+    _run_and_report(
+        lambda on_log, stop: train_lm(run, settings, tokens, on_log=on_log, init_from=init_from, stop=stop),
+        settings.steps, _lm_status, _lm_describe, json_output,
+        lambda r: {"best_nll": r.best_loss, "last_eval": r.last_eval},
+        lambda r: f"; best validation nll {r.best_loss:.3f} at step {r.best_step}" if r.best_step else "")
