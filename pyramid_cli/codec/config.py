@@ -41,6 +41,8 @@ class CodecConfig:
     codebook_dim: int = 8
     # Fraction of a batch trained with a random number of codebooks per level (DAC: 0.5).
     quantizer_dropout: float = 0.0
+    # Bias in each VQ stage's input projection (DAC has one; see quantize.VectorQuantize).
+    codebook_projection_bias: bool = True
     # Residual units (dilations 1, 3, 9) in each pyramid down-sampling block.
     pyramid_residual_units: int = 1
 
@@ -136,6 +138,7 @@ class CodecConfig:
             raise FormatError(f"codec config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
+        data = {**ADDED_LATER, **data}
         missing = sorted(names - set(data))
         if unknown:
             raise FormatError(f"codec config has unknown keys: {', '.join(unknown)}")
@@ -145,6 +148,10 @@ class CodecConfig:
             return cls(**data)
         except (UsageError, TypeError, ValueError) as exc:
             raise FormatError(f"invalid codec config: {exc}") from exc
+
+
+# Keys added after codecs were published, with the value every earlier codec implicitly had.
+ADDED_LATER: dict[str, Any] = {"codebook_projection_bias": True}
 
 
 # ---- presets (DESIGN §2 table) ----------------------------------------------------------------

@@ -23,10 +23,11 @@ def WNConv1d(  # noqa: N802 - named like the class it returns, as in DAC
     stride: int = 1,
     padding: int = 0,
     dilation: int = 1,
+    bias: bool = True,
 ) -> nn.Conv1d:
     """A weight-normalised ``nn.Conv1d``."""
     conv = nn.Conv1d(
-        in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation
+        in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias
     )
     return weight_norm(conv)
 

@@ -85,7 +85,8 @@ class PyramidCodec(nn.Module):
             for _ in range(c.n_levels if pyramid else 0)
         )
         self.quantizers = nn.ModuleList(
-            ResidualVectorQuantize(c.latent_dim, n, c.codebook_size, c.codebook_dim, c.quantizer_dropout)
+            ResidualVectorQuantize(c.latent_dim, n, c.codebook_size, c.codebook_dim, c.quantizer_dropout,
+                                  c.codebook_projection_bias)
             for n in c.n_codebooks
         )
         # up_encode[i-1] = U_i (Alg. 1), up_decode[i-1] = D_i (Eq. 1): level i-1 rate → level i rate.

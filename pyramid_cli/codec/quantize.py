@@ -63,10 +63,11 @@ class VectorQuantize(nn.Module):
 
     code_counts: torch.Tensor  # (codebook_size,) uses of each entry since the last reseed
 
-    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int) -> None:
+    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int, projection_bias: bool = True) -> None:
         super().__init__()
         self.codebook_size = codebook_size
-        self.in_proj = WNConv1d(input_dim, codebook_dim, kernel_size=1)
+        # Under cosine lookup a bias can dominate the projection and point every latent one way.
+        self.in_proj = WNConv1d(input_dim, codebook_dim, kernel_size=1, bias=projection_bias)
         self.out_proj = WNConv1d(codebook_dim, input_dim, kernel_size=1)
         self.codebook = nn.Embedding(codebook_size, codebook_dim)
         # Training statistic, not a weight: kept out of checkpoints (persistent=False).
@@ -152,13 +153,14 @@ class ResidualVectorQuantize(nn.Module):
         codebook_size: int,
         codebook_dim: int,
         quantizer_dropout: float = 0.0,
+        projection_bias: bool = True,
     ) -> None:
         super().__init__()
         self.n_codebooks = n_codebooks
         self.codebook_size = codebook_size
         self.quantizer_dropout = quantizer_dropout
         self.quantizers = nn.ModuleList(
-            VectorQuantize(input_dim, codebook_size, codebook_dim) for _ in range(n_codebooks)
+            VectorQuantize(input_dim, codebook_size, codebook_dim, projection_bias) for _ in range(n_codebooks)
         )
 
     @property

@@ -65,6 +65,21 @@ def test_from_dict_rejects_missing_keys():
         CodecConfig.from_dict(data)
 
 
+def test_configs_from_before_a_key_existed_load_with_its_old_behaviour():
+    data = preset("p111_small").to_dict()
+    del data["codebook_projection_bias"]  # codecs exported before the option existed
+    assert CodecConfig.from_dict(data).codebook_projection_bias is True
+
+
+def test_codebook_projection_bias_switch():
+    from pyramid_cli.codec.model import PyramidCodec
+
+    config = CodecConfig.from_dict(preset("p111_small").to_dict() | {"codebook_projection_bias": False})
+    stage = PyramidCodec(config).quantizers[0].stages[0]
+    assert stage.in_proj.bias is None and stage.out_proj.bias is not None
+    assert PyramidCodec(preset("p111_small")).quantizers[0].stages[0].in_proj.bias is not None
+
+
 def test_from_dict_rejects_invalid_values():
     data = preset("p111").to_dict() | {"n_codebooks": [1, 1]}
     with pytest.raises(FormatError, match="n_codebooks"):
