@@ -12,6 +12,7 @@ address space.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -102,6 +103,20 @@ def encode_audio_bytes(wav: np.ndarray, sample_rate: int, fmt: str = "WAV", subt
     buffer = io.BytesIO()
     sf.write(buffer, frames, sample_rate, format=fmt, subtype=subtype)
     return buffer.getvalue()
+
+
+def write_audio_pieces(handle: BinaryIO, pieces: Iterable[np.ndarray], sample_rate: int, fmt: str = "WAV",
+                       subtype: str = "PCM_16") -> int:
+    """Write consecutive (1, n) mono pieces as one audio file to a seekable binary ``handle``, as they come.
+
+    Only one piece is in memory at a time (``pyramid decode`` of an hour). Returns the samples written.
+    """
+    written = 0
+    with sf.SoundFile(handle, mode="w", samplerate=sample_rate, channels=1, format=fmt, subtype=subtype) as out:
+        for piece in pieces:
+            out.write(np.clip(np.asarray(piece, dtype=np.float32), -1.0, 1.0).reshape(-1))
+            written += piece.shape[-1]
+    return written
 
 
 def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int,

@@ -48,6 +48,29 @@ def lm_row(report: BenchReport) -> list[str] | None:
             f"{lm.naive_tokens_per_second:,.1f}", f"{lm.speedup:.0f}x"]
 
 
+MEMORY_COLUMNS = ["input", "WAV MB", "encode s", "encode RTF", "encode peak MB", "decode s", "decode RTF",
+                  "decode peak MB"]
+
+
+def memory_rows(report: BenchReport) -> list[list[str]]:
+    """One row per input length: `pyramid encode` and `pyramid decode` wall time and whole-process peak RSS."""
+    return [[f"{m.audio_seconds:g} s", _mb(m.file_mb), f"{m.encode.wall_seconds:.1f}",
+             _rtf(m.encode.realtime_factor(m.audio_seconds)), _mb(m.encode.peak_rss_mb),
+             f"{m.decode.wall_seconds:.1f}", _rtf(m.decode.realtime_factor(m.audio_seconds)),
+             _mb(m.decode.peak_rss_mb)] for m in report.memory]
+
+
+def memory_spread(report: BenchReport) -> str | None:
+    """How much the peaks of the longest input exceed those of the shortest (the target: at most 20%)."""
+    if len(report.memory) < 2:
+        return None
+    short, long = min(report.memory, key=lambda m: m.audio_seconds), max(report.memory, key=lambda m: m.audio_seconds)
+    encode = long.encode.peak_rss_mb / short.encode.peak_rss_mb - 1
+    decode = long.decode.peak_rss_mb / short.decode.peak_rss_mb - 1
+    return (f"peak memory from {short.audio_seconds:g} s to {long.audio_seconds:g} s of input: "
+            f"encode {encode:+.0%}, decode {decode:+.0%}")
+
+
 def machine_line(report: BenchReport) -> str:
     m = report.machine
     device = m.device if m.device == "cpu" else f"{m.device} ({m.device_name})"
@@ -59,7 +82,7 @@ def machine_line(report: BenchReport) -> str:
 
 
 def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
-    right = {i for i, c in enumerate(columns) if c not in ("model", "weights", "layout", "LM", "allocator")}
+    right = {i for i, c in enumerate(columns) if c not in ("model", "weights", "layout", "LM", "allocator", "input")}
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---:" if i in right else "---" for i in range(len(columns))) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -78,6 +101,11 @@ def to_markdown(report: BenchReport) -> str:
         lines += _table(LM_COLUMNS, [row])
         lines += ["", f"Cached: `pyramid_cli.lm.sampling.generate` over the whole piece; naive: the full prefix "
                   f"re-run for each of {report.lm.naive_tokens} tokens from the middle of the piece.", ""]
+    if report.memory:
+        lines += _table(MEMORY_COLUMNS, memory_rows(report))
+        lines += ["", "`pyramid encode` of a 44.1 kHz stereo 16-bit WAV, then `pyramid decode` of its .pyr at all "
+                  "levels to a WAV, each in a fresh process; peak MB: the whole process's peak resident set "
+                  f"(Python, torch and the model included). {memory_spread(report) or ''}".rstrip(), ""]
     extra = [*report.notes, *(f"{s.model}: {s.status}: {s.reason}" for s in report.skipped)]
     lines += [f"- {note}" for note in extra]
     return "\n".join(lines).rstrip() + "\n"

@@ -24,6 +24,7 @@ from typing import Any
 from pyramid_cli.bench.codecs import DEFAULT_KEY, CodecResult
 from pyramid_cli.bench.lm import LMResult
 from pyramid_cli.bench.machine import JEMALLOC_HINT, MachineInfo, find_jemalloc, jemalloc_environment, machine_info
+from pyramid_cli.bench.memory import MemoryResult, measure_memory
 from pyramid_cli.bench.peers import PEERS, peer_available
 from pyramid_cli.codec.inference import DEFAULT_CHUNK_SECONDS
 from pyramid_cli.errors import PyramidError, UsageError
@@ -60,6 +61,8 @@ class BenchSettings:
     allocator: str = "system"  # system | jemalloc | both
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS
     isolate: bool = True  # one fresh process per measurement
+    memory_seconds: tuple[float, ...] = (10.0, 3600.0)  # `pyramid encode`/`decode` peak RSS per input length
+    skip_memory: bool = False
 
     def __post_init__(self) -> None:
         if not self.seconds or any(not (s > 0 and math.isfinite(s)) for s in self.seconds):
@@ -74,6 +77,8 @@ class BenchSettings:
             raise UsageError(f"--lm-seconds must be a positive number, got {self.lm_seconds}")
         if self.naive_tokens < 1:
             raise UsageError(f"--naive-tokens must be at least 1, got {self.naive_tokens}")
+        if any(not (s > 0 and math.isfinite(s)) for s in self.memory_seconds):
+            raise UsageError(f"--memory-seconds: give positive lengths in seconds, got {list(self.memory_seconds)}")
         if not (self.chunk_seconds > 0 and math.isfinite(self.chunk_seconds)):
             raise UsageError(f"--chunk-seconds must be a positive number, got {self.chunk_seconds}")
 
@@ -81,6 +86,8 @@ class BenchSettings:
         """The ``pyramid bench`` command line that asks for these settings."""
         default = BenchSettings()
         parts = ["pyramid bench", "--seconds " + ",".join(f"{s:g}" for s in self.seconds)]
+        if self.memory_seconds != default.memory_seconds and not self.skip_memory:
+            parts.append("--memory-seconds " + ",".join(f"{s:g}" for s in self.memory_seconds))
         if self.models is not None:
             parts.append("--models " + ",".join(self.models))
         for flag, value, base in (("--device", self.device, default.device), ("--threads", self.threads, None),
@@ -91,6 +98,7 @@ class BenchSettings:
             if value is not None and value != base:
                 parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
         parts += [flag for flag, on in (("--skip-peers", self.skip_peers), ("--skip-lm", self.skip_lm),
+                                        ("--skip-memory", self.skip_memory),
                                         ("--in-process", not self.isolate)) if on]
         return " ".join(parts)
 
@@ -114,6 +122,7 @@ class BenchReport:
     settings: BenchSettings
     codecs: list[CodecResult] = field(default_factory=list)
     lm: LMResult | None = None
+    memory: list[MemoryResult] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
@@ -126,7 +135,8 @@ class BenchReport:
         return {
             "date": self.date, "command": self.command, "machine": asdict(self.machine),
             "settings": asdict(self.settings), "codecs": [c.to_dict() for c in self.codecs],
-            "lm": self.lm.to_dict() if self.lm else None, "skipped": [asdict(s) for s in self.skipped],
+            "lm": self.lm.to_dict() if self.lm else None, "memory": [m.to_dict() for m in self.memory],
+            "skipped": [asdict(s) for s in self.skipped],
             "notes": list(self.notes), "wall_seconds": self.wall_seconds,
         }
 
@@ -229,6 +239,9 @@ def run_bench(settings: BenchSettings, on_progress: Progress | None = None) -> B
     notes: list[str] = []
     models = _selected_models(settings, skipped, notes)
     allocators, library = _allocators(settings, notes)
+    if "system" in allocators and any(key not in PEERS for key in models):
+        notes.append("system allocator: pyramid's own models run with glibc malloc set to keep freed memory "
+                     "(pyramid_cli.allocator), as the pyramid command does; the peers with glibc's defaults")
     if settings.threads is not None:
         import torch
 
@@ -275,6 +288,15 @@ def run_bench(settings: BenchSettings, on_progress: Progress | None = None) -> B
                 notes.append(report.lm.note)
         else:
             skipped.append(Skipped("lm", "failed", answer.get("error") or answer.get("unavailable", "")))
+    if not settings.skip_memory:
+        for seconds in settings.memory_seconds:
+            if on_progress is not None:
+                on_progress(f"memory: pyramid encode and decode of a {seconds:g} s WAV")
+            try:
+                report.memory.append(measure_memory(seconds, device=device, threads=settings.threads,
+                                                    env=_environment("system", None)))
+            except PyramidError as error:
+                skipped.append(Skipped(f"memory ({seconds:g} s)", "failed", str(error)))
     report.wall_seconds = time.perf_counter() - started
     return report
 

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from pyramid_cli import __version__
+from pyramid_cli.allocator import keep_freed_memory
 from pyramid_cli.cli import bench, codec, dataset, doctor, evaluate, generate, models, train
 from pyramid_cli.cli._shared import console
 from pyramid_cli.errors import PyramidError
@@ -55,6 +56,7 @@ def _root(
 ) -> None:
     if debug:
         _debug["enabled"] = True
+    keep_freed_memory()  # the codecs' chunk-sized activations reuse memory instead of page-faulting it in
 
 
 def main(args: list[str] | None = None) -> None:

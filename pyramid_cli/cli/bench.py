@@ -59,7 +59,13 @@ def bench(
     naive_tokens: Annotated[int, typer.Option(help="Tokens sampled naively (full prefix each; slow) from the "
                                               "middle of the piece.")] = 200,
     chunk_seconds: Annotated[float, typer.Option(help="Chunk length of chunked encoding and decoding "
-                                                 "(the peers run on chunks of the same length).")] = 30.0,
+                                                 "(the peers run on chunks of the same length).")] = 10.0,
+    memory_seconds: Annotated[str, typer.Option(help="Input lengths for the memory check: `pyramid encode` and "
+                                                "`pyramid decode` run on a WAV of each length, and their peak "
+                                                "memory is compared.")] = "10,3600",
+    skip_memory: Annotated[bool, typer.Option("--skip-memory", help="Skip the memory check (it writes a WAV of "
+                                              "the longest length to the temporary folder: 600 MB for an "
+                                              "hour).")] = False,
     in_process: Annotated[bool, typer.Option("--in-process", help="Measure in this process instead of a fresh "
                                              "one per measurement (quicker; memory peaks not clean).")] = False,
     list_models: Annotated[bool, typer.Option("--list", help="List the models --models knows and exit.")] = False,
@@ -74,7 +80,17 @@ def bench(
     Example: pyramid bench --seconds 10 --models default,dac_44k --threads 2 --skip-lm
     """
     from pyramid_cli.bench import BenchSettings, run_bench
-    from pyramid_cli.bench.report import LM_COLUMNS, codec_columns, codec_rows, lm_row, machine_line, to_markdown
+    from pyramid_cli.bench.report import (
+        LM_COLUMNS,
+        MEMORY_COLUMNS,
+        codec_columns,
+        codec_rows,
+        lm_row,
+        machine_line,
+        memory_rows,
+        memory_spread,
+        to_markdown,
+    )
 
     if list_models:
         _show_list(json_output)
@@ -86,7 +102,7 @@ def bench(
         models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
         device=device, threads=threads, skip_peers=skip_peers, skip_lm=skip_lm, lm=lm, lm_seconds=lm_seconds,
         naive_tokens=naive_tokens, allocator=allocator.strip().lower(), chunk_seconds=chunk_seconds,
-        isolate=not in_process,
+        isolate=not in_process, memory_seconds=_floats(memory_seconds, "--memory-seconds"), skip_memory=skip_memory,
     )
     report = run_bench(settings, on_progress=lambda line: console.print(f"[dim]measuring {escape(line)}[/dim]"))
     # In logs (stderr not a terminal) rich would squeeze the tables into 80 columns.
@@ -108,6 +124,16 @@ def bench(
             table.add_column(column, justify="left" if column in ("LM", "weights", "layout") else "right")
         table.add_row(*(escape(cell) for cell in lm_cells))
         tables.print(table)
+    if report.memory:
+        table = Table(title="memory: pyramid encode / decode of a 44.1 kHz stereo WAV, whole-process peak RSS")
+        for column in MEMORY_COLUMNS:
+            table.add_column(column, justify="left" if column == "input" else "right")
+        for row in memory_rows(report):
+            table.add_row(*row)
+        tables.print(table)
+        spread = memory_spread(report)
+        if spread:
+            console.print(spread)
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
     for skipped in report.skipped:

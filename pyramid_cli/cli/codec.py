@@ -1,7 +1,8 @@
 """`pyramid encode | decode | info`: audio ↔ hierarchical tokens in `.pyr` files.
 
 Thin commands: parse, check the outputs before any work, call `pyramid_cli.codec.api`, render on
-stderr. `-` names stdin/stdout; tokens and audio are buffered whole (a 3-minute .pyr is ~17 KB).
+stderr. `-` names stdin/stdout. Audio files are read and written chunk by chunk, so memory does not
+grow with their length; stdin and stdout are buffered whole (a 3-minute .pyr is ~17 KB).
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ from pyramid_cli.cli._shared import (
     write_output,
 )
 from pyramid_cli.errors import InputError, PyramidError, UsageError
+from pyramid_cli.fileio import atomic_write
 from pyramid_cli.hub import DEFAULT_CODEC
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
 WRITE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
 
+# codec.inference.DEFAULT_CHUNK_SECONDS, spelled out so that `--help` does not import torch (a test checks).
+DEFAULT_CHUNK_SECONDS = 10.0
 ChunkOption = Annotated[float, typer.Option(
     "--chunk-seconds", min=0.1, help="Audio processed per step; bounds the memory on long files. The tokens and "
     "the audio do not depend on it (chunks overlap by the codec's measured receptive field).")]
@@ -126,7 +130,7 @@ def encode(
     ] = DEFAULT_CODEC,
     device: DeviceOption = "auto",
     force: ForceOption = False,
-    chunk_seconds: ChunkOption = 30.0,
+    chunk_seconds: ChunkOption = DEFAULT_CHUNK_SECONDS,
     json_output: JsonOption = False,
 ) -> None:
     """Encode audio into hierarchical tokens (.pyr), in bounded memory.
@@ -221,7 +225,7 @@ def decode(
         "--model", help="Codec: a bundled model name or a folder. Default: the codec named in the .pyr.")] = None,
     device: DeviceOption = "auto",
     force: ForceOption = False,
-    chunk_seconds: ChunkOption = 30.0,
+    chunk_seconds: ChunkOption = DEFAULT_CHUNK_SECONDS,
     json_output: JsonOption = False,
 ) -> None:
     """Decode a .pyr to audio at 1, 2 or 3 levels (default: all the file stores).
@@ -236,8 +240,8 @@ def decode(
 
       cat song.pyr | pyramid decode --levels 1 -o - | aplay
     """
-    from pyramid_cli.audio import encode_audio_bytes
-    from pyramid_cli.codec.api import decode_pyr
+    from pyramid_cli.audio import write_audio_pieces
+    from pyramid_cli.codec.api import iter_decode_pyr
     from pyramid_cli.hub import load_codec, resolve_model
 
     pyr, name, _ = _read_pyr(source)
@@ -266,11 +270,22 @@ def decode(
     codec = load_codec(model or pyr.codec_name, device)
     with make_progress() as progress:
         task = progress.add_task(f"decoding {k} level{'s' * (k > 1)}", total=pyr.num_samples)
-        audio = decode_pyr(pyr, codec, k, name=name, chunk_seconds=chunk_seconds,
-                           progress=lambda done, total: progress.update(task, completed=done))
-    write_output(output, encode_audio_bytes(audio, pyr.sample_rate, fmt))
+        pieces = iter_decode_pyr(pyr, codec, k, name=name, chunk_seconds=chunk_seconds,
+                                 progress=lambda done, total: progress.update(task, completed=done))
+        # A file is written piece by piece as the chunks are decoded (an hour needs no more memory
+        # than a song); stdout is not seekable, so its WAV is assembled in memory (16-bit) first.
+        if is_stdio(output):
+            buffer = io.BytesIO()
+            samples = write_audio_pieces(buffer, pieces, pyr.sample_rate, fmt)
+            write_output(output, buffer.getvalue())
+        else:
+            try:
+                with atomic_write(output) as handle:
+                    samples = write_audio_pieces(handle, pieces, pyr.sample_rate, fmt)
+            except OSError as error:
+                raise InputError(f"{output}: cannot write ({error.strerror or error})") from None
     if json_output:
-        print_json({"ok": True, "input": name, "output": output, "levels": k, "samples": audio.shape[-1],
+        print_json({"ok": True, "input": name, "output": output, "levels": k, "samples": samples,
                     "sample_rate": pyr.sample_rate, "seconds": pyr.duration_seconds})
     else:
         console.print(f"{name} → {'stdout' if is_stdio(output) else output}: {k} level{'s' * (k > 1)}, "

@@ -7,14 +7,22 @@ and exit codes (EnCodec's split). Shapes: audio is numpy float32 (channels, samp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-from pyramid_cli.audio import is_silent, load_audio, resample, to_mono
-from pyramid_cli.codec.inference import DEFAULT_CHUNK_SECONDS, Progress, decode_codes, encode_audio, receptive_field
+from pyramid_cli.audio import is_silent, resample, to_mono
+from pyramid_cli.audio_stream import AudioReader
+from pyramid_cli.codec.inference import (
+    DEFAULT_CHUNK_SECONDS,
+    Progress,
+    encode_audio,
+    iter_decode_codes,
+    receptive_field,
+)
 from pyramid_cli.errors import CodecMismatchError, InputError, UsageError
 from pyramid_cli.hub import LoadedCodec
 from pyramid_cli.pyrfile import PyrFile, PyrLevel, check_codec
@@ -32,7 +40,10 @@ def encode_file(
     overlap_seconds: float | None = None,
     progress: Progress | None = None,
 ) -> PyrFile:
-    """Read an audio file or stream and encode it (see ``encode_waveform``).
+    """Read an audio file or stream chunk by chunk and encode it (see ``encode_waveform``).
+
+    Only one chunk of the file is in memory at a time (``audio_stream.AudioReader`` mixes it down
+    and resamples it range by range), so an hour-long file needs no more memory than a song.
 
     Args:
         source: a path, or a binary stream holding a whole WAV/FLAC/OGG file (e.g. stdin).
@@ -40,9 +51,15 @@ def encode_file(
         name: how to call the input in messages and provenance (default: the path; ``<stdin>``).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<stdin>")
-    wav, sample_rate = load_audio(source, name=label)
-    return encode_waveform(wav, sample_rate, codec, name=label, levels=levels, chunk_seconds=chunk_seconds,
-                           overlap_seconds=overlap_seconds, progress=progress)
+    kept = _check_levels(codec, levels)
+    with AudioReader(source, codec.model.config.sample_rate, name=label) as reader:
+        if reader.peak() <= 10.0 ** (SILENCE_DB / 20.0):
+            raise _silent(label)
+        _check_length(label, reader.num_samples, codec)
+        codes = encode_audio(codec.model, reader, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+                             progress=progress)
+        return _pyr(codec, codes[:kept], reader.num_samples, reader.original_sample_rate, reader.channels, label,
+                    chunk_seconds, overlap_seconds)
 
 
 def encode_waveform(
@@ -73,32 +90,51 @@ def encode_waveform(
         InputError: the audio is silent or shorter than one coarse frame.
         UsageError: ``levels`` outside 1..n_levels.
     """
-    model, config = codec.model, codec.model.config
-    if levels is not None and not 1 <= levels <= config.n_levels:
-        raise UsageError(f"cannot keep {levels} levels: {codec.name} has levels 1..{config.n_levels}")
+    kept = _check_levels(codec, levels)
     if wav.ndim != 2 or wav.shape[1] == 0:
         raise InputError(f"{name}: expected (channels, samples) audio, got shape {wav.shape}")
-    mono = resample(to_mono(np.asarray(wav, dtype=np.float32)), sample_rate, config.sample_rate)
+    mono = resample(to_mono(np.asarray(wav, dtype=np.float32)), sample_rate, codec.model.config.sample_rate)
     if is_silent(mono, SILENCE_DB):
-        raise InputError(f"{name} is silent (peak below {SILENCE_DB:.0f} dBFS after mixing down to mono); "
-                         "nothing to encode")
-    hop = config.hop_lengths[0]
-    if mono.shape[1] < hop:
-        raise InputError(f"{name} is too short: {mono.shape[1] / config.sample_rate * 1000:.1f} ms; the codec needs "
-                         f"at least one coarse frame ({hop} samples, {hop / config.sample_rate * 1000:.1f} ms)")
-    codes = encode_audio(model, torch.from_numpy(np.ascontiguousarray(mono)), chunk_seconds=chunk_seconds,
+        raise _silent(name)
+    _check_length(name, mono.shape[1], codec)
+    codes = encode_audio(codec.model, torch.from_numpy(np.ascontiguousarray(mono)), chunk_seconds=chunk_seconds,
                          overlap_seconds=overlap_seconds, progress=progress)
-    kept = config.n_levels if levels is None else levels
+    return _pyr(codec, codes[:kept], mono.shape[1], sample_rate, wav.shape[0], name, chunk_seconds, overlap_seconds)
+
+
+def _check_levels(codec: LoadedCodec, levels: int | None) -> int:
+    n_levels = codec.model.config.n_levels
+    if levels is not None and not 1 <= levels <= n_levels:
+        raise UsageError(f"cannot keep {levels} levels: {codec.name} has levels 1..{n_levels}")
+    return n_levels if levels is None else levels
+
+
+def _silent(name: str) -> InputError:
+    return InputError(f"{name} is silent (peak below {SILENCE_DB:.0f} dBFS after mixing down to mono); "
+                      "nothing to encode")
+
+
+def _check_length(name: str, num_samples: int, codec: LoadedCodec) -> None:
+    config = codec.model.config
+    hop = config.hop_lengths[0]
+    if num_samples < hop:
+        raise InputError(f"{name} is too short: {num_samples / config.sample_rate * 1000:.1f} ms; the codec needs "
+                         f"at least one coarse frame ({hop} samples, {hop / config.sample_rate * 1000:.1f} ms)")
+
+
+def _pyr(codec: LoadedCodec, codes: list[torch.Tensor], num_samples: int, original_sample_rate: int,
+         original_channels: int, name: str, chunk_seconds: float, overlap_seconds: float | None) -> PyrFile:
+    config = codec.model.config
     overlap = receptive_field(config).encode_seconds if overlap_seconds is None else overlap_seconds
     return PyrFile(
         codec_name=codec.name,
         codec_hash=codec.hash,
         sample_rate=config.sample_rate,
-        num_samples=mono.shape[1],
-        original_sample_rate=sample_rate,
-        original_channels=wav.shape[0],
+        num_samples=num_samples,
+        original_sample_rate=original_sample_rate,
+        original_channels=original_channels,
         codebook_size=config.codebook_size,
-        levels=[PyrLevel(hop, c.numpy()) for hop, c in zip(config.hop_lengths[:kept], codes[:kept], strict=True)],
+        levels=[PyrLevel(hop, c.numpy()) for hop, c in zip(config.hop_lengths, codes, strict=False)],
         provenance={
             "source": Path(name).name if name not in ("<stdin>", "-") else "<stdin>",
             "chunk_seconds": float(chunk_seconds),
@@ -133,7 +169,7 @@ def check_pyr_codec(pyr: PyrFile, codec: LoadedCodec, name: str = "the .pyr file
         raise CodecMismatchError(f"{name} does not fit {codec.name}: {problems[0]}")
 
 
-def decode_pyr(
+def iter_decode_pyr(
     pyr: PyrFile,
     codec: LoadedCodec,
     levels: int | None = None,
@@ -142,11 +178,12 @@ def decode_pyr(
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float | None = None,
     progress: Progress | None = None,
-) -> np.ndarray:
-    """Decode the first ``levels`` levels of a ``.pyr`` (default all it stores) to audio.
+) -> Iterator[np.ndarray]:
+    """Decode the first ``levels`` levels of a ``.pyr`` (default all it stores), one chunk at a time.
 
-    Returns:
-        (1, pyr.num_samples) float32 audio at ``pyr.sample_rate``: exactly the encoded length.
+    The file is checked before anything is decoded. Yields consecutive (1, n) float32 pieces at
+    ``pyr.sample_rate`` that add up to exactly ``pyr.num_samples`` samples; writing each as it comes
+    (``audio.write_audio_pieces``) keeps the memory of a long decode to one chunk.
 
     Raises:
         CodecMismatchError: the file was made by another codec (see ``check_pyr_codec``).
@@ -158,9 +195,25 @@ def decode_pyr(
         stored = f"{pyr.n_levels} level{'s' * (pyr.n_levels > 1)}"
         raise UsageError(f"cannot decode {levels} levels: {name} stores {stored}, so it decodes at 1..{pyr.n_levels}")
     codes = [torch.from_numpy(level.codes) for level in pyr.levels[:levels]]
-    audio = decode_codes(codec.model, codes, levels=levels, num_samples=pyr.num_samples,
-                         chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, progress=progress)
-    return audio.numpy().astype(np.float32, copy=False)
+    pieces = iter_decode_codes(codec.model, codes, levels=levels, num_samples=pyr.num_samples,
+                               chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, progress=progress)
+    return (piece.numpy() for piece in pieces)
+
+
+def decode_pyr(
+    pyr: PyrFile,
+    codec: LoadedCodec,
+    levels: int | None = None,
+    *,
+    name: str = "the .pyr file",
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The whole of ``iter_decode_pyr`` (same arguments) as one (1, pyr.num_samples) float32 array."""
+    pieces = list(iter_decode_pyr(pyr, codec, levels, name=name, chunk_seconds=chunk_seconds,
+                                  overlap_seconds=overlap_seconds, progress=progress))
+    return np.concatenate(pieces, axis=-1) if pieces else np.zeros((1, 0), dtype=np.float32)
 
 
 def pyr_summary(pyr: PyrFile, file_bytes: int, name: str = "the .pyr file") -> dict[str, Any]:

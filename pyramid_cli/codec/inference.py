@@ -23,16 +23,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from pyramid_cli.codec.config import CodecConfig
 from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.errors import InputError, UsageError
 
-DEFAULT_CHUNK_SECONDS = 30.0
+# Short enough that the peak memory of a 10 s input and of an hour are the same (one chunk
+# is all that is ever in flight), long enough that the context costs little (~0.8 s each side).
+DEFAULT_CHUNK_SECONDS = 10.0
 Progress = Callable[[int, int], None]  # (samples done, samples in total)
 
 
@@ -148,9 +152,27 @@ def _device(model: PyramidCodec) -> torch.device:
     return next(model.parameters()).device
 
 
+class Signal(Protocol):
+    """Audio that can be read range by range (``pyramid_cli.audio_stream.AudioReader`` is one)."""
+
+    num_samples: int
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) at the codec rate, zeros past the end: (1, stop - start)."""
+        ...
+
+
+def _window(signal: torch.Tensor | Signal, start: int, stop: int) -> torch.Tensor:
+    """(1, stop - start) float32 samples of ``signal``, zero-padded past its end as ``model.encode`` pads."""
+    if isinstance(signal, torch.Tensor):
+        piece = signal[:, start:stop].float()
+        return torch.nn.functional.pad(piece, (0, stop - start - piece.shape[1]))
+    return torch.from_numpy(np.ascontiguousarray(signal.read(start, stop), dtype=np.float32))
+
+
 def encode_audio(
     model: PyramidCodec,
-    wav: torch.Tensor,
+    wav: torch.Tensor | Signal,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float | None = None,
     progress: Progress | None = None,
@@ -159,7 +181,8 @@ def encode_audio(
 
     Args:
         model: the codec (eval mode), on any device; chunks are moved there one at a time.
-        wav: (1, T) audio at ``model.config.sample_rate`` (may stay on the CPU).
+        wav: (1, T) audio at ``model.config.sample_rate`` (may stay on the CPU), or a ``Signal``
+            read one chunk at a time, so that only one chunk of a long file is ever in memory.
         chunk_seconds: audio per chunk (rounded to whole coarse frames); bounds the memory.
         overlap_seconds: context on each side of a chunk; None = the measured receptive field.
         progress: called with (samples done, total samples) after each chunk.
@@ -168,27 +191,78 @@ def encode_audio(
         Per level, level 0 first, (n_codebooks[i], T_i) long codes on the CPU, with
         T_i = ``model.frame_counts(T)[i]``.
     """
-    if wav.dim() != 2 or wav.shape[0] != 1 or wav.shape[1] == 0:
-        raise InputError(f"expected mono audio shaped (1, T) with T > 0, got {tuple(wav.shape)}")
+    length = wav.shape[1] if isinstance(wav, torch.Tensor) else wav.num_samples
+    if isinstance(wav, torch.Tensor) and (wav.dim() != 2 or wav.shape[0] != 1) or length == 0:
+        shape = tuple(wav.shape) if isinstance(wav, torch.Tensor) else (1, length)
+        raise InputError(f"expected mono audio shaped (1, T) with T > 0, got {shape}")
     config = model.config
     hops, hop, rate = config.hop_lengths, config.hop_lengths[0], config.sample_rate
     context = _context_frames(overlap_seconds, receptive_field(config).encode_frames, hop, rate)
     step = _chunk_frames(chunk_seconds, hop, rate)
-    total = model.frame_counts(wav.shape[1])[0]  # coarse frames
-    padded = torch.nn.functional.pad(wav.float(), (0, total * hop - wav.shape[1]))  # as model.encode pads
+    total = model.frame_counts(length)[0]  # coarse frames
     pieces: list[list[torch.Tensor]] = [[] for _ in hops]
     device = _device(model)
     with torch.inference_mode():
         for start in range(0, total, step):
             end = min(total, start + step)
             a, b = max(0, start - context), min(total, end + context)
-            codes = model.encode(padded[None, :, a * hop:b * hop].to(device))  # per level (1, n_q, (b-a)*hop/h)
+            codes = model.encode(_window(wav, a * hop, b * hop)[None].to(device))  # per level (1, n_q, frames)
             for i, (level_codes, h) in enumerate(zip(codes, hops, strict=True)):
                 scale = hop // h  # level-i frames per coarse frame
                 pieces[i].append(level_codes[0, :, (start - a) * scale:(end - a) * scale].cpu())
             if progress is not None:
-                progress(min(end * hop, wav.shape[1]), wav.shape[1])
+                progress(min(end * hop, length), length)
     return [torch.cat(level, dim=-1) for level in pieces]
+
+
+def iter_decode_codes(
+    model: PyramidCodec,
+    codes: Sequence[torch.Tensor],
+    levels: int | None = None,
+    num_samples: int | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> Iterator[torch.Tensor]:
+    """Decode long codes chunk by chunk, yielding consecutive (1, n) float32 CPU pieces of the audio.
+
+    Their concatenation is ``decode_codes``'s result; a caller that writes each piece as it comes
+    (``pyramid decode``, through ``audio.write_audio_pieces``) holds one chunk of audio at a time.
+    Arguments as ``decode_codes``; they are checked before the first piece is decoded.
+    """
+    config = model.config
+    levels = len(codes) if levels is None else levels
+    if not 1 <= levels <= min(len(codes), config.n_levels):
+        raise UsageError(f"cannot decode {levels} levels from codes for {len(codes)} "
+                         f"(the codec has {config.n_levels})")
+    hop, rate = config.hop_lengths[0], config.sample_rate
+    if any(c.dim() != 2 for c in codes[:levels]):
+        raise InputError(f"codes must be (n_q, T_i) per level, got {[tuple(c.shape) for c in codes[:levels]]}")
+    total = codes[0].shape[-1]  # coarse frames
+    num_samples = total * hop if num_samples is None else num_samples
+    if not 0 <= num_samples <= total * hop:
+        raise InputError(f"{num_samples} samples asked for, the codes hold {total * hop}")
+    context = _context_frames(overlap_seconds, receptive_field(config).decode_frames, hop, rate)
+    step = _chunk_frames(chunk_seconds, hop, rate)
+    return _decode_pieces(model, codes[:levels], num_samples, context, step, progress)
+
+
+def _decode_pieces(model: PyramidCodec, codes: Sequence[torch.Tensor], num_samples: int, context: int, step: int,
+                   progress: Progress | None) -> Iterator[torch.Tensor]:
+    hops, hop, levels = model.config.hop_lengths, model.config.hop_lengths[0], len(codes)
+    total, device = codes[0].shape[-1], _device(model)
+    with torch.inference_mode():
+        # Frames past num_samples (the encoder's right padding) are decoded only as context.
+        for start in range(0, math.ceil(num_samples / hop), step):
+            end = min(total, start + step)
+            a, b = max(0, start - context), min(total, end + context)
+            window = [c[None, :, a * hop // h:b * hop // h].to(device) for c, h in zip(codes, hops[:levels],
+                                                                                       strict=True)]
+            audio = model.decode(window, levels=levels)  # (1, 1, (b - a) * hop)
+            keep = min(end * hop, num_samples) - start * hop
+            yield audio[0, :, (start - a) * hop:(start - a) * hop + keep].float().cpu()
+            if progress is not None:
+                progress(min(end * hop, num_samples), num_samples)
 
 
 def decode_codes(
@@ -215,33 +289,5 @@ def decode_codes(
     Returns:
         (1, num_samples) float32 audio on the CPU.
     """
-    config = model.config
-    levels = len(codes) if levels is None else levels
-    if not 1 <= levels <= min(len(codes), config.n_levels):
-        raise UsageError(f"cannot decode {levels} levels from codes for {len(codes)} "
-                         f"(the codec has {config.n_levels})")
-    hops, hop, rate = config.hop_lengths, config.hop_lengths[0], config.sample_rate
-    if any(c.dim() != 2 for c in codes[:levels]):
-        raise InputError(f"codes must be (n_q, T_i) per level, got {[tuple(c.shape) for c in codes[:levels]]}")
-    total = codes[0].shape[-1]  # coarse frames
-    num_samples = total * hop if num_samples is None else num_samples
-    if not 0 <= num_samples <= total * hop:
-        raise InputError(f"{num_samples} samples asked for, the codes hold {total * hop}")
-    context = _context_frames(overlap_seconds, receptive_field(config).decode_frames, hop, rate)
-    step = _chunk_frames(chunk_seconds, hop, rate)
-    device = _device(model)
-    out: list[torch.Tensor] = []
-    with torch.inference_mode():
-        # Frames past num_samples (the encoder's right padding) are decoded only as context.
-        for start in range(0, math.ceil(num_samples / hop), step):
-            end = min(total, start + step)
-            a, b = max(0, start - context), min(total, end + context)
-            window = [c[None, :, a * hop // h:b * hop // h].to(device) for c, h in zip(codes[:levels], hops[:levels],
-                                                                                       strict=True)]
-            audio = model.decode(window, levels=levels)  # (1, 1, (b - a) * hop)
-            out.append(audio[0, :, (start - a) * hop:(end - a) * hop].float().cpu())
-            if progress is not None:
-                progress(min(end * hop, num_samples), num_samples)
-    if not out:
-        return torch.zeros(1, 0)
-    return torch.cat(out, dim=-1)[:, :num_samples]
+    pieces = list(iter_decode_codes(model, codes, levels, num_samples, chunk_seconds, overlap_seconds, progress))
+    return torch.cat(pieces, dim=-1) if pieces else torch.zeros(1, 0)

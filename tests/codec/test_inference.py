@@ -113,3 +113,26 @@ def test_bad_arguments(model, whole):
         decode_codes(model, whole, num_samples=whole[0].shape[-1] * 2048 + 1)
     with pytest.raises(UsageError, match="cannot decode 3 levels"):
         decode_codes(model, whole[:2], levels=3)
+
+
+@pytest.mark.parametrize("rate", [22050, 44100])
+def test_a_file_encoded_chunk_by_chunk_from_disk_equals_the_file_encoded_from_memory(tmp_path, model, rate):
+    """``encode_file`` streams the file (mix-down and resampling range by range); the tokens stay the same."""
+    import numpy as np
+    import soundfile as sf
+
+    from pyramid_cli.codec.api import encode_file, encode_waveform
+    from pyramid_cli.hub import LoadedCodec
+
+    rng = np.random.default_rng(3)
+    t = np.arange(round(5.3 * rate)) / rate
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 331 * t)])
+    stereo = (stereo + 0.05 * rng.standard_normal(stereo.shape)).astype(np.float32)
+    sf.write(tmp_path / "song.wav", stereo.T, rate, subtype="FLOAT")
+    codec = LoadedCodec(model, "tiny-p111", "0" * 16)
+    streamed = encode_file(tmp_path / "song.wav", codec, chunk_seconds=1.0)
+    in_memory = encode_waveform(stereo, rate, codec, chunk_seconds=1.0)
+    assert streamed.num_samples == in_memory.num_samples
+    assert (streamed.original_sample_rate, streamed.original_channels) == (rate, 2)
+    for a, b in zip(streamed.levels, in_memory.levels, strict=True):
+        np.testing.assert_array_equal(a.codes, b.codes)
