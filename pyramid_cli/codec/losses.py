@@ -1,10 +1,14 @@
-"""Reconstruction losses (DESIGN §7), shaped after DAC's loss.py (descript-audio-codec,
-``MelSpectrogramLoss``, ``MultiScaleSTFTLoss``, ``L1Loss``).
+"""Reconstruction losses (DESIGN §7) and the GAN losses, shaped after DAC's loss.py
+(descript-audio-codec, ``MelSpectrogramLoss``, ``MultiScaleSTFTLoss``, ``L1Loss``, ``GANLoss``).
 
 Differences from DAC, on purpose: magnitudes (not powers) go into log10, and the scales are
 *averaged* rather than summed, so that the values are the DESIGN §7 distances directly. The
 STFT windows and mel filter banks are built once and kept as buffers (they follow ``.to()``).
 Inputs are (B, 1, T) or (B, T) audio; every loss returns a scalar.
+
+The GAN losses take discriminator outputs (``pyramid_cli.codec.discriminators.Features``: per
+sub-discriminator its feature maps, logits last) and, as DAC's, *sum* over sub-discriminators,
+so the DAC weights (adversarial 1, feature matching 2) mean what they mean there.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Sequence
 import torch
 import torchaudio.functional as AF
 from torch import nn
+
+from pyramid_cli.codec.discriminators import Features
 
 MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)
 MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)
@@ -122,3 +128,38 @@ class MultiScaleSTFTLoss(nn.Module):
 def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute sample difference (DAC's ``L1Loss`` on waveforms)."""
     return (x - y).abs().mean()
+
+
+# ---- GAN losses (least squares, Mao et al. 2017, as HiFi-GAN and DAC) ------------------------------
+
+
+def discriminator_loss(real: Features, fake: Features) -> torch.Tensor:
+    """LSGAN discriminator loss: sum over sub-discriminators of mean((1 - D(real))²) + mean(D(fake)²).
+
+    0 when every real logit is 1 and every fake logit 0. Pass features of detached fakes.
+    """
+    total = real[0][-1].new_zeros((), dtype=torch.float32)
+    for real_maps, fake_maps in zip(real, fake, strict=True):
+        total = total + (1 - real_maps[-1].float()).pow(2).mean() + fake_maps[-1].float().pow(2).mean()
+    return total
+
+
+def generator_adversarial_loss(fake: Features) -> torch.Tensor:
+    """LSGAN generator loss: sum over sub-discriminators of mean((1 - D(fake))²); 0 when D says "real"."""
+    total = fake[0][-1].new_zeros((), dtype=torch.float32)
+    for maps in fake:
+        total = total + (1 - maps[-1].float()).pow(2).mean()
+    return total
+
+
+def feature_matching_loss(real: Features, fake: Features) -> torch.Tensor:
+    """L1 between the discriminator's activations on real and fake audio (MelGAN, HiFi-GAN, DAC).
+
+    Mean absolute difference per feature map, summed over every layer except the logits and over
+    sub-discriminators; real features are detached (this loss trains the generator only).
+    """
+    total = fake[0][-1].new_zeros((), dtype=torch.float32)
+    for real_maps, fake_maps in zip(real, fake, strict=True):
+        for r, f in zip(real_maps[:-1], fake_maps[:-1], strict=True):
+            total = total + (f.float() - r.detach().float()).abs().mean()
+    return total

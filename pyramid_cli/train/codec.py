@@ -1,13 +1,16 @@
 """Hierarchical codec training (PyramidCodec Eq. 2–3): every decoded level Y[i] is pulled towards
 the input band-limited to its share of the bandwidth, with DAC's multi-scale mel loss (its weight
-raised from 2 to 10 after a warm-up, as the paper does), optional STFT / waveform losses, and the
-RVQ commitment (0.25) and codebook (1.0) losses.
+raised from 2 to 10 after a warm-up, as the paper does), optional STFT / waveform losses, the
+RVQ commitment (0.25) and codebook (1.0) losses, and, switched on by ``gan``, DAC's adversarial
+(1.0) and feature-matching (2.0) losses against multi-period + multi-band STFT discriminators
+(``pyramid_cli.train.codec_gan``; off by default: it makes a CPU step about 3x slower).
 
 ``train_codec`` resumes by default: a run folder holds config.json, metrics.jsonl, checkpoints/
 (step-*/ folders + ``last``/``best`` pointers, see ``pyramid_cli.checkpoint``) and export/ (the
 fp16 model to ship). Everything random is either restored from the checkpoint (torch RNG of each
 rank) or a pure function of (seed, step) or of (seed, crop index), so a resumed CPU run is
-bit-identical to an uninterrupted one. GAN training is a planned switch (``gan``), not yet built.
+bit-identical to an uninterrupted one, with or without GAN (the discriminator and its optimiser
+are checkpointed too, but never exported).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from torch.utils.data import DataLoader
 
 from pyramid_cli.checkpoint import latest_checkpoint, load_training_state
 from pyramid_cli.codec import CodecConfig, PyramidCodec, preset
+from pyramid_cli.codec.discriminators import DiscriminatorConfig, discriminator_preset
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss
 from pyramid_cli.data.audio_dataset import CropSampler, RandomCropDataset
 from pyramid_cli.data.manifest import append_jsonl, read_jsonl, write_jsonl
 from pyramid_cli.errors import FormatError, PyramidError, UsageError
 from pyramid_cli.fileio import write_text_atomic
 from pyramid_cli.train import codec_parts as parts_
+from pyramid_cli.train.codec_gan import Adversary, autocast
 from pyramid_cli.train.common import (
     SCHEDULES,
     DistInfo,
@@ -84,12 +89,16 @@ class CodecTrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     bf16: bool = True  # bf16 autocast of the model on CUDA (losses stay float32)
     flush_denormal: bool = True  # CPU: denormal floats → 0; quiet music made steps up to 15x slower without it
-    gan: bool = False  # adversarial losses (multi-period + multi-band discriminators): not built yet
+    gan: bool = False  # adversarial training (multi-period + multi-band STFT discriminators, DAC); ~3x CPU time
+    gan_start_step: int = 0  # steps of reconstruction-only training before the discriminator joins
+    adv_weight: float = 1.0  # generator's least-squares adversarial loss (DAC: 1)
+    feat_weight: float = 2.0  # discriminator feature-matching L1 loss (DAC: 2)
+    disc_grad_clip: float = 10.0  # max global grad norm of the discriminator (DAC: 10)
+    discriminator: str | dict[str, Any] = "small"  # preset (small | paper = DAC widths) or DiscriminatorConfig fields
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON gives lists
-        if self.gan:
-            raise UsageError("GAN training is not implemented yet")
+        self.discriminator_config()  # a bad preset name or key fails here, not mid-run
         if self.levels_per_step not in ("random", "all"):
             raise UsageError(f"levels_per_step must be 'random' or 'all', got {self.levels_per_step!r}")
         if self.schedule not in SCHEDULES:
@@ -99,7 +108,8 @@ class CodecTrainConfig:
             if not getattr(self, key) > 0:
                 raise UsageError(f"{key} must be positive, got {getattr(self, key)}")
         non_negative = ("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
-                        "num_workers", "reseed_dead_codes_every", "grad_clip")
+                        "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
+                        "feat_weight", "disc_grad_clip")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise UsageError(f"{key} must not be negative, got {getattr(self, key)}")
@@ -114,6 +124,12 @@ class CodecTrainConfig:
             return CodecConfig.from_dict(self.model)
         except FormatError as exc:
             raise UsageError(f"model: {exc}") from exc
+
+    def discriminator_config(self) -> DiscriminatorConfig:
+        """The GAN discriminator this config names (a preset, or fields over the "small" defaults)."""
+        if isinstance(self.discriminator, str):
+            return discriminator_preset(self.discriminator)
+        return DiscriminatorConfig.from_dict(self.discriminator)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -165,15 +181,14 @@ def train_codec(
         on_log: receives every record written to metrics.jsonl (kinds: start, train, eval,
             checkpoint, note), on rank 0 only.
         init_from: a model folder (config.json + model.safetensors) to start from: weights only,
-            fresh optimizer and schedule (fine-tuning). Ignored when the run already has a checkpoint.
+            fresh optimizer, schedule and discriminator (fine-tuning). Ignored when the run already
+            has a checkpoint.
         max_steps_this_call: stop (with a checkpoint) after this many steps; rerun to go on.
         stop: polled between steps; True saves a checkpoint and returns (e.g. after Ctrl-C).
 
     Returns:
         A ``TrainResult``. Under torchrun every rank calls this; rank 0 writes the files.
     """
-    if config.gan:
-        raise UsageError("GAN training is not implemented yet")
     info = setup_distributed(config.device)
     # Process-wide FPU mode, so it is switched back off on the way out (torch has no getter for it).
     flushing = config.flush_denormal and torch.set_flush_denormal(True)
@@ -218,18 +233,23 @@ class _Trainer:
         cfg, info = self.config, self.info
         resume = latest_checkpoint(self.ckpt_root)
         codec_config = self._codec_config(resume, init_from)
-        cfg = self.config = replace(cfg, model=codec_config.to_dict())
+        cfg = self.config = replace(cfg, model=codec_config.to_dict(),
+                                    discriminator=cfg.discriminator_config().to_dict())
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = PyramidCodec(codec_config)
+        adversary = Adversary(cfg, info) if cfg.gan else None  # its init follows the model's from the seed
         if resume is None and init_from is not None:
             parts_.load_init_weights(model, Path(init_from))
         model.to(info.device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         seed_everything(cfg.seed, info.rank)
-        step, position, best, elapsed = self._restore(resume, model, optimizer) if resume else (0, 0, None, 0.0)
+        step, position, best, elapsed = (self._restore(resume, model, optimizer, adversary) if resume
+                                         else (0, 0, None, 0.0))
+        if adversary is not None:
+            adversary.wrap_ddp()
         ddp = (DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                        broadcast_buffers=False,  # codebook usage counts are per rank, reduced on use
                                        find_unused_parameters=cfg.levels_per_step == "random")
@@ -246,7 +266,7 @@ class _Trainer:
         stft_loss = MultiScaleSTFTLoss().to(info.device) if cfg.stft_weight else None
         end = cfg.steps if max_steps is None else min(cfg.steps, step + max(0, max_steps))
         resumed_from = step if resume is not None else None
-        saver = parts_.Saver(self.ckpt_root, self.run_dir / "export", cfg, info, model, optimizer)
+        saver = parts_.Saver(self.ckpt_root, self.run_dir / "export", cfg, info, model, optimizer, adversary)
         saver.last_saved = step if resume is not None else None
         self.log({"kind": "start", "step": step, "total_steps": cfg.steps, "end_step": end,
                   "resumed_from": resumed_from, "world_size": info.world_size, "device": str(info.device),
@@ -269,10 +289,13 @@ class _Trainer:
             else:
                 levels = list(range(n_levels))
             mel_weight = cfg.mel_weight_initial if step < cfg.mel_warmup_steps else cfg.mel_weight
-            with torch.autocast(info.device.type, dtype=torch.bfloat16,
-                                enabled=cfg.bf16 and info.device.type == "cuda"):
+            with autocast(cfg, info.device):
                 out = ddp(wav, levels_to_decode=levels)
-            loss, parts = parts_.codec_loss(out, wav, levels, n_levels, cfg, mel_weight, mel_loss, stft_loss)
+            targets = parts_.level_targets(wav, levels, n_levels)
+            gan = adversary if adversary is not None and adversary.active(step) else None
+            if gan is not None:  # DAC's order: the discriminator learns from this step's output first
+                window.add(gan.discriminator_step(targets, out.reconstructions, step))
+            loss, parts = parts_.codec_loss(out, targets, cfg, mel_weight, mel_loss, stft_loss, gan)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
@@ -317,14 +340,18 @@ class _Trainer:
             last_train=last_train,
         )
 
-    def _restore(self, folder: Path, model: PyramidCodec,
-                 optimizer: torch.optim.Optimizer) -> tuple[int, int, dict[str, Any] | None, float]:
-        """Load a checkpoint: weights, optimizer, RNGs; returns (step, data position, best, elapsed)."""
+    def _restore(self, folder: Path, model: PyramidCodec, optimizer: torch.optim.Optimizer,
+                 adversary: Adversary | None) -> tuple[int, int, dict[str, Any] | None, float]:
+        """Load a checkpoint: weights, optimizer, discriminator, RNGs; returns (step, data position,
+        best, elapsed). A run that turns GAN on at a resume gets a fresh discriminator."""
         loaded = load_training_state(folder, model, optimizer, restore_rng=self.info.rank == 0)
         parts_.restore_rank_rng(loaded, self.info, self.config.seed)
         step = loaded.step
+        fresh_discriminator = adversary is not None and not adversary.load(loaded)
         if self.info.is_main:  # drop records of steps after the checkpoint: they are about to be redone
             write_jsonl(self.metrics_path, [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= step])
+        if fresh_discriminator:
+            self.log({"kind": "note", "step": step, "fresh_discriminator": True})
         state = loaded.state
         return step, int(state["data_position"]), state.get("best"), float(state.get("elapsed_s", 0.0))
 

@@ -1,6 +1,7 @@
-"""Pieces of the codec training loop (``pyramid_cli.train.codec``): the hierarchical loss, code
-usage counting, dead-code reseeding under DDP, validation, checkpoint saving and fine-tuning
-initialisation. Kept apart so that the loop itself reads top to bottom.
+"""Pieces of the codec training loop (``pyramid_cli.train.codec``): the hierarchical loss (plus
+the GAN terms of ``codec_gan.Adversary`` when on), code usage counting, dead-code reseeding under
+DDP, validation, checkpoint saving and fine-tuning initialisation. Kept apart so that the loop
+itself reads top to bottom.
 """
 
 from __future__ import annotations
@@ -23,38 +24,45 @@ from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.audio_dataset import RandomCropDataset, fixed_clips
 from pyramid_cli.errors import FormatError, InputError, UsageError
 from pyramid_cli.metrics import mel_distance
+from pyramid_cli.train.codec_gan import Adversary
 from pyramid_cli.train.common import DistInfo, check_replicas_in_sync, gather_tensor, seed_everything
 
 if TYPE_CHECKING:
     from pyramid_cli.train.codec import CodecTrainConfig
 
 
+def level_targets(wav: torch.Tensor, levels: list[int], n_levels: int) -> dict[int, torch.Tensor]:
+    """Eq. 2: per decoded level i, the float32 input (B, 1, T) band-limited to 1/2^(N-1-i) of its band."""
+    wav = wav.float()
+    # Level i of N keeps 1/2^(N-1-i) of the band = level 0 of an (N - i)-level pyramid.
+    return {i: band_limited_targets(wav, n_levels - i)[0] for i in levels}
+
+
 def codec_loss(
     out: CodecOutput,
-    wav: torch.Tensor,
-    levels: list[int],
-    n_levels: int,
+    targets: dict[int, torch.Tensor],
     cfg: CodecTrainConfig,
     mel_weight: float,
     mel_loss: MultiScaleMelLoss,
     stft_loss: MultiScaleSTFTLoss | None,
+    adversary: Adversary | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 3: the sum over decoded levels of the losses of Y[i] against its band-limited target.
 
     Args:
-        out: the model output for ``wav`` (B, 1, T); ``out.reconstructions`` holds ``levels``.
-        levels: the decoded level indices.
+        out: the model output; ``out.reconstructions`` holds the levels that ``targets`` has.
+        targets: ``level_targets`` of the input, per decoded level.
+        adversary: when given, adds its adversarial and feature-matching losses (summed over
+            the decoded levels, like the mel terms).
 
     Returns:
         The scalar training loss (float32) and its named parts (per level ``mel_l{i}`` ...).
     """
     parts = {"commitment": out.commitment_loss.float(), "codebook": out.codebook_loss.float()}
     total = cfg.commitment_weight * parts["commitment"] + cfg.codebook_weight * parts["codebook"]
-    wav = wav.float()
-    for i in levels:
-        # Level i of N keeps 1/2^(N-1-i) of the band = level 0 of an (N - i)-level pyramid (Eq. 2).
-        target = band_limited_targets(wav, n_levels - i)[0]
-        estimate = out.reconstructions[i].float()  # losses in float32 even under bf16 autocast
+    estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
+    for i, target in targets.items():
+        estimate = estimates[i]
         parts[f"mel_l{i}"] = mel_loss(estimate, target)
         total = total + mel_weight * parts[f"mel_l{i}"]
         if stft_loss is not None:
@@ -63,6 +71,10 @@ def codec_loss(
         if cfg.waveform_weight:
             parts[f"waveform_l{i}"] = waveform_l1(estimate, target)
             total = total + cfg.waveform_weight * parts[f"waveform_l{i}"]
+    if adversary is not None:
+        gan = adversary.generator_losses(targets, estimates)
+        parts.update(gan)
+        total = total + cfg.adv_weight * gan["adv"] + cfg.feat_weight * gan["feat"]
     return total, parts
 
 
@@ -186,9 +198,9 @@ class Saver:
     """Checkpoint + export at one step: every rank takes part (RNG gather, sync check), rank 0 writes."""
 
     def __init__(self, root: Path, export_dir: Path, cfg: CodecTrainConfig, info: DistInfo,
-                 model: PyramidCodec, optimizer: torch.optim.Optimizer) -> None:
+                 model: PyramidCodec, optimizer: torch.optim.Optimizer, adversary: Adversary | None = None) -> None:
         self.root, self.export_dir, self.cfg, self.info = root, export_dir, cfg, info
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer, self.adversary = model, optimizer, adversary
         self.last_saved: int | None = None
 
     def _rank_rng(self) -> dict[str, torch.Tensor]:
@@ -204,14 +216,20 @@ class Saver:
         return tensors
 
     def save(self, step: int, state: dict[str, Any], is_best: bool) -> Path:
+        """Write the checkpoint (the discriminator, if any, in its training state) and the export."""
         tensors = self._rank_rng()
         check_replicas_in_sync(self.model, self.info)
+        if self.adversary is not None:
+            gan_tensors, gan_meta = self.adversary.state()
+            tensors.update(gan_tensors)
+            state = {**state, "discriminator": gan_meta}
         path = self.root / step_dir_name(step)
         if self.info.is_main:
             path = save_training_state(self.root, step, self.model, self.optimizer, state, tensors,
                                        model_config=self.model.config.to_dict(), keep_last=self.cfg.keep_last,
                                        best=is_best)
-            self.model.save_pretrained(self.export_dir, fp16=True)  # the unwrapped model, ready to ship
+            # The unwrapped generator alone, ready to ship: the discriminator is never exported.
+            self.model.save_pretrained(self.export_dir, fp16=True)
         self.last_saved = step
         return path
 

@@ -28,6 +28,8 @@ TINY = CodecConfig(name="tiny", encoder_dim=4, encoder_rates=(2, 2), decoder_dim
                    latent_dim=16, n_codebooks=(1, 2, 1), codebook_size=32, codebook_dim=4, quantizer_dropout=0.5)
 FAST = dict(model=TINY.to_dict(), crop_seconds=0.3, batch_size=2, lr=3e-3, warmup_steps=0, eval_clips=2,
             eval_seconds=0.3, log_every=1, eval_every=0, checkpoint_every=0, reseed_dead_codes_every=0, seed=1)
+TINY_DISCRIMINATOR = dict(periods=[2, 3], period_channels=[4, 8], stft_windows=[256, 128], stft_channels=4)
+GAN = dict(FAST, gan=True, discriminator=TINY_DISCRIMINATOR)
 
 
 
@@ -63,8 +65,15 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_config_checks_and_overrides() -> None:
-    with pytest.raises(UsageError, match="GAN training is not implemented yet"):
-        CodecTrainConfig(gan=True)
+    with pytest.raises(UsageError, match="unknown discriminator preset"):
+        CodecTrainConfig(gan=True, discriminator="huge")
+    with pytest.raises(UsageError, match="discriminator: unknown key"):
+        CodecTrainConfig(discriminator={"width": 2})
+    with pytest.raises(UsageError, match="adv_weight"):
+        CodecTrainConfig(adv_weight=-1)
+    gan = CodecTrainConfig.from_dict(apply_overrides({}, ["gan=true", 'discriminator={"stft_channels": 16}']))
+    assert gan.gan and gan.discriminator_config().stft_channels == 16
+    assert gan.discriminator_config().periods == (2, 3, 5, 7, 11)  # other fields keep the "small" defaults
     with pytest.raises(UsageError, match="levels_per_step"):
         CodecTrainConfig(levels_per_step="some")
     with pytest.raises(UsageError, match="unknown training setting.*colour"):
@@ -120,6 +129,56 @@ def test_resume_equals_uninterrupted(tmp_path: Path, corpus: Path) -> None:
     assert straight.best_step is not None and (tmp_path / "a/checkpoints/best").is_file()
 
 
+def test_gan_training_logs_and_resumes_exactly(tmp_path: Path, corpus: Path) -> None:
+    # The discriminator joins after one step; evaluation and a resume happen in between.
+    config = CodecTrainConfig(**{**GAN, "steps": 4, "gan_start_step": 1, "eval_every": 2})
+    straight = train_codec(tmp_path / "a", config, corpus)
+    first = train_codec(tmp_path / "b", config, corpus, max_steps_this_call=2)
+    second = train_codec(tmp_path / "b", config, corpus)
+    assert (first.step, second.resumed_from, second.step, straight.step) == (2, 2, 4, 4)
+    a, b = tmp_path / "a/checkpoints/step-000000004", tmp_path / "b/checkpoints/step-000000004"
+    for name, tensor in weights(a).items():
+        assert torch.equal(tensor, weights(b)[name]), name
+    state_a = safetensors.torch.load_file(a / "training.safetensors")
+    state_b = safetensors.torch.load_file(b / "training.safetensors")
+    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert any(k.startswith("discriminator.model.") for k in state_a)
+    assert any(k.startswith("discriminator.optimizer.") and k.endswith(".exp_avg") for k in state_a)
+    assert json.loads((a / "training.json").read_text())["trainer"]["discriminator"]["config"]["periods"] == [2, 3]
+    timing = {"steps_per_s", "samples_per_s", "elapsed_s", "eta_s"}
+    train = {run: [{k: v for k, v in r.items() if k not in timing} for r in records(tmp_path / run, "train")]
+             for run in "ab"}
+    assert train["a"] == train["b"]  # every logged value, GAN terms included, redone identically
+    assert "d_loss" not in train["a"][0]  # step 0 came before gan_start_step
+    assert all({"d_loss", "adv", "feat", "grad_norm_d"} <= set(r) for r in train["a"][1:])
+    assert all(math.isfinite(r["d_loss"]) and r["adv"] > 0 and r["feat"] > 0 for r in train["a"][1:])
+    # The export is the codec alone: the keys of a bare PyramidCodec, no discriminator.
+    exported = weights(tmp_path / "a/export")
+    assert set(exported) == set(PyramidCodec(TINY).state_dict())
+    assert not any("discriminator" in k or k.startswith(("periods.", "stfts.")) for k in exported)
+    PyramidCodec.from_pretrained(tmp_path / "a/export")
+
+
+def test_gan_joins_a_run_and_fine_tuning_gets_a_fresh_discriminator(tmp_path: Path, corpus: Path) -> None:
+    train_codec(tmp_path / "run", CodecTrainConfig(**{**FAST, "steps": 1}), corpus)
+    seen: list[dict] = []
+    result = train_codec(tmp_path / "run", CodecTrainConfig(**{**GAN, "steps": 2}), corpus, on_log=seen.append)
+    assert result.step == 2 and {"kind": "note", "step": 1, "fresh_discriminator": True} in seen
+    assert "d_loss" in records(tmp_path / "run", "train")[-1]
+    other = CodecTrainConfig(**{**GAN, "steps": 3, "discriminator": {**TINY_DISCRIMINATOR, "stft_channels": 2}})
+    with pytest.raises(UsageError, match="discriminator with other settings"):
+        train_codec(tmp_path / "run", other, corpus)
+    # --init-from: the codec's weights, but the discriminator a fresh run would start with.
+    config = CodecTrainConfig(**{**GAN, "steps": 2})
+    train_codec(tmp_path / "ft", config, corpus, init_from=tmp_path / "run/export", max_steps_this_call=0)
+    train_codec(tmp_path / "new", config, corpus, max_steps_this_call=0)
+    tuned, new = (safetensors.torch.load_file(tmp_path / f"{run}/checkpoints/step-000000000/training.safetensors")
+                  for run in ("ft", "new"))
+    disc = [k for k in tuned if k.startswith("discriminator.")]
+    assert disc and all(k.startswith("discriminator.model.") for k in disc)  # no optimizer moments yet
+    assert all(torch.equal(tuned[k], new[k]) for k in disc)
+
+
 def test_resume_refuses_another_model(tmp_path: Path, corpus: Path) -> None:
     train_codec(tmp_path / "run", CodecTrainConfig(**{**FAST, "steps": 1}), corpus)
     other = CodecTrainConfig(**{**FAST, "steps": 2, "model": {**TINY.to_dict(), "latent_dim": 8}})
@@ -166,7 +225,7 @@ def _cli(*args: str) -> list[str]:
 
 def test_cli_end_to_end_ctrl_c_then_resume(tmp_path: Path, corpus: Path) -> None:
     settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({**FAST, "checkpoint_every": 0}))
+    settings.write_text(json.dumps({**FAST, "checkpoint_every": 0, "discriminator": TINY_DISCRIMINATOR}))
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli("--data", str(corpus), "--run", str(run), "--config", str(settings),
@@ -184,19 +243,24 @@ def test_cli_end_to_end_ctrl_c_then_resume(tmp_path: Path, corpus: Path) -> None
     assert "checkpoint saved" in rest
     stopped_at = int((run / "checkpoints/last").read_text().strip().split("-")[1])
     assert stopped_at >= 2
-    done = subprocess.run(_cli("--data", str(corpus), "--run", str(run), "--steps", str(stopped_at + 2), "--json"),
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    # The resume also switches GAN training on (--gan): the discriminator joins, fresh.
+    done = subprocess.run(_cli("--data", str(corpus), "--run", str(run), "--steps", str(stopped_at + 2), "--gan",
+                               "--json"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["resumed_from"] == stopped_at and summary["step"] == stopped_at + 2 and summary["finished"]
-    assert json.loads((run / "config.json").read_text())["steps"] == stopped_at + 2
+    assert {"d_loss", "adv", "feat"} <= set(summary["last"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["steps"] == stopped_at + 2 and saved["gan"] is True
     assert "resuming at step" in done.stderr
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.parametrize("gan", [False, True])
+def test_ddp_two_cpu_processes(tmp_path: Path, corpus: Path, gan: bool) -> None:
     settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({**FAST, "eval_every": 2, "reseed_dead_codes_every": 2, "checkpoint_every": 2}))
+    settings.write_text(json.dumps({**(GAN if gan else FAST), "eval_every": 2, "reseed_dead_codes_every": 2,
+                                    "checkpoint_every": 2}))
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "pyramid_cli", "train", "codec", "--data", str(corpus), "--run-dir", str(run),
@@ -212,3 +276,16 @@ def test_ddp_two_cpu_processes(tmp_path: Path, corpus: Path) -> None:
     state = safetensors.torch.load_file(run / "checkpoints/step-000000004/training.safetensors")
     assert "rng.rank1.torch" in state
     assert json.loads((run / "checkpoints/step-000000004/training.json").read_text())["trainer"]["data_position"] == 16
+    assert any(k.startswith("discriminator.optimizer.") for k in state) == gan
+    assert all(("d_loss" in r) == gan for r in records(run, "train"))
+
+
+def test_set_edits_a_preset_discriminator_or_model_field_on_a_new_run(tmp_path) -> None:
+    from pyramid_cli.cli.train import _settings
+
+    settings = _settings(tmp_path / "run", None, {"model": "p111_small"},
+                         ["gan=true", "discriminator.stft_channels=16", "model.latent_dim=64"])
+    config = CodecTrainConfig.from_dict(settings)
+    assert config.discriminator_config().stft_channels == 16
+    assert config.discriminator_config().periods == (2, 3, 5, 7, 11)  # the rest of the "small" preset
+    assert config.codec_config().latent_dim == 64 and config.codec_config().encoder_dim == 12
