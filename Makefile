@@ -48,10 +48,16 @@ lint: install
 	$(VENV)/bin/mypy pyramid_cli
 
 # Codec speed and memory against the peers and the DAC-n2 baseline (10 s and 3 min inputs, both
-# allocators), then generation speed: `pyramid bench`. Peers run when `pip install -e '.[bench]'`
-# installed them, jemalloc when libjemalloc2 is there; both are otherwise skipped with a note.
+# allocators), generation speed, and pyramid encode/decode memory from 10 s to an hour: `pyramid
+# bench`. Installs what it needs when missing: the peers (extra `bench`: descript-audio-codec,
+# snac, encodec; never a runtime dependency) and libjemalloc2. About an hour on 2 CPU cores.
 # Extra options: make bench BENCH_ARGS="--threads 2 --markdown".
 bench: install system-deps
+	$(PY) -m pip install -q -e '.[bench]'
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so'; then \
+		echo "installing libjemalloc2 with apt-get"; \
+		$(SUDO) apt-get install -y -qq libjemalloc2 || echo "no jemalloc: the bench measures the system allocator only"; \
+	fi
 	$(PY) examples/bench_render.py
 	$(PY) -m pyramid_cli bench --allocator both $(BENCH_ARGS)
 
