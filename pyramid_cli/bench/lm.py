@@ -7,6 +7,10 @@ with the prefix, so it is timed on tokens re-sampled from the middle of the fini
 gives its average rate over the piece without running it for hours. Both run in the same process
 on the same model; speed does not depend on the weights, so a random model of the default size
 stands in when no trained LM is installed.
+
+With ``compile=True`` the piece is generated twice more with the compiled decode step (see
+``pyramid_cli.lm.decode``): the first run includes compilation, the second is warm; both use the
+seed of the plain run, and whether they sampled the same tokens is recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 
 from pyramid_cli.errors import PyramidError, UsageError
+from pyramid_cli.lm.decode import DecodeSettings, autocast, dtype_name
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import PyramidLM
 from pyramid_cli.lm.sampling import SamplingSettings, generate, sample_next
@@ -50,6 +55,13 @@ class LMResult:
     threads: int
     device: str
     note: str = ""
+    dtype: str = "float32"  # the LM's compute dtype in every run
+    # --- compiled decode step (None when not measured) ---
+    compiled_first_seconds: float | None = None  # first compiled run, compilation included
+    compiled_seconds: float | None = None  # second compiled run (warm)
+    compiled_tokens_per_second: float | None = None  # warm
+    compiled_first_tokens_per_second: float | None = None  # compilation included
+    compiled_same_tokens: bool | None = None  # the compiled runs sampled the plain run's tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,9 +104,9 @@ def _prefix_mask(plan: TokenSequence, length: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def naive_generate(model: PyramidLM, plan: TokenSequence, tokens: np.ndarray, count: int,
-                   generator: torch.Generator | None = None) -> tuple[int, float]:
+                   generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> tuple[int, float]:
     """Re-sample ``count`` tokens from the middle of a finished piece, each with a full forward pass over
-    its whole prefix. Returns (tokens sampled, seconds)."""
+    its whole prefix (under autocast to ``dtype``, as the cached sampler). Returns (tokens sampled, seconds)."""
     device = next(model.parameters()).device
     start = len(tokens) // 2
     stop = min(start + count, len(tokens))
@@ -105,27 +117,43 @@ def naive_generate(model: PyramidLM, plan: TokenSequence, tokens: np.ndarray, co
     size = model.config.codebook_size
     started = time.perf_counter()
     for i in range(start, stop):
-        logits, _ = model(work[None, :i], positions[:i], streams[:i], mask=mask[:i, :i])
+        with autocast(device, dtype):
+            logits, _ = model(work[None, :i], positions[:i], streams[:i], mask=mask[:i, :i])
         work[i] = sample_next(logits[:, -1, :size], SAMPLING.temperature, SAMPLING.top_k, None, generator)[0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return stop - start, time.perf_counter() - started
 
 
+def _timed_generate(lm: PyramidLM, plan: TokenSequence, decode: DecodeSettings, seed: int,
+                    device: torch.device) -> tuple[np.ndarray, float]:
+    generator = torch.Generator(device=device).manual_seed(seed)
+    started = time.perf_counter()
+    tokens = generate(lm, plan, sampling=SAMPLING, generator=generator, decode=decode)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return tokens, time.perf_counter() - started
+
+
 def measure_lm(seconds: float, *, model: str | None = None, layout: str | None = None, naive_tokens: int = 200,
-               device: torch.device | str = "cpu", threads: int | None = None, seed: int = 0) -> LMResult:
+               device: torch.device | str = "cpu", threads: int | None = None, seed: int = 0,
+               dtype: str = "auto", compile: bool = False) -> LMResult:
     """Generate a ``seconds``-long piece with the cached sampler, then time ``naive_tokens`` naive steps.
 
     Args:
         model: see ``load_bench_lm`` (None: the default LM, else a random ``small``).
         layout: for a random preset, its token layout (``time_aligned`` or ``flat``; default the preset's).
         threads: torch intra-op threads (restored afterwards); None = torch's default.
+        dtype: the LM's compute dtype (``auto``: bfloat16 on a CUDA GPU that has it, else float32).
+        compile: also time the compiled decode step (first run with compilation, then warm).
     """
     if not (seconds > 0 and math.isfinite(seconds)):
         raise UsageError(f"the piece length must be a positive number of seconds, got {seconds}")
     if naive_tokens < 1:
         raise UsageError(f"the naive sampler needs at least one token, got {naive_tokens}")
     device = torch.device(device)
+    plain = DecodeSettings(dtype=dtype)
+    compute_dtype = plain.resolve(device)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -139,13 +167,20 @@ def measure_lm(seconds: float, *, model: str | None = None, layout: str | None =
         frames = config.coarse_frames_for(seconds)
         plan = make_layout(config).piece(frames)
         to_sample = int((plan.tokens < 0).sum())
+        tokens, cached = _timed_generate(lm, plan, plain, seed, device)
+        compiled: dict[str, Any] = {}
+        if compile:
+            fast = DecodeSettings(dtype=dtype, compile=True)
+            first_tokens, first = _timed_generate(lm, plan, fast, seed, device)
+            warm_tokens, warm = _timed_generate(lm, plan, fast, seed, device)
+            compiled = dict(compiled_first_seconds=first, compiled_seconds=warm,
+                            compiled_tokens_per_second=to_sample / max(warm, 1e-9),
+                            compiled_first_tokens_per_second=to_sample / max(first, 1e-9),
+                            compiled_same_tokens=bool(np.array_equal(first_tokens, tokens)
+                                                      and np.array_equal(warm_tokens, tokens)))
         generator = torch.Generator(device=device)
-        started = time.perf_counter()
-        tokens = generate(lm, plan, sampling=SAMPLING, generator=generator.manual_seed(seed))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        cached = time.perf_counter() - started
-        sampled, naive = naive_generate(lm, plan, tokens[0], naive_tokens, generator.manual_seed(seed))
+        sampled, naive = naive_generate(lm, plan, tokens[0], naive_tokens, generator.manual_seed(seed),
+                                        compute_dtype)
         piece = frames / config.coarse_frame_rate
         cached_rate, naive_rate = to_sample / max(cached, 1e-9), sampled / max(naive, 1e-9)
         return LMResult(
@@ -153,7 +188,8 @@ def measure_lm(seconds: float, *, model: str | None = None, layout: str | None =
             layout=config.layout, piece_seconds=piece, tokens=to_sample, cached_seconds=cached,
             cached_tokens_per_second=cached_rate, realtime_factor=piece / max(cached, 1e-9), naive_tokens=sampled,
             naive_seconds=naive, naive_tokens_per_second=naive_rate, speedup=cached_rate / max(naive_rate, 1e-9),
-            threads=torch.get_num_threads(), device=str(device), note=note,
+            threads=torch.get_num_threads(), device=str(device), note=note, dtype=dtype_name(compute_dtype),
+            **compiled,
         )
     finally:
         torch.set_num_threads(previous)

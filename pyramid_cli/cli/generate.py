@@ -54,6 +54,16 @@ def generate(
     model: Annotated[str | None, typer.Option("--model", help="Codec [default: the one the LM was trained "
                                               "on, found by name].")] = None,
     device: DeviceOption = "auto",
+    dtype: Annotated[str, typer.Option(help="LM precision: auto, float32, bfloat16 or float16. auto = bfloat16 on a "
+                                       "CUDA GPU that supports it (autocast; the piece differs from float32 by "
+                                       "rounding), float32 elsewhere. bfloat16 also runs on the CPU, but is not faster "
+                                       "there; float16 needs CUDA.")] = "auto",
+    compile_step: Annotated[bool, typer.Option("--compile", help="torch.compile the per-token LM step (on CUDA as a "
+                                               "CUDA graph); the same tokens up to float rounding. Compiling costs "
+                                               "10-30 s per process and piece length, counted in the sampling time; "
+                                               "on a 2-core CPU the compiled step is then ~1.8x faster, so there it "
+                                               "pays only for pieces of about 5 minutes or more. Off by default.")
+                            ] = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -66,6 +76,8 @@ def generate(
       pyramid generate --seconds 30 --prompt song.wav --prompt-seconds 10 -o continued.wav
 
       pyramid generate --minutes 3 --levels 1 -o sketch.wav --save-tokens sketch.pyr
+
+      pyramid generate --minutes 3 --device cuda --compile -o piece.wav   # bfloat16 + CUDA graphs
     """
     from pyramid_cli.audio import encode_audio_bytes, load_audio
     from pyramid_cli.cli._shared import write_output
@@ -73,6 +85,7 @@ def generate(
     from pyramid_cli.devices import resolve_device
     from pyramid_cli.hub import DEFAULT_LM, load_codec, resolve_model
     from pyramid_cli.lm.api import generate_pieces, load_lm
+    from pyramid_cli.lm.decode import DecodeSettings
     from pyramid_cli.lm.sampling import SamplingSettings
     from pyramid_cli.pyrfile import PyrFile
 
@@ -90,12 +103,14 @@ def generate(
     if prompt_seconds is not None and prompt is None:
         raise UsageError("--prompt-seconds needs --prompt")
     sampling = SamplingSettings(temperature, top_k or None, top_p)
+    decode = DecodeSettings(dtype=dtype.strip().lower(), compile=compile_step)
     targets = [_numbered(p, i, num_samples) for p in (output, save_tokens) if p is not None for i in range(num_samples)]
     for target in targets:
         check_output(target, force, (prompt,) if prompt else ())
     seed = secrets.randbelow(2**31) if seed is None else seed
 
     torch_device = resolve_device(device)
+    compute_dtype = decode.resolve(torch_device)  # a dtype this device cannot run fails before any loading
     loaded = load_lm(resolve_model(lm or DEFAULT_LM, kind="lm"), torch_device)
     config = loaded.model.config
     codec = load_codec(model or config.codec_name, torch_device)
@@ -107,7 +122,8 @@ def generate(
             wav, rate = load_audio(prompt)
             prompt_pyr = encode_waveform(wav, rate, codec, name=str(prompt))
     console.print(f"seed {seed} · {loaded.name} ({config.layout}) · codec {codec.name} · {length:g} s "
-                  f"on {torch_device}", soft_wrap=True)
+                  f"on {torch_device} ({str(compute_dtype).removeprefix('torch.')}"
+                  f"{', compiled' if decode.compile else ''})", soft_wrap=True)
     progress = make_progress(TextColumn("{task.fields[rate]}"))
     with progress:
         task = progress.add_task("generating", total=None, rate="")
@@ -120,7 +136,8 @@ def generate(
 
         result = generate_pieces(loaded, codec, length, sampling=sampling, seed=seed, num_samples=num_samples,
                                  levels=levels, prompt=prompt_pyr, prompt_seconds=prompt_seconds,
-                                 prompt_name=None if prompt is None else prompt.name, on_progress=on_progress)
+                                 prompt_name=None if prompt is None else prompt.name, on_progress=on_progress,
+                                 decode=decode)
     written: list[str] = []
     for index, piece in enumerate(result.pieces):
         if save_tokens is not None:
@@ -137,6 +154,7 @@ def generate(
                "layout": config.layout, "seconds": audio_seconds, "prompt_seconds": result.prompt_seconds,
                "num_samples": num_samples, "levels": result.pieces[0].n_levels,
                "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+               "dtype": result.dtype, "compiled": result.compiled,
                "tokens_generated": result.tokens_generated, "sampling_seconds": result.seconds,
                "tokens_per_second_generated": result.tokens_per_second,
                "real_time_factor": audio_seconds * num_samples / max(result.seconds, 1e-9),

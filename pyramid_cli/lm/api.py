@@ -16,6 +16,7 @@ import torch
 
 from pyramid_cli.errors import InputError, UsageError
 from pyramid_cli.hub import LoadedCodec, weights_hash
+from pyramid_cli.lm.decode import DecodeSettings, dtype_name
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import PyramidLM, check_codec
 from pyramid_cli.lm.sampling import ProgressCallback, SamplingSettings, generate
@@ -56,6 +57,8 @@ class GenerationResult:
     seconds: float  # wall time of sampling
     prompt_seconds: float = 0.0
     tokens_per_level: list[int] = field(default_factory=list)  # per sample
+    dtype: str = "float32"  # the LM's compute dtype
+    compiled: bool = False
 
     @property
     def tokens_per_second(self) -> float:
@@ -99,13 +102,16 @@ def plan_piece(lm: PyramidLM, seconds: float, prompt: PyrFile | None = None,
 def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, sampling: SamplingSettings,
                     seed: int, num_samples: int = 1, levels: int | None = None, prompt: PyrFile | None = None,
                     prompt_seconds: float | None = None, prompt_name: str | None = None,
-                    on_progress: ProgressCallback | None = None) -> GenerationResult:
+                    on_progress: ProgressCallback | None = None,
+                    decode: DecodeSettings | None = None) -> GenerationResult:
     """Sample ``num_samples`` pieces of ``seconds`` seconds as ``.pyr`` files.
 
     Args:
         levels: generate only what decoding ``levels`` levels needs (a quick sketch with 1);
             the files then hold that many levels. Default: all.
         seed: with the same LM, codec, settings and device the tokens are identical.
+        decode: the LM's dtype and compilation (``DecodeSettings``; default ``auto``: bfloat16 on
+            a CUDA GPU that has it, float32 elsewhere). Both are recorded in the provenance.
     """
     config = lm.model.config
     check_codec(config, codec.name, codec.hash)
@@ -120,10 +126,12 @@ def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, samplin
     plan, frames, used = plan_piece(lm.model, seconds, prompt, prompt_seconds)
     stop = int(np.where((plan.level >= 0) & (plan.level < keep))[0].max()) + 1
     device = next(lm.model.parameters()).device
+    decode = decode or DecodeSettings()
+    dtype = decode.resolve(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     started = time.perf_counter()
     tokens = generate(lm.model, plan, num_samples=num_samples, sampling=sampling, generator=generator, stop=stop,
-                      on_progress=on_progress)
+                      on_progress=on_progress, decode=decode)
     elapsed = time.perf_counter() - started
     generated = int(((plan.tokens[:stop] < 0)).sum()) * num_samples
     layout = make_layout(config)
@@ -131,7 +139,9 @@ def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, samplin
     provenance: dict[str, ProvenanceValue] = {
         "generated_by": lm.name, "lm_hash": lm.hash, "seed": seed, "temperature": sampling.temperature,
         "top_k": sampling.top_k, "top_p": sampling.top_p, "layout": config.layout,
-        "prompt": prompt_name, "prompt_seconds": round(used, 6)}
+        "prompt": prompt_name, "prompt_seconds": round(used, 6),
+        # Reduced precision (and, by rounding, compilation) can change sampled tokens: record both.
+        "lm_dtype": dtype_name(dtype), "lm_compiled": decode.compile}
     pieces = []
     for sample in range(num_samples):
         plan.tokens = tokens[sample]
@@ -142,4 +152,5 @@ def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, samplin
             codebook_size=config.codebook_size, levels=[PyrLevel(h, c) for h, c in zip(hops, codes, strict=False)],
             provenance={**provenance, "sample": sample}))
     return GenerationResult(pieces, seed, frames, generated, elapsed, used,
-                            [frames * n for n in config.tokens_per_coarse_frame[:keep]])
+                            [frames * n for n in config.tokens_per_coarse_frame[:keep]], dtype_name(dtype),
+                            decode.compile)

@@ -45,16 +45,26 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tenso
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for every slot of a sequence: (n_layer, B, H, L, hd) each."""
+    """Keys and values for every slot of a sequence: one (B, H, L, hd) tensor per layer each.
 
-    keys: torch.Tensor
-    values: torch.Tensor
+    One tensor per layer rather than one stacked (n_layer, ...) tensor: a compiled step then writes
+    each layer's new slot in place, where a write into a view of a stacked tensor compiles to a
+    copy of the whole cache at every step.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
 
     @classmethod
     def empty(cls, config: LMConfig, batch: int, length: int, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> KVCache:
-        shape = (config.n_layer, batch, config.n_head, length, config.d_model // config.n_head)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        shape = (batch, config.n_head, length, config.d_model // config.n_head)
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
 
 
 class CausalSelfAttention(nn.Module):
@@ -67,7 +77,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None = None, layer: int = 0, start: int = 0,
+                cache: KVCache | None = None, layer: int = 0, start: int | torch.Tensor = 0,
                 key_slots: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
@@ -75,11 +85,20 @@ class CausalSelfAttention(nn.Module):
         q = rotary(q, positions, self.rope_base)
         k = rotary(k, positions, self.rope_base)
         if cache is not None:
-            cache.keys[layer, :, :, start:start + T] = k
-            cache.values[layer, :, :, start:start + T] = v
+            # The cache may be kept in a lower precision than these activations (autocast decoding).
+            k, v = k.to(cache.dtype), v.to(cache.dtype)
+            if isinstance(start, torch.Tensor):
+                # (T,) slot indices held in a tensor: the write has the same shape at every step, so
+                # a compiled or CUDA-graph decode step need not be specialised on the step number.
+                cache.keys[layer].index_copy_(2, start, k)
+                cache.values[layer].index_copy_(2, start, v)
+            else:
+                cache.keys[layer][:, :, start:start + T] = k
+                cache.values[layer][:, :, start:start + T] = v
             if key_slots is not None:  # only the slots the layout lets these queries see
                 k = cache.keys[layer].index_select(2, key_slots)
                 v = cache.values[layer].index_select(2, key_slots)
+            q = q.to(k.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -105,7 +124,8 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, dropout)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int, start: int, key_slots: torch.Tensor | None) -> torch.Tensor:
+                cache: KVCache | None, layer: int, start: int | torch.Tensor,
+                key_slots: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), positions, mask, cache, layer, start, key_slots)
         return x + self.mlp(self.ln_2(x))
 
@@ -142,7 +162,7 @@ class PyramidLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, streams: torch.Tensor,
-                mask: torch.Tensor | None = None, cache: KVCache | None = None, start: int = 0,
+                mask: torch.Tensor | None = None, cache: KVCache | None = None, start: int | torch.Tensor = 0,
                 key_slots: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache | None]:
         """Logits for the next token after each input token.
 
@@ -151,7 +171,9 @@ class PyramidLM(nn.Module):
             positions: (T,) or (B, T) rotary positions; streams: (B, T) or (T,) stream ids.
             mask: (T, T) or (B, 1, T, T) bool, True = may attend (training); or (T, K) against
                 ``key_slots`` when cached; None = every key visible.
-            cache: filled at slots ``start:start+T`` and returned; None for training.
+            cache: filled at slots ``start:start+T`` (``start`` an int) or at the (T,) slots of a
+                ``start`` tensor, and returned; None for training. Its dtype may be lower than the
+                activations' (keys and values are cast on the way in, queries to match).
             key_slots: (K,) cache slots the queries attend to (default: all written so far are
                 ignored and only this chunk is seen, as in training).
 

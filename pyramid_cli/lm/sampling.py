@@ -5,6 +5,10 @@ right. Runs of known tokens (BOS, SEP, a prompt's codes) are fed in one forward 
 token is sampled from the logits of the token before it and fed next. Keys and values go into a
 ``KVCache`` slot per token, and every query reads only the slots its layout ranges allow, so no
 step recomputes the prefix and a step's cost does not grow with the length of the piece.
+
+Single tokens go through ``decode.DecodeStep``, whose shapes are the same at every step (cache
+allocated for the whole piece, slots padded and masked), so that the step can be compiled or
+captured as a CUDA graph (``DecodeSettings``); the eager step is the plain path.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 
 from pyramid_cli.errors import UsageError
+from pyramid_cli.lm.decode import DecodeSettings, autocast, make_step
 from pyramid_cli.lm.layout import TokenSequence
 from pyramid_cli.lm.model import KVCache, PyramidLM
 
@@ -66,11 +71,6 @@ class SamplingSettings:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
-def _slots(ranges: np.ndarray) -> np.ndarray:
-    """Cache slots one query may attend to: the union of its two ranges."""
-    return np.concatenate([np.arange(ranges[0], ranges[1]), np.arange(ranges[2], ranges[3])])
-
-
 def _chunk_mask(ranges: np.ndarray, low: int, high: int) -> torch.Tensor:
     """(T, high-low) bool mask of a chunk of queries against slots low:high."""
     j = torch.arange(low, high)[None, :]
@@ -81,53 +81,58 @@ def _chunk_mask(ranges: np.ndarray, low: int, high: int) -> torch.Tensor:
 @torch.inference_mode()
 def generate(model: PyramidLM, plan: TokenSequence, *, num_samples: int = 1,
              sampling: SamplingSettings | None = None, generator: torch.Generator | None = None,
-             stop: int | None = None, on_progress: ProgressCallback | None = None) -> np.ndarray:
+             stop: int | None = None, on_progress: ProgressCallback | None = None,
+             decode: DecodeSettings | None = None) -> np.ndarray:
     """Fill the unknown tokens of ``plan``; returns (num_samples, L) token ids (-1 left after ``stop``).
 
     Args:
         plan: a layout's ``piece``, with -1 where tokens are to be sampled; token 0 must be known.
         stop: generate only tokens before this index (e.g. the end of the coarse levels).
         generator: drives every random draw (same seed, settings and device ⇒ same tokens).
+        decode: dtype and compilation of the per-token step (default: ``auto`` dtype, which is
+            float32 off CUDA, and no compilation).
     """
     sampling = sampling or SamplingSettings()
+    decode = decode or DecodeSettings()
     device = next(model.parameters()).device
+    dtype = decode.resolve(device)
     length = len(plan) if stop is None else min(stop, len(plan))
     if length == 0 or plan.tokens[0] < 0:
         raise UsageError("a generation plan must start with a known token (BOS or a prompt)")
-    tokens = np.tile(plan.tokens[:length], (num_samples, 1))
-    known = tokens[0] >= 0
+    known = plan.tokens[:length] >= 0
     to_generate = int((~known).sum())
-    positions = torch.from_numpy(plan.positions[:length]).to(device)
-    streams = torch.from_numpy(plan.streams[:length]).to(device)
+    # Tokens stay on the device: a sampled token is fed to the next step without a round trip
+    # through the host (which would make every step wait for the GPU).
+    tokens = torch.from_numpy(np.tile(plan.tokens[:length], (num_samples, 1))).to(device)
+    slots = torch.arange(length, device=device)
+    positions, streams = slots.new_tensor(plan.positions[:length]), slots.new_tensor(plan.streams[:length])
     codebook_size = model.config.codebook_size
-    cache = KVCache.empty(model.config, num_samples, length, device=device)
+    cache = KVCache.empty(model.config, num_samples, length, device=device, dtype=dtype)
+    step = make_step(model, cache, plan, length, decode, dtype)
     done, start = 0, 0
     while start < length:
         end = start + 1
         while end < length and known[end]:
             end += 1
-        chunk = torch.from_numpy(tokens[:, start:end]).to(device)
-        ranges = plan.ranges[start:end]
-        if end - start == 1:
-            slots = torch.from_numpy(_slots(ranges[0])).to(device)
-            mask = None
-        else:
+        if end - start == 1:  # one token (sampled, or a lone special): the fixed-shape step
+            logits = step(tokens[:, start:end], slots[start:end])
+        else:  # a run of known tokens (BOS + prompt, SEP + prompt) in one eager pass
+            ranges = plan.ranges[start:end]
             low = int(min(ranges[:, 0].min(), np.where(ranges[:, 3] > ranges[:, 2], ranges[:, 2], end).min()))
-            slots = torch.arange(low, end, device=device)
             mask = _chunk_mask(ranges, low, end).to(device)
-        logits, cache = model(chunk, positions[start:end], streams[start:end], mask=mask, cache=cache,
-                              start=start, key_slots=slots)
+            with autocast(device, dtype):
+                chunk_logits, cache = model(tokens[:, start:end], positions[start:end], streams[start:end], mask=mask,
+                                            cache=cache, start=start, key_slots=slots[low:end])
+            logits = chunk_logits[:, -1, :codebook_size].float()
         if end == length:
             break
         # The next token is a code of a known level: the special tokens are laid out, never sampled.
-        next_token = sample_next(logits[:, -1, :codebook_size], sampling.temperature, sampling.top_k,
-                                 sampling.top_p, generator)
-        tokens[:, end] = next_token.cpu().numpy()
-        known[end] = True
+        tokens[:, end] = sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
         done += 1
         if on_progress is not None:
             on_progress(done, to_generate, int(plan.level[end]))
         start = end
+    out = tokens.cpu().numpy()
     if length < len(plan):
-        tokens = np.concatenate([tokens, np.full((num_samples, len(plan) - length), -1, np.int64)], axis=1)
-    return tokens
+        out = np.concatenate([out, np.full((num_samples, len(plan) - length), -1, np.int64)], axis=1)
+    return out

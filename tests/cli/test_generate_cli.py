@@ -102,6 +102,9 @@ def test_coarse_sketch_and_eval(models: tuple[Path, Path, Path], tmp_path: Path)
         (["--seconds", "2", "-o", "x.wav", "--top-p", "1.5"], 2, "--top-p"),
         (["--seconds", "0", "-o", "x.wav"], 2, "seconds"),
         (["--seconds", "2", "-o", "x.wav", "--prompt", "missing.wav"], 1, "missing.wav"),
+        (["--seconds", "2", "-o", "x.wav", "--dtype", "float64"], 2,
+         "--dtype must be one of auto, float32, bfloat16, float16, got 'float64'"),
+        (["--seconds", "2", "-o", "x.wav", "--dtype", "float16"], 2, "--dtype float16 needs a CUDA device"),
     ],
 )
 def test_bad_options(models: tuple[Path, Path, Path], tmp_path: Path, args: list[str], code: int, message: str):
@@ -120,3 +123,36 @@ def test_lm_of_another_codec_is_refused(models: tuple[Path, Path, Path], tmp_pat
                      "--device", "cpu", "-o", str(tmp_path / "x.wav"))
     assert result.returncode == 1 and "was trained on tokens of tiny-p111@" in result.stderr
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_dtype_is_recorded_and_float32_is_the_cpu_default(models: tuple[Path, Path, Path], tmp_path: Path):
+    """On the CPU auto is float32 (the same tokens as --dtype float32); bfloat16 runs there too, and
+    the provenance and the JSON summary say which dtype made the piece."""
+    codec, lm, _ = models
+    base = ["generate", "--seconds", "1", "--lm", str(lm), "--model", str(codec), "--seed", "4", "--device", "cpu"]
+    auto = pyramid(*base, "--save-tokens", str(tmp_path / "auto.pyr"), "--json")
+    assert auto.returncode == 0, auto.stderr
+    assert json.loads(auto.stdout)["dtype"] == "float32" and json.loads(auto.stdout)["compiled"] is False
+    explicit = pyramid(*base, "--dtype", "FLOAT32", "--save-tokens", str(tmp_path / "f32.pyr"))
+    assert explicit.returncode == 0, explicit.stderr
+    assert (tmp_path / "auto.pyr").read_bytes() == (tmp_path / "f32.pyr").read_bytes()
+    bf16 = pyramid(*base, "--dtype", "bfloat16", "--save-tokens", str(tmp_path / "bf16.pyr"), "--json")
+    assert bf16.returncode == 0, bf16.stderr
+    pyr = PyrFile.read(tmp_path / "bf16.pyr")
+    assert pyr.provenance["lm_dtype"] == "bfloat16" and pyr.provenance["lm_compiled"] is False
+    assert PyrFile.read(tmp_path / "auto.pyr").provenance["lm_dtype"] == "float32"
+    assert pyr.frames == PyrFile.read(tmp_path / "auto.pyr").frames
+
+
+@pytest.mark.slow  # torch.compile of the LM step takes about 20 s here
+def test_compiled_generation_gives_the_same_piece(models: tuple[Path, Path, Path], tmp_path: Path):
+    codec, lm, _ = models
+    base = ["generate", "--seconds", "1", "--lm", str(lm), "--model", str(codec), "--seed", "9", "--device", "cpu"]
+    plain = pyramid(*base, "--save-tokens", str(tmp_path / "plain.pyr"))
+    compiled = pyramid(*base, "--compile", "--save-tokens", str(tmp_path / "fast.pyr"), "--json")
+    assert plain.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    assert json.loads(compiled.stdout)["compiled"] is True
+    fast, slow = PyrFile.read(tmp_path / "fast.pyr"), PyrFile.read(tmp_path / "plain.pyr")
+    assert fast.provenance["lm_compiled"] is True
+    for a, b in zip(fast.levels, slow.levels, strict=True):
+        np.testing.assert_array_equal(a.codes, b.codes)
