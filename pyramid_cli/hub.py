@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pyramid_cli
 from pyramid_cli.errors import FormatError, InputError, UsageError
+from pyramid_cli.model_files import CONFIG_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:  # torch is heavy: imported only when a model is actually loaded
     import torch
@@ -38,8 +39,6 @@ if TYPE_CHECKING:  # torch is heavy: imported only when a model is actually load
 
 DEFAULT_CODEC = "pyramid-22k-p111-small"
 DEFAULT_LM = "pyramid-lm-small"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 README_NAME = "README.md"
 HASH_DIGITS = 16
 LM_MODEL_TYPE = "pyramid-lm"  # the "model_type" of a language model's config.json

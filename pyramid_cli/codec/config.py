@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from pyramid_cli.errors import FormatError, UsageError
+from pyramid_cli.errors import UsageError
+from pyramid_cli.model_files import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -134,20 +135,7 @@ class CodecConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodecConfig:
         """Build a config from ``to_dict`` output; unknown, missing or invalid keys raise FormatError."""
-        if not isinstance(data, dict):
-            raise FormatError(f"codec config must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        data = {**ADDED_LATER, **data}
-        missing = sorted(names - set(data))
-        if unknown:
-            raise FormatError(f"codec config has unknown keys: {', '.join(unknown)}")
-        if missing:
-            raise FormatError(f"codec config is missing keys: {', '.join(missing)}")
-        try:
-            return cls(**data)
-        except (UsageError, TypeError, ValueError) as exc:
-            raise FormatError(f"invalid codec config: {exc}") from exc
+        return config_from_dict(cls, data, "codec config", added_later=ADDED_LATER)
 
 
 # Keys added after codecs were published, with the value every earlier codec implicitly had.

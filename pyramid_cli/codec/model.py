@@ -11,14 +11,12 @@ down-sampling, projection or up-sampler, and the model is exactly a DAC.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -35,10 +33,8 @@ from pyramid_cli.codec.layers import (
 )
 from pyramid_cli.codec.quantize import QuantizerOutput, ResidualVectorQuantize
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
-from pyramid_cli.fileio import write_bytes_atomic, write_text_atomic
+from pyramid_cli.model_files import WEIGHTS_NAME, read_model_folder, write_model_folder
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 CHECKPOINT_VERSION = 1  # bump when the state-dict layout changes incompatibly
 
 
@@ -275,41 +271,19 @@ class PyramidCodec(nn.Module):
         training can resume), or plain weights after ``fold_weight_norm``; ``from_pretrained``
         accepts both. ``fp16`` halves the file; loading casts back to float32.
         """
-        directory = Path(directory)
-        state = {key: value.detach().to("cpu").contiguous() for key, value in self.state_dict().items()}
-        if fp16:
-            state = {
-                key: value.half() if value.is_floating_point() else value for key, value in state.items()
-            }
         metadata = {  # safetensors metadata values must be str
-            "format": "pt",
             "pyramid_format_version": str(CHECKPOINT_VERSION),
             "codec": self.config.name,
             "weight_norm": "folded" if is_weight_norm_folded(self) else "parametrized",
-            "dtype": "float16" if fp16 else "float32",
         }
-        write_bytes_atomic(directory / WEIGHTS_NAME, safetensors.torch.save(state, metadata=metadata))
-        write_text_atomic(directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+        write_model_folder(directory, self.config.to_dict(), self.state_dict(), metadata, fp16)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> PyramidCodec:
         """Load a codec written by ``save_pretrained`` onto ``device``, in eval mode (float32)."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise InputError(
-                    f"{path}: no such file (a codec directory holds {CONFIG_NAME} and {WEIGHTS_NAME})"
-                )
-        try:
-            data = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FormatError(f"{config_path}: unreadable codec config ({exc})") from exc
+        data, state = read_model_folder(directory, "codec")
         model = cls(CodecConfig.from_dict(data))
-        try:
-            state = safetensors.torch.load_file(weights_path)
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise FormatError(f"{weights_path}: unreadable safetensors file ({exc})") from exc
+        weights_path = Path(directory) / WEIGHTS_NAME
         if not any(".parametrizations." in key for key in state):
             model.fold_weight_norm()  # the checkpoint was saved folded
         state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}

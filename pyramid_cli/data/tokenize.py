@@ -30,10 +30,10 @@ from pyramid_cli.data.tokens import (
     META_NAME,
     TokenMeta,
     TokenSet,
-    _expected_bytes,
-    _read_index,
-    _read_meta,
+    expected_bytes,
     level_name,
+    read_index,
+    read_meta,
 )
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, PyramidError, UsageError
 from pyramid_cli.fileio import write_text_atomic
@@ -127,7 +127,7 @@ def _choose_splits(records: list[dict[str, Any]], splits: Sequence[str] | None) 
 def _prepare(out: Path, meta: TokenMeta) -> None:
     """Create the folder and tokens.json, or check that an existing one belongs to the same codec."""
     if (out / META_NAME).exists():
-        old = _read_meta(out)
+        old = read_meta(out)
         if dataclasses.replace(old, corpus=meta.corpus) != meta:
             raise CodecMismatchError(f"{out} holds tokens of codec {old.codec_name} ({old.codec_hash}), not "
                                      f"{meta.codec_name} ({meta.codec_hash}); tokenize into another folder")
@@ -142,10 +142,10 @@ def _resume(folder: Path, meta: TokenMeta) -> tuple[list[int], set[str]]:
     """Make the split's files consistent with its index; return (frames per level, ids done)."""
     folder.mkdir(exist_ok=True)
     repair_jsonl(folder / INDEX_NAME)
-    records, ends = _read_index(folder / INDEX_NAME, meta)
+    records, ends = read_index(folder / INDEX_NAME, meta)
     (folder / INDEX_NAME).touch()
     for level, end in enumerate(ends):
-        path, need = folder / level_name(level), _expected_bytes(meta, level, end)
+        path, need = folder / level_name(level), expected_bytes(meta, level, end)
         size = path.stat().st_size if path.exists() else 0
         if size < need:
             raise FormatError(f"{path}: {size} bytes, but its index lists {need}; the token set is damaged "
@@ -299,7 +299,7 @@ def merge_token_sets(out: str | Path, parts: Sequence[str | Path]) -> MergeSumma
         for split in part.splits():
             part._load(split)
     if (out / META_NAME).exists():
-        existing = _read_meta(out)
+        existing = read_meta(out)
         _check_same_meta(existing, meta, paths[0], out)
         meta = existing
     else:

@@ -129,7 +129,8 @@ class TokenMeta:
                    str(data.get("corpus", "")))
 
 
-def _read_meta(folder: Path) -> TokenMeta:
+def read_meta(folder: Path) -> TokenMeta:
+    """A token folder's ``tokens.json``, validated (also read by ``tokenize`` when it appends or merges)."""
     path = folder / META_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -140,7 +141,7 @@ def _read_meta(folder: Path) -> TokenMeta:
     return TokenMeta.from_dict(data, str(path))
 
 
-def _read_index(path: Path, meta: TokenMeta) -> tuple[list[dict[str, Any]], list[int]]:
+def read_index(path: Path, meta: TokenMeta) -> tuple[list[dict[str, Any]], list[int]]:
     """The index entries, checked to tile the level files, and the frame count they imply per level."""
     records = read_jsonl(path)  # a torn last line (killed mid-append) is dropped
     ends, seen = [0] * meta.levels, set()
@@ -159,7 +160,8 @@ def _read_index(path: Path, meta: TokenMeta) -> tuple[list[dict[str, Any]], list
     return records, ends
 
 
-def _expected_bytes(meta: TokenMeta, level: int, frames: int) -> int:
+def expected_bytes(meta: TokenMeta, level: int, frames: int) -> int:
+    """Size of a level file holding ``frames`` frames of that level."""
     return frames * meta.n_codebooks[level] * DTYPE.itemsize
 
 
@@ -194,7 +196,7 @@ class TokenSet:
         Raises:
             InputError: no such token folder. FormatError: a bad or newer tokens.json.
         """
-        return cls(Path(path), _read_meta(Path(path)))
+        return cls(Path(path), read_meta(Path(path)))
 
     @property
     def codec_name(self) -> str:
@@ -229,14 +231,14 @@ class TokenSet:
             folder = self.path / split
             if not (folder / INDEX_NAME).is_file():
                 raise InputError(f"{self.path}: no split {split!r} (splits: {', '.join(self.splits()) or 'none'})")
-            records, ends = _read_index(folder / INDEX_NAME, self.meta)
+            records, ends = read_index(folder / INDEX_NAME, self.meta)
             arrays = []
             for level, end in enumerate(ends):
                 path, n_q = folder / level_name(level), self.meta.n_codebooks[level]
                 size = path.stat().st_size if path.exists() else -1
-                if size != _expected_bytes(self.meta, level, end):
+                if size != expected_bytes(self.meta, level, end):
                     raise FormatError(f"{path}: {max(size, 0)} bytes, but its index lists {end} frames x {n_q} "
-                                      f"codebooks = {_expected_bytes(self.meta, level, end)} bytes (truncated or "
+                                      f"codebooks = {expected_bytes(self.meta, level, end)} bytes (truncated or "
                                       "interrupted; rerun `pyramid dataset tokenize` to finish it)")
                 # np.memmap refuses empty files; an empty split is an empty array.
                 arrays.append(np.memmap(path, dtype=DTYPE, mode="r", shape=(end, n_q)) if end

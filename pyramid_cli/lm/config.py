@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from pyramid_cli.errors import FormatError, UsageError
+from pyramid_cli.errors import UsageError
+from pyramid_cli.model_files import config_from_dict
 
 MODEL_TYPE = "pyramid-lm"
 LAYOUTS = ("time_aligned", "flat")
@@ -127,20 +128,8 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LMConfig:
-        """Build from ``to_dict`` output; unknown, missing or invalid keys raise FormatError."""
-        if not isinstance(data, dict):
-            raise FormatError(f"LM config must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        missing = sorted(names - set(data))
-        if unknown:
-            raise FormatError(f"LM config has unknown keys: {', '.join(unknown)}")
-        if missing:
-            raise FormatError(f"LM config is missing keys: {', '.join(missing)}")
-        try:
-            return cls(**data)
-        except (UsageError, TypeError, ValueError) as exc:
-            raise FormatError(f"invalid LM config: {exc}") from exc
+        """Build a config from ``to_dict`` output; unknown, missing or invalid keys raise FormatError."""
+        return config_from_dict(cls, data, "LM config")
 
     def with_codec(self, name: str, digest: str, sample_rate: int, hop_lengths: tuple[int, ...] | list[int],
                    n_codebooks: tuple[int, ...] | list[int], codebook_size: int) -> LMConfig:

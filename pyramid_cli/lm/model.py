@@ -13,22 +13,17 @@ fills and returns (EnCodec's ``LMModel.forward(indices, states, offset)`` patter
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pyramid_cli.errors import FormatError, InputError
-from pyramid_cli.fileio import write_bytes_atomic, write_text_atomic
 from pyramid_cli.lm.config import LMConfig
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from pyramid_cli.model_files import WEIGHTS_NAME, read_model_folder, write_model_folder
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
@@ -189,37 +184,20 @@ class PyramidLM(nn.Module):
 
     def save_pretrained(self, folder: str | Path, fp16: bool = False) -> None:
         """Write config.json and model.safetensors (safetensors only; ``fp16`` for release bundles)."""
-        folder = Path(folder)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        if fp16:
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        metadata = {"format": "pt", "model_type": self.config.model_type, "name": self.config.name,
-                    "dtype": "float16" if fp16 else "float32"}  # safetensors metadata values must be str
-        write_bytes_atomic(folder / WEIGHTS_NAME, safetensors.torch.save(state, metadata=metadata))
-        write_text_atomic(folder / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+        metadata = {"model_type": self.config.model_type, "name": self.config.name}
+        write_model_folder(folder, self.config.to_dict(), self.state_dict(), metadata, fp16)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> PyramidLM:
         """Load a folder written by ``save_pretrained`` onto ``device`` (weights cast to float32)."""
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise InputError(f"{path}: no such file (an LM folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-        try:
-            data = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FormatError(f"{config_path}: unreadable LM config ({exc})") from None
+        data, state = read_model_folder(folder, "LM")
         model = cls(LMConfig.from_dict(data))
-        try:
-            state = safetensors.torch.load_file(weights_path)
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise FormatError(f"{weights_path}: unreadable safetensors file ({exc})") from None
         try:
             model.load_state_dict({k: v.float() for k, v in state.items()})
         except RuntimeError as exc:
             first_line = str(exc).splitlines()[0]
-            raise FormatError(f"{weights_path}: weights do not match config.json ({first_line})") from None
+            raise FormatError(f"{Path(folder) / WEIGHTS_NAME}: weights do not match config.json "
+                              f"({first_line})") from None
         return model.to(device).eval()
 
 

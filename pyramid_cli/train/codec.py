@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from pyramid_cli.train.common import (
     SCHEDULES,
     DistInfo,
     RunningMeans,
+    TrainSettings,
     any_rank,
     learning_rate,
     seed_everything,
@@ -53,7 +54,7 @@ LogCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
-class CodecTrainConfig:
+class CodecTrainConfig(TrainSettings):
     """Everything a codec training run needs; saved resolved as ``<run>/config.json``."""
 
     model: str | dict[str, Any] = "p111_small"  # preset name or a full CodecConfig dict
@@ -103,18 +104,11 @@ class CodecTrainConfig:
             raise UsageError(f"levels_per_step must be 'random' or 'all', got {self.levels_per_step!r}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        positive = ("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last")
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise UsageError(f"{key} must be positive, got {getattr(self, key)}")
-        non_negative = ("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
-                        "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
-                        "feat_weight", "disc_grad_clip")
-        for key in non_negative:
-            if getattr(self, key) < 0:
-                raise UsageError(f"{key} must not be negative, got {getattr(self, key)}")
-        if len(self.betas) != 2:
-            raise UsageError(f"betas needs two values, got {self.betas}")
+        self.check_ranges(
+            positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last"),
+            non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
+                          "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
+                          "feat_weight", "disc_grad_clip"))
 
     def codec_config(self) -> CodecConfig:
         """The model architecture this config names."""
@@ -130,21 +124,6 @@ class CodecTrainConfig:
         if isinstance(self.discriminator, str):
             return discriminator_preset(self.discriminator)
         return DiscriminatorConfig.from_dict(self.discriminator)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CodecTrainConfig:
-        """Build from a (possibly partial) dict; unknown keys raise UsageError listing the valid ones."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise UsageError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(names)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise UsageError(f"bad training setting: {exc}") from exc
 
 
 @dataclass

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from pyramid_cli.lm.model import PyramidLM
 from pyramid_cli.train.common import (
     SCHEDULES,
     RunningMeans,
+    TrainSettings,
     any_rank,
     learning_rate,
     seed_everything,
@@ -45,7 +46,7 @@ LogCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
-class LMTrainConfig:
+class LMTrainConfig(TrainSettings):
     """Everything an LM training run needs; saved resolved as ``<run>/config.json``."""
 
     model: str | dict[str, Any] = "small"  # preset name (small, tiny, paper) or a full LMConfig dict
@@ -75,12 +76,8 @@ class LMTrainConfig:
             raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        for key in ("batch_size", "lr", "eval_windows", "log_every", "keep_last"):
-            if not getattr(self, key) > 0:
-                raise UsageError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("steps", "warmup_steps", "eval_every", "checkpoint_every", "grad_clip"):
-            if getattr(self, key) < 0:
-                raise UsageError(f"{key} must not be negative, got {getattr(self, key)}")
+        self.check_ranges(positive=("batch_size", "lr", "eval_windows", "log_every", "keep_last"),
+                          non_negative=("steps", "warmup_steps", "eval_every", "checkpoint_every", "grad_clip"))
 
     def lm_config(self) -> LMConfig:
         if isinstance(self.model, str):
@@ -91,20 +88,6 @@ class LMTrainConfig:
             except FormatError as exc:
                 raise UsageError(f"model: {exc}") from exc
         return replace(config, layout=self.layout) if self.layout else config
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LMTrainConfig:
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise UsageError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(names)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise UsageError(f"bad training setting: {exc}") from exc
 
 
 @dataclass
