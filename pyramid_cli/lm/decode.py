@@ -32,7 +32,7 @@ from pyramid_cli.lm.model import KVCache, PyramidLM
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-StepFunction = Callable[[torch.Tensor, int], torch.Tensor]  # (token (B, 1), slot) → logits (B, codebook_size)
+StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _cuda_bf16(device: torch.device) -> bool:
@@ -158,32 +158,6 @@ class DecodeStep(nn.Module):
         return logits[:, -1, :self.codebook_size].float()
 
 
-class EagerStep:
-    """The plain per-token step: the query reads exactly the slots its ranges allow, unpadded.
-
-    Eager on the CPU, padding every step to the widest window and masking it costs about a
-    quarter of the tokens/s (657 vs 847 tokens/s for a 3-minute piece, 2 threads), so the
-    fixed shapes are kept for ``CompiledStep``, which needs them; both give the same logits.
-    """
-
-    def __init__(self, model: PyramidLM, cache: KVCache, plan: TokenSequence, length: int,
-                 dtype: torch.dtype = torch.float32) -> None:
-        device = cache.keys[0].device
-        self.model, self.cache, self.dtype, self.device = model, cache, dtype, device
-        self.codebook_size = model.config.codebook_size
-        self.ranges = plan.ranges[:length]
-        self.positions = torch.from_numpy(np.ascontiguousarray(plan.positions[:length])).to(device)
-        self.streams = torch.from_numpy(np.ascontiguousarray(plan.streams[:length])).to(device)
-
-    def __call__(self, token: torch.Tensor, index: int) -> torch.Tensor:
-        low, high, low2, high2 = (int(v) for v in self.ranges[index])
-        slots = torch.from_numpy(np.concatenate([np.arange(low, high), np.arange(low2, high2)])).to(self.device)
-        with autocast(self.device, self.dtype):
-            logits, _ = self.model(token, self.positions[index:index + 1], self.streams[index:index + 1], mask=None,
-                                   cache=self.cache, start=index, key_slots=slots)
-        return logits[:, -1, :self.codebook_size].float()
-
-
 class CompiledStep:
     """``torch.compile`` of a ``DecodeStep``; a compilation failure becomes a one-line error."""
 
@@ -192,21 +166,18 @@ class CompiledStep:
         # CUDA: replay the step as a CUDA graph (its launch overhead dominates a small model's
         # step). CPU: the default mode; inductor fuses the step's many small kernels.
         mode = "reduce-overhead" if self.cuda else None
-        self.compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
-            step, mode=mode, fullgraph=True, dynamic=False)
-        self.slots = torch.arange(len(step.positions), device=step.offsets.device)
+        self.compiled: StepFunction = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
         self.checked = False
 
-    def __call__(self, token: torch.Tensor, index: int) -> torch.Tensor:
-        slot = self.slots[index:index + 1]  # a view of a device tensor: no host-to-device copy per step
+    def __call__(self, token: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if self.cuda:
             # Each call is a new step: lets the CUDA-graph runtime reuse the previous step's output
             # memory (the caller has consumed those logits by now).
             torch.compiler.cudagraph_mark_step_begin()
         if self.checked:
-            return self.compiled(token, slot)
+            return self.compiled(token, index)
         try:
-            logits = self.compiled(token, slot)
+            logits = self.compiled(token, index)
         except Exception as exc:  # inductor / dynamo raise many types; the cause is kept in the chain
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DependencyError(f"--compile: torch.compile failed ({first_line[:300]}); "
@@ -217,7 +188,6 @@ class CompiledStep:
 
 def make_step(model: PyramidLM, cache: KVCache, plan: TokenSequence, length: int, settings: DecodeSettings,
               dtype: torch.dtype) -> StepFunction:
-    """The decode step ``generate`` calls: the plain eager one, or the fixed-shape one compiled."""
-    if settings.compile:
-        return CompiledStep(DecodeStep(model, cache, plan, length, dtype))
-    return EagerStep(model, cache, plan, length, dtype)
+    """The decode step ``generate`` calls: eager, or compiled when ``settings.compile``."""
+    step = DecodeStep(model, cache, plan, length, dtype)
+    return CompiledStep(step) if settings.compile else step

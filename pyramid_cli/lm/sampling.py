@@ -6,9 +6,9 @@ token is sampled from the logits of the token before it and fed next. Keys and v
 ``KVCache`` slot per token, and every query reads only the slots its layout ranges allow, so no
 step recomputes the prefix and a step's cost does not grow with the length of the piece.
 
-Single tokens go through a ``decode`` step: the plain ``EagerStep`` (exactly the allowed slots),
-or with ``DecodeSettings(compile=True)`` the compiled ``DecodeStep``, whose shapes are the same
-at every step (slots padded and masked) so that it compiles once or replays as a CUDA graph.
+Single tokens go through ``decode.DecodeStep``, whose shapes are the same at every step (cache
+allocated for the whole piece, slots padded and masked), so that the step can be compiled or
+captured as a CUDA graph (``DecodeSettings``); the eager step is the plain path.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def generate(model: PyramidLM, plan: TokenSequence, *, num_samples: int = 1,
         while end < length and known[end]:
             end += 1
         if end - start == 1:  # one token (sampled, or a lone special): the fixed-shape step
-            logits = step(tokens[:, start:end], start)
+            logits = step(tokens[:, start:end], slots[start:end])
         else:  # a run of known tokens (BOS + prompt, SEP + prompt) in one eager pass
             ranges = plan.ranges[start:end]
             low = int(min(ranges[:, 0].min(), np.where(ranges[:, 3] > ranges[:, 2], ranges[:, 2], end).min()))
