@@ -37,9 +37,11 @@ demo: install system-deps
 	$(PY) examples/codec_demo.py examples/example.flac --out-dir demo
 	$(PY) -m pyramid_cli info demo/example.pyr
 	$(PY) examples/generate_demo.py --seconds 20 --seed 7 --out-dir demo
-	$(PY) -m pyramid_cli dataset build --procedural 2 --procedural-seconds 20 --out demo/corpus
 	@if [ -d "$(MIDI_DEV)" ]; then \
-		$(PY) -m pyramid_cli dataset build --midi-dir $(MIDI_DEV) --limit 2 --max-seconds 30 --out demo/corpus; \
+		$(PY) -m pyramid_cli dataset build --procedural 2 --procedural-seconds 20 \
+			--midi-dir $(MIDI_DEV) --limit 2 --max-seconds 30 --out demo/corpus; \
+	else \
+		$(PY) -m pyramid_cli dataset build --procedural 2 --procedural-seconds 20 --out demo/corpus; \
 	fi
 	$(PY) -m pyramid_cli dataset info demo/corpus
 
