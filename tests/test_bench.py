@@ -84,6 +84,15 @@ def test_run_bench_in_process_reports_missing_peers(monkeypatch: pytest.MonkeyPa
     assert "| pyramid-22k-p111-small | random |" in markdown and "snac_24k: unavailable" in markdown
 
 
+def test_run_bench_times_the_lm_in_the_asked_dtype() -> None:
+    settings = BenchSettings(seconds=(0.5,), models=("p111_small",), threads=1, lm="tiny", lm_seconds=2.0,
+                             naive_tokens=4, lm_dtype="bfloat16", isolate=False, skip_memory=True)
+    report = run_bench(settings)
+    assert report.lm is not None and report.lm.dtype == "bfloat16" and report.lm.compiled_seconds is None
+    assert "--lm-dtype bfloat16" in report.command
+    assert "| pyramid-lm-tiny | random | " in to_markdown(report) and "| bfloat16 |" in to_markdown(report)
+
+
 def test_skip_peers_drops_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench_runner, "peer_available", lambda key: None)
     skipped: list = []
@@ -106,7 +115,7 @@ def test_jemalloc_missing_falls_back_with_a_note(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("kwargs", [{"seconds": (0.0,)}, {"seconds": (math.inf,)}, {"threads": 0},
                                     {"allocator": "tcmalloc"}, {"allocator": "both", "isolate": False},
-                                    {"naive_tokens": 0}, {"memory_seconds": (0.0,)}])
+                                    {"naive_tokens": 0}, {"memory_seconds": (0.0,)}, {"lm_dtype": "float64"}])
 def test_settings_refuse_impossible_values(kwargs: dict) -> None:
     with pytest.raises(UsageError):
         BenchSettings(**kwargs)

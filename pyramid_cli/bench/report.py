@@ -35,17 +35,20 @@ def codec_rows(report: BenchReport) -> list[list[str]]:
     return rows
 
 
-LM_COLUMNS = ["LM", "weights", "params", "layout", "piece", "tokens", "cached tok/s", "x real time",
-              "naive tok/s", "speed-up"]
+LM_COLUMNS = ["LM", "weights", "params", "layout", "dtype", "piece", "tokens", "cached tok/s", "x real time",
+              "naive tok/s", "speed-up", "compiled tok/s"]
 
 
 def lm_row(report: BenchReport) -> list[str] | None:
     lm = report.lm
     if lm is None:
         return None
-    return [lm.name, lm.weights, f"{lm.parameters / 1e6:.1f}M", lm.layout, f"{lm.piece_seconds:.0f} s",
+    compiled = "-"
+    if lm.compiled_tokens_per_second is not None and lm.compiled_first_tokens_per_second is not None:
+        compiled = f"{lm.compiled_tokens_per_second:,.0f} ({lm.compiled_first_tokens_per_second:,.0f} with compiling)"
+    return [lm.name, lm.weights, f"{lm.parameters / 1e6:.1f}M", lm.layout, lm.dtype, f"{lm.piece_seconds:.0f} s",
             f"{lm.tokens:,}", f"{lm.cached_tokens_per_second:,.0f}", f"{lm.realtime_factor:.2f}x",
-            f"{lm.naive_tokens_per_second:,.1f}", f"{lm.speedup:.0f}x"]
+            f"{lm.naive_tokens_per_second:,.1f}", f"{lm.speedup:.0f}x", compiled]
 
 
 MEMORY_COLUMNS = ["input", "WAV MB", "encode s", "encode RTF", "encode peak MB", "decode s", "decode RTF",
@@ -82,7 +85,8 @@ def machine_line(report: BenchReport) -> str:
 
 
 def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
-    right = {i for i, c in enumerate(columns) if c not in ("model", "weights", "layout", "LM", "allocator", "input")}
+    left = ("model", "weights", "layout", "LM", "allocator", "input", "dtype")
+    right = {i for i, c in enumerate(columns) if c not in left}
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---:" if i in right else "---" for i in range(len(columns))) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]

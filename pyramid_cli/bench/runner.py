@@ -58,6 +58,8 @@ class BenchSettings:
     lm: str | None = None  # None = the default LM (a random "small" when it is not installed)
     lm_seconds: float = 180.0
     naive_tokens: int = 200
+    lm_dtype: str = "auto"  # the LM's compute dtype (auto: bfloat16 on a CUDA GPU that has it)
+    lm_compile: bool = False  # also time the compiled decode step
     allocator: str = "system"  # system | jemalloc | both
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS
     isolate: bool = True  # one fresh process per measurement
@@ -75,6 +77,10 @@ class BenchSettings:
             raise UsageError("--allocator jemalloc/both needs a fresh process per measurement (drop --in-process)")
         if not (self.lm_seconds > 0 and math.isfinite(self.lm_seconds)):
             raise UsageError(f"--lm-seconds must be a positive number, got {self.lm_seconds}")
+        from pyramid_cli.lm.decode import DTYPE_CHOICES
+
+        if self.lm_dtype not in DTYPE_CHOICES:
+            raise UsageError(f"--lm-dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.lm_dtype!r}")
         if self.naive_tokens < 1:
             raise UsageError(f"--naive-tokens must be at least 1, got {self.naive_tokens}")
         if any(not (s > 0 and math.isfinite(s)) for s in self.memory_seconds):
@@ -94,11 +100,12 @@ class BenchSettings:
                                   ("--allocator", self.allocator, default.allocator), ("--lm", self.lm, None),
                                   ("--lm-seconds", self.lm_seconds, default.lm_seconds),
                                   ("--naive-tokens", self.naive_tokens, default.naive_tokens),
+                                  ("--lm-dtype", self.lm_dtype, default.lm_dtype),
                                   ("--chunk-seconds", self.chunk_seconds, default.chunk_seconds)):
             if value is not None and value != base:
                 parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
         parts += [flag for flag, on in (("--skip-peers", self.skip_peers), ("--skip-lm", self.skip_lm),
-                                        ("--skip-memory", self.skip_memory),
+                                        ("--skip-memory", self.skip_memory), ("--lm-compile", self.lm_compile),
                                         ("--in-process", not self.isolate)) if on]
         return " ".join(parts)
 
@@ -281,7 +288,8 @@ def run_bench(settings: BenchSettings, on_progress: Progress | None = None) -> B
         if on_progress is not None:
             on_progress(f"LM: a {settings.lm_seconds:g} s piece, cached and naive sampling")
         answer = run({"kind": "lm", "model": settings.lm, "seconds": settings.lm_seconds,
-                      "naive_tokens": settings.naive_tokens}, "system")
+                      "naive_tokens": settings.naive_tokens, "dtype": settings.lm_dtype,
+                      "compile": settings.lm_compile}, "system")
         if "result" in answer:
             report.lm = LMResult.from_dict(answer["result"])
             if report.lm.note:

@@ -28,7 +28,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                                   chunk_seconds=job["chunk_seconds"])
             return {"result": codec.to_dict()}
         lm = measure_lm(job["seconds"], model=job["model"], naive_tokens=job["naive_tokens"], device=job["device"],
-                        threads=job["threads"])
+                        threads=job["threads"], dtype=job.get("dtype", "auto"), compile=job.get("compile", False))
         return {"result": lm.to_dict()}
     except DependencyError as error:
         return {"unavailable": str(error)}

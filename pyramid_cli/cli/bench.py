@@ -58,6 +58,11 @@ def bench(
     lm_seconds: Annotated[float, typer.Option(help="Length of the generated piece in seconds.")] = 180.0,
     naive_tokens: Annotated[int, typer.Option(help="Tokens sampled naively (full prefix each; slow) from the "
                                               "middle of the piece.")] = 200,
+    lm_dtype: Annotated[str, typer.Option(help="The LM's precision: auto (bfloat16 on a CUDA GPU that has it, "
+                                          "else float32), float32, bfloat16 or float16.")] = "auto",
+    lm_compile: Annotated[bool, typer.Option("--lm-compile", help="Also time generation with the compiled decode "
+                                             "step (`pyramid generate --compile`), compilation included and "
+                                             "warm.")] = False,
     chunk_seconds: Annotated[float, typer.Option(help="Chunk length of chunked encoding and decoding "
                                                  "(the peers run on chunks of the same length).")] = 10.0,
     memory_seconds: Annotated[str, typer.Option(help="Input lengths for the memory check: `pyramid encode` and "
@@ -101,7 +106,8 @@ def bench(
         seconds=_floats(seconds, "--seconds"),
         models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
         device=device, threads=threads, skip_peers=skip_peers, skip_lm=skip_lm, lm=lm, lm_seconds=lm_seconds,
-        naive_tokens=naive_tokens, allocator=allocator.strip().lower(), chunk_seconds=chunk_seconds,
+        naive_tokens=naive_tokens, lm_dtype=lm_dtype.strip().lower(), lm_compile=lm_compile,
+        allocator=allocator.strip().lower(), chunk_seconds=chunk_seconds,
         isolate=not in_process, memory_seconds=_floats(memory_seconds, "--memory-seconds"), skip_memory=skip_memory,
     )
     report = run_bench(settings, on_progress=lambda line: console.print(f"[dim]measuring {escape(line)}[/dim]"))
@@ -121,7 +127,7 @@ def bench(
         table = Table(title=f"generation: cached sampler vs naive full-prefix sampling "
                             f"({report.lm.naive_tokens if report.lm else 0} tokens)")
         for column in LM_COLUMNS:
-            table.add_column(column, justify="left" if column in ("LM", "weights", "layout") else "right")
+            table.add_column(column, justify="left" if column in ("LM", "weights", "layout", "dtype") else "right")
         table.add_row(*(escape(cell) for cell in lm_cells))
         tables.print(table)
     if report.memory:
