@@ -8,6 +8,7 @@ dataclasses and never prints; ``pyramid_cli.cli.bench`` shows them.
 - ``codecs``: one codec on one input length (``measure_codec``);
 - ``peers``: DAC, SNAC and EnCodec with random weights (optional extra ``bench``);
 - ``lm``: cached against naive sampling (``measure_lm``);
+- ``memory``: ``pyramid encode`` / ``decode`` peak memory against the input's length (``measure_memory``);
 - ``machine``: machine facts, resident-set peaks, jemalloc;
 - ``runner``: everything in fresh processes (``run_bench``), ``report``: tables and Markdown.
 """
