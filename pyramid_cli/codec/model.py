@@ -47,12 +47,14 @@ class CodecOutput:
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
         commitment_loss: scalar, summed over levels (weight it 0.25, DAC).
         codebook_loss: scalar, summed over levels (weight it 1.0, DAC).
+        diversity_loss: scalar, summed over levels and stages (``VectorQuantize.diversity``).
     """
 
     reconstructions: dict[int, torch.Tensor]
     codes: list[torch.Tensor]
     commitment_loss: torch.Tensor
     codebook_loss: torch.Tensor
+    diversity_loss: torch.Tensor
 
 
 class PyramidCodec(nn.Module):
@@ -255,6 +257,7 @@ class PyramidCodec(nn.Module):
             codes=[out.codes for out in outputs],
             commitment_loss=torch.stack([out.commitment_loss for out in outputs]).sum(),
             codebook_loss=torch.stack([out.codebook_loss for out in outputs]).sum(),
+            diversity_loss=torch.stack([out.diversity_loss for out in outputs]).sum(),
         )
 
     # ---- weights ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Shapes: D = input (latent) width, d = codebook_dim, n_q = number of codebooks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
@@ -30,6 +31,8 @@ class QuantizerOutput:
         latents: (B, n_q * d, T) projected inputs of every stage (before the lookup).
         commitment_loss: scalar, pulls the encoder towards its codes (caller weights it, 0.25).
         codebook_loss: scalar, pulls the codes towards the encoder (caller weights it, 1.0).
+        diversity_loss: scalar, summed over stages: how far the batch's soft code use is from
+            uniform (``VectorQuantize.diversity``; off unless the caller weights it).
     """
 
     z_q: torch.Tensor
@@ -37,6 +40,7 @@ class QuantizerOutput:
     latents: torch.Tensor
     commitment_loss: torch.Tensor
     codebook_loss: torch.Tensor
+    diversity_loss: torch.Tensor
 
 
 class StageOutput(NamedTuple):
@@ -47,6 +51,7 @@ class StageOutput(NamedTuple):
     codebook_loss: torch.Tensor  # (B,)
     codes: torch.Tensor  # (B, T) long
     latents: torch.Tensor  # (B, d, T) projected input, before the lookup
+    diversity_loss: torch.Tensor  # scalar, see VectorQuantize.diversity
 
 
 @dataclass(frozen=True)
@@ -76,18 +81,36 @@ class VectorQuantize(nn.Module):
     def forward(self, z: torch.Tensor) -> StageOutput:
         """Quantise ``z`` (B, D, T); see ``StageOutput`` for the shapes."""
         z_e = self.in_proj(z)  # (B, d, T)
-        codes = self.nearest_codes(z_e)
+        similarity = self.similarity(z_e)  # (B*T, K)
+        codes = similarity.argmax(dim=1).view(z_e.shape[0], z_e.shape[2])
         q = self.lookup(codes)  # (B, d, T), un-normalised entries as in DAC
         commitment = F.mse_loss(z_e, q.detach(), reduction="none").mean(dim=(1, 2))
         codebook = F.mse_loss(q, z_e.detach(), reduction="none").mean(dim=(1, 2))
         q = z_e + (q - z_e).detach()  # straight-through estimator
-        return StageOutput(self.out_proj(q), commitment, codebook, codes, z_e)
+        diversity = self.diversity(similarity) if torch.is_grad_enabled() else similarity.new_zeros(())
+        return StageOutput(self.out_proj(q), commitment, codebook, codes, z_e, diversity)
+
+    def similarity(self, z_e: torch.Tensor) -> torch.Tensor:
+        """(B, d, T) projected latents → (B*T, K) cosine similarity to every entry."""
+        flat = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]), dim=1)  # (B*T, d)
+        return flat @ F.normalize(self.codebook.weight, dim=1).t()
 
     def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
         """(B, d, T) projected latents → (B, T) indices of the most cosine-similar entries."""
-        flat = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]), dim=1)  # (B*T, d)
-        book = F.normalize(self.codebook.weight, dim=1)  # (K, d)
-        return (flat @ book.t()).argmax(dim=1).view(z_e.shape[0], z_e.shape[2])
+        return self.similarity(z_e).argmax(dim=1).view(z_e.shape[0], z_e.shape[2])
+
+    @staticmethod
+    def diversity(similarity: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+        """1 - H(p̄) / log K for p̄ the batch mean of softmax(similarity / temperature): 0 when the
+        batch's soft code use is uniform, 1 when one code takes it all.
+
+        A collapsed stage (every latent pointing one way) gets no gradient towards other codes from
+        the hard lookup; this term gives one, to the latents and the entries alike (wav2vec 2.0's
+        codebook diversity loss, Baevski et al. 2020, on cosine similarities).
+        """
+        mean = (similarity.float() / temperature).softmax(dim=1).mean(dim=0)
+        entropy = -(mean * mean.clamp_min(1e-12).log()).sum()
+        return 1.0 - entropy / math.log(similarity.shape[1])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, T) indices → (B, d, T) codebook entries."""
@@ -190,9 +213,11 @@ class ResidualVectorQuantize(nn.Module):
         residual = z
         commitment = z.new_zeros(())
         codebook = z.new_zeros(())
+        diversity = z.new_zeros(())
         codes, latents = [], []
         for i, quantizer in enumerate(self.stages[:stages]):
-            z_q_i, commit_i, book_i, codes_i, z_e_i = quantizer(residual)
+            z_q_i, commit_i, book_i, codes_i, z_e_i, diversity_i = quantizer(residual)
+            diversity = diversity + diversity_i
             mask = (i < kept).to(z.dtype)  # (B,)
             z_q = z_q + z_q_i * mask[:, None, None]
             residual = residual - z_q_i
@@ -208,6 +233,7 @@ class ResidualVectorQuantize(nn.Module):
             latents=torch.cat(latents, dim=1),
             commitment_loss=commitment,
             codebook_loss=codebook,
+            diversity_loss=diversity,
         )
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:

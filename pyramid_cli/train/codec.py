@@ -75,6 +75,7 @@ class CodecTrainConfig(TrainSettings):
     stft_weight: float = 0.0  # multi-scale STFT loss weight (0 = off)
     waveform_weight: float = 0.0  # waveform L1 weight (0 = off)
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
+    diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
     codebook_weight: float = 1.0  # RVQ codebook loss (DAC)
     levels_per_step: str = "random"  # "random": decode one random level per step (paper's code); "all"
     eval_every: int = 500  # steps between validation passes (0 = never)
@@ -108,7 +109,7 @@ class CodecTrainConfig(TrainSettings):
             positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
-                          "feat_weight", "disc_grad_clip"))
+                          "feat_weight", "disc_grad_clip", "diversity_weight"))
 
     def codec_config(self) -> CodecConfig:
         """The model architecture this config names."""

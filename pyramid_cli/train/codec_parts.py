@@ -60,6 +60,9 @@ def codec_loss(
     """
     parts = {"commitment": out.commitment_loss.float(), "codebook": out.codebook_loss.float()}
     total = cfg.commitment_weight * parts["commitment"] + cfg.codebook_weight * parts["codebook"]
+    if cfg.diversity_weight:
+        parts["diversity"] = out.diversity_loss.float()
+        total = total + cfg.diversity_weight * parts["diversity"]
     estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
     for i, target in targets.items():
         estimate = estimates[i]

@@ -25,7 +25,8 @@ def test_vq_shapes_range_and_from_codes():
     torch.manual_seed(0)
     vq = VectorQuantize(DIM, SIZE, CODE_DIM)
     z = torch.randn(3, DIM, 10)
-    z_q, commitment, codebook, codes, z_e = vq(z)
+    z_q, commitment, codebook, codes, z_e, diversity = vq(z)
+    assert diversity.dim() == 0 and 0 <= diversity.item() <= 1
     assert z_q.shape == z.shape and z_e.shape == (3, CODE_DIM, 10)
     assert codes.shape == (3, 10) and codes.dtype == torch.long
     assert 0 <= int(codes.min()) and int(codes.max()) < SIZE
@@ -148,3 +149,25 @@ def test_reseed_dead_codes():
         assert (pool - row).abs().amax(dim=1).min() < 1e-6
     assert all(stats.total == 0 for stats in rvq.usage_stats())  # counts restart
     assert "code_counts" not in "".join(rvq.state_dict())  # statistics stay out of checkpoints
+
+
+def test_diversity_loss_is_zero_for_uniform_use_and_near_one_for_collapse_with_a_gradient_out_of_it():
+    from pyramid_cli.codec.quantize import VectorQuantize
+
+    uniform = torch.eye(8).repeat(4, 1) * 10  # 32 latents, each most similar to its own entry, 4 per entry
+    assert VectorQuantize.diversity(uniform, temperature=0.01).item() == pytest.approx(0.0, abs=1e-4)
+    collapsed = torch.zeros(32, 8)
+    collapsed[:, 3] = 1.0
+    collapsed.requires_grad_(True)
+    loss = VectorQuantize.diversity(collapsed)  # the default temperature, 0.1
+    assert loss.item() > 0.95
+    (grad,) = torch.autograd.grad(loss, collapsed)
+    assert grad[:, 3].gt(0).all()  # lowering the winning similarity lowers the loss
+
+
+def test_the_stage_reports_diversity_only_when_training_can_use_it():
+    rvq = make_rvq(n_codebooks=2).train()
+    z = torch.randn(2, DIM, 7)
+    assert rvq(z).diversity_loss.item() > 0
+    with torch.no_grad():
+        assert rvq(z).diversity_loss.item() == 0
