@@ -83,7 +83,7 @@ def peak_normalize(wav: np.ndarray, peak: float = 0.95) -> np.ndarray:
 def trim_trailing_silence(wav: np.ndarray, sample_rate: int, threshold_db: float = -60.0,
                           keep_seconds: float = 0.25) -> np.ndarray:
     """Drop the silent tail (reverb tails of FluidSynth renders run long), keeping a short margin."""
-    threshold = 10.0 ** (threshold_db / 20.0)
+    threshold = db_to_amplitude(threshold_db)
     loud = np.flatnonzero(np.abs(wav) > threshold)
     if loud.size == 0:
         return wav[..., :0]
@@ -91,9 +91,14 @@ def trim_trailing_silence(wav: np.ndarray, sample_rate: int, threshold_db: float
     return wav[..., :end]
 
 
+def db_to_amplitude(db: float) -> float:
+    """A level in dBFS as a linear sample amplitude (0 dBFS = 1.0)."""
+    return 10.0 ** (db / 20.0)
+
+
 def is_silent(wav: np.ndarray, threshold_db: float = -60.0) -> bool:
     """True when no sample rises above `threshold_db` dBFS."""
-    return wav.size == 0 or float(np.max(np.abs(wav))) <= 10.0 ** (threshold_db / 20.0)
+    return wav.size == 0 or float(np.max(np.abs(wav))) <= db_to_amplitude(threshold_db)
 
 
 def encode_audio_bytes(wav: np.ndarray, sample_rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:

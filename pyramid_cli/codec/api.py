@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from pyramid_cli.audio import is_silent, resample, to_mono
+from pyramid_cli.audio import db_to_amplitude, resample, to_mono
 from pyramid_cli.audio_stream import AudioReader
 from pyramid_cli.codec.inference import (
     DEFAULT_CHUNK_SECONDS,
@@ -53,9 +53,7 @@ def encode_file(
     label = name or (str(source) if isinstance(source, (str, Path)) else "<stdin>")
     kept = _check_levels(codec, levels)
     with AudioReader(source, codec.model.config.sample_rate, name=label) as reader:
-        if reader.peak() <= 10.0 ** (SILENCE_DB / 20.0):
-            raise _silent(label)
-        _check_length(label, reader.num_samples, codec)
+        _check_signal(label, reader.peak(), reader.num_samples, codec)
         codes = encode_audio(codec.model, reader, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
                              progress=progress)
         return _pyr(codec, codes[:kept], reader.num_samples, reader.original_sample_rate, reader.channels, label,
@@ -94,9 +92,7 @@ def encode_waveform(
     if wav.ndim != 2 or wav.shape[1] == 0:
         raise InputError(f"{name}: expected (channels, samples) audio, got shape {wav.shape}")
     mono = resample(to_mono(np.asarray(wav, dtype=np.float32)), sample_rate, codec.model.config.sample_rate)
-    if is_silent(mono, SILENCE_DB):
-        raise _silent(name)
-    _check_length(name, mono.shape[1], codec)
+    _check_signal(name, float(np.max(np.abs(mono))) if mono.size else 0.0, mono.shape[1], codec)
     codes = encode_audio(codec.model, torch.from_numpy(np.ascontiguousarray(mono)), chunk_seconds=chunk_seconds,
                          overlap_seconds=overlap_seconds, progress=progress)
     return _pyr(codec, codes[:kept], mono.shape[1], sample_rate, wav.shape[0], name, chunk_seconds, overlap_seconds)
@@ -109,12 +105,11 @@ def _check_levels(codec: LoadedCodec, levels: int | None) -> int:
     return n_levels if levels is None else levels
 
 
-def _silent(name: str) -> InputError:
-    return InputError(f"{name} is silent (peak below {SILENCE_DB:.0f} dBFS after mixing down to mono); "
-                      "nothing to encode")
-
-
-def _check_length(name: str, num_samples: int, codec: LoadedCodec) -> None:
+def _check_signal(name: str, peak: float, num_samples: int, codec: LoadedCodec) -> None:
+    """Refuse a mono signal (its peak and length at the codec rate) that is silent or shorter than a frame."""
+    if peak <= db_to_amplitude(SILENCE_DB):
+        raise InputError(f"{name} is silent (peak below {SILENCE_DB:.0f} dBFS after mixing down to mono); "
+                         "nothing to encode")
     config = codec.model.config
     hop = config.hop_lengths[0]
     if num_samples < hop:
