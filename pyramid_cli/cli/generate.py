@@ -85,7 +85,7 @@ def generate(
     from pyramid_cli.devices import resolve_device
     from pyramid_cli.hub import DEFAULT_LM, load_codec, resolve_model
     from pyramid_cli.lm.api import generate_pieces, load_lm
-    from pyramid_cli.lm.decode import DecodeSettings
+    from pyramid_cli.lm.decode import DecodeSettings, dtype_name
     from pyramid_cli.lm.sampling import SamplingSettings
     from pyramid_cli.pyrfile import PyrFile
 
@@ -122,7 +122,7 @@ def generate(
             wav, rate = load_audio(prompt)
             prompt_pyr = encode_waveform(wav, rate, codec, name=str(prompt))
     console.print(f"seed {seed} · {loaded.name} ({config.layout}) · codec {codec.name} · {length:g} s "
-                  f"on {torch_device} ({str(compute_dtype).removeprefix('torch.')}"
+                  f"on {torch_device} ({dtype_name(compute_dtype)}"
                   f"{', compiled' if decode.compile else ''})", soft_wrap=True)
     progress = make_progress(TextColumn("{task.fields[rate]}"))
     with progress:
