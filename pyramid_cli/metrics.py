@@ -60,7 +60,7 @@ def _magnitude(x: torch.Tensor, window_length: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _mel_filterbank(window_length: int, n_mels: int, sample_rate: int) -> torch.Tensor:
+def mel_filterbank(window_length: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     """(F, n_mels) float32 on the CPU; keyed on ints only, so the cache holds no caller state."""
     # Built outside inference mode: the cached tensor may later take part in a training loss,
     # and an inference tensor cannot be saved for backward.
@@ -93,7 +93,7 @@ def mel_distance(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: i
     x, y = _items(estimate, reference)
     total = x.new_zeros(x.shape[0])
     for window_length, n_mels in zip(MEL_WINDOWS, MEL_BANDS, strict=True):
-        fbank = _mel_filterbank(window_length, n_mels, int(sample_rate)).to(x.device, x.dtype)
+        fbank = mel_filterbank(window_length, n_mels, int(sample_rate)).to(x.device, x.dtype)
         mel_x = _magnitude(x, window_length).transpose(1, 2) @ fbank  # (N, frames, n_mels)
         mel_y = _magnitude(y, window_length).transpose(1, 2) @ fbank
         total = total + _log_l1(mel_x, mel_y)

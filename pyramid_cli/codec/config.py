@@ -46,9 +46,24 @@ class CodecConfig:
     codebook_projection_bias: bool = True
     # Residual units (dilations 1, 3, 9) in each pyramid down-sampling block.
     pyramid_residual_units: int = 1
+    # "waveform": DAC's convolutional encoder and decoder at the audio rate (the paper's);
+    # "spectral": frame-rate ConvNeXt encoder and decoder on 2,048-point log-magnitude STFTs, with
+    # phase reconstructed at decode time (codec/spectral.py). Spectral: encoder_rates is the one
+    # STFT hop of the encoder, encoder_dim / decoder_dim the ConvNeXt widths.
+    architecture: str = "waveform"
+    # Spectral only: STFT size of the encoder input and the decoder output.
+    n_fft: int = 2048
+    # Spectral only: ConvNeXt blocks in the encoder and in the decoder.
+    encoder_layers: int = 4
+    decoder_layers: int = 8
+    # Spectral only: Griffin-Lim iterations of the phase reconstruction at decode time.
+    griffin_lim_iters: int = 32
+    # Values per dimension of finite scalar quantisation (quantize.ScalarQuantize) instead of the
+    # cosine-lookup VQ; their product must equal codebook_size. () = VQ (DAC's).
+    fsq_levels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for key in ("encoder_rates", "pyramid_rates", "n_codebooks"):
+        for key in ("encoder_rates", "pyramid_rates", "n_codebooks", "fsq_levels"):
             value = getattr(self, key)
             if not isinstance(value, tuple):
                 # Frozen dataclass: normalise lists from JSON or callers to tuples once, here.
@@ -75,8 +90,21 @@ class CodecConfig:
             raise UsageError(
                 f"codec config: quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}"
             )
-        if self.decoder_dim >> len(self.decoder_rates) < 1:
+        if self.fsq_levels and (math.prod(self.fsq_levels) != self.codebook_size or min(self.fsq_levels) < 2):
+            raise UsageError(f"codec config: fsq_levels {self.fsq_levels} must each be >= 2 and multiply to "
+                             f"codebook_size ({self.codebook_size})")
+        if self.architecture not in ARCHITECTURES:
+            raise UsageError(f"codec config: architecture must be one of {', '.join(ARCHITECTURES)}, "
+                             f"got {self.architecture!r}")
+        if self.architecture == "waveform" and self.decoder_dim >> len(self.decoder_rates) < 1:
             raise UsageError("codec config: decoder_dim is too small to halve at every decoder block")
+        if self.architecture == "spectral":
+            if len(self.encoder_rates) != 1:
+                raise UsageError("codec config: a spectral encoder has one stride (its STFT hop)")
+            if self.n_fft < 2 * self.hop_lengths[-1] or self.n_fft % 2:
+                raise UsageError("codec config: n_fft must be even and at least twice the finest hop")
+            if min(self.encoder_layers, self.decoder_layers, self.griffin_lim_iters) < 0:
+                raise UsageError("codec config: layer and iteration counts must be >= 0")
         if self.pyramid_residual_units < 0:
             raise UsageError("codec config: pyramid_residual_units must be >= 0")
 
@@ -139,7 +167,16 @@ class CodecConfig:
 
 
 # Keys added after codecs were published, with the value every earlier codec implicitly had.
-ADDED_LATER: dict[str, Any] = {"codebook_projection_bias": True}
+ADDED_LATER: dict[str, Any] = {
+    "codebook_projection_bias": True,
+    "architecture": "waveform",
+    "n_fft": 2048,
+    "encoder_layers": 4,
+    "decoder_layers": 8,
+    "griffin_lim_iters": 32,
+    "fsq_levels": [],
+}
+ARCHITECTURES = ("waveform", "spectral")
 
 
 # ---- presets (DESIGN §2 table) ----------------------------------------------------------------
@@ -189,12 +226,25 @@ def p111_small() -> CodecConfig:
     return CodecConfig(name="pyramid-22k-p111-small", encoder_dim=12, decoder_dim=128, latent_dim=128)
 
 
+def p111_spectral() -> CodecConfig:
+    """p111 with the frame-domain encoder and decoder (``architecture="spectral"``), CPU-sized.
+
+    Same levels, frame rates and tokens per second as p111. The encoder reads 2,048-point
+    log-magnitude STFTs at hop 256 (the base rate); the decoder predicts log-magnitudes at the
+    finest rate (hop 512) and Griffin-Lim restores the phase.
+    """
+    return CodecConfig(name="pyramid-22k-p111-spectral", architecture="spectral", encoder_rates=(256,),
+                       encoder_dim=384, decoder_dim=512, latent_dim=256, encoder_layers=4, decoder_layers=8,
+                       fsq_levels=(4, 4, 4, 4, 4))
+
+
 PRESETS: dict[str, Callable[[], CodecConfig]] = {
     "p111": p111,
     "p555": p555,
     "dac_n2": dac_n2,
     "dac_n9": dac_n9,
     "p111_small": p111_small,
+    "p111_spectral": p111_spectral,
 }
 
 

@@ -79,6 +79,7 @@ class MultiScaleMelLoss(nn.Module):
         if len(window_lengths) != len(n_mels):
             raise ValueError("window_lengths and n_mels need one entry per resolution")
         self.clamp_eps, self.log_weight, self.mag_weight = clamp_eps, log_weight, mag_weight
+        self.sample_rate = sample_rate
         self.spectrograms = nn.ModuleList(Spectrogram(w) for w in window_lengths)
         f_max = sample_rate / 2 if f_max is None else f_max
         for i, (window, bands) in enumerate(zip(window_lengths, n_mels, strict=True)):

@@ -32,6 +32,7 @@ from pyramid_cli.codec.layers import (
     strided_conv_transpose,
 )
 from pyramid_cli.codec.quantize import QuantizerOutput, ResidualVectorQuantize
+from pyramid_cli.codec.spectral import Downsample, Project, SpectralDecoder, SpectralEncoder, griffin_lim
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
 from pyramid_cli.model_files import WEIGHTS_NAME, read_model_folder, write_model_folder
 
@@ -43,7 +44,10 @@ class CodecOutput:
     """What ``PyramidCodec.forward`` returns for training.
 
     Attributes:
-        reconstructions: level index i → Y[i] (B, 1, T), decoded from levels 0..i (Eq. 1).
+        reconstructions: level index i → Y[i] (B, 1, T), decoded from levels 0..i (Eq. 1). A
+            spectral codec in training mode returns none: its losses read ``spectra``.
+        spectra: spectral codecs only: level index i → the natural log of Y[i]'s STFT magnitude
+            (B, n_fft/2+1, T / finest hop) as the decoder predicts it.
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
         commitment_loss: scalar, summed over levels (weight it 0.25, DAC).
         codebook_loss: scalar, summed over levels (weight it 1.0, DAC).
@@ -55,6 +59,7 @@ class CodecOutput:
     commitment_loss: torch.Tensor
     codebook_loss: torch.Tensor
     diversity_loss: torch.Tensor
+    spectra: dict[int, torch.Tensor] | None = None
 
 
 class PyramidCodec(nn.Module):
@@ -64,27 +69,24 @@ class PyramidCodec(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        # Backbone encoder (DAC): 7-tap conv, blocks doubling the width, Snake + 3-tap conv.
-        dim = c.encoder_dim
-        encoder: list[nn.Module] = [WNConv1d(1, dim, kernel_size=7, padding=3)]
-        for stride in c.encoder_rates:
-            encoder.append(EncoderBlock(dim, 2 * dim, stride))
-            dim *= 2
-        encoder += [Snake1d(dim), WNConv1d(dim, c.latent_dim, kernel_size=3, padding=1)]
-        self.encoder = Chain(*encoder)
+        self.spectral = c.architecture == "spectral"
+        self.encoder = (SpectralEncoder(c.n_fft, c.base_hop, c.encoder_dim, c.latent_dim, c.encoder_layers)
+                        if self.spectral else self._waveform_encoder(c))
         # Pyramid (Alg. 1): down-sampling blocks, finest first, and a projection per level.
         pyramid = len(c.pyramid_rates) > 0
         self.down = nn.ModuleList(
-            EncoderBlock(c.latent_dim, c.latent_dim, s, n_units=c.pyramid_residual_units)
+            Downsample(c.latent_dim, s) if self.spectral
+            else EncoderBlock(c.latent_dim, c.latent_dim, s, n_units=c.pyramid_residual_units)
             for s in c.pyramid_rates
         )
         self.project = nn.ModuleList(
-            Chain(Snake1d(c.latent_dim), WNConv1d(c.latent_dim, c.latent_dim, kernel_size=3, padding=1))
+            Project(c.latent_dim) if self.spectral
+            else Chain(Snake1d(c.latent_dim), WNConv1d(c.latent_dim, c.latent_dim, kernel_size=3, padding=1))
             for _ in range(c.n_levels if pyramid else 0)
         )
         self.quantizers = nn.ModuleList(
             ResidualVectorQuantize(c.latent_dim, n, c.codebook_size, c.codebook_dim, c.quantizer_dropout,
-                                  c.codebook_projection_bias)
+                                  c.codebook_projection_bias, c.fsq_levels)
             for n in c.n_codebooks
         )
         # up_encode[i-1] = U_i (Alg. 1), up_decode[i-1] = D_i (Eq. 1): level i-1 rate → level i rate.
@@ -94,13 +96,29 @@ class PyramidCodec(nn.Module):
         self.up_decode = nn.ModuleList(
             strided_conv_transpose(c.latent_dim, c.latent_dim, s) for s in c.level_rates
         )
-        # Shared decoder (DAC): finest level rate → samples, halving the width at every block.
+        self.decoder = (SpectralDecoder(c.n_fft, c.latent_dim, c.decoder_dim, c.decoder_layers)
+                        if self.spectral else self._waveform_decoder(c))
+
+    @staticmethod
+    def _waveform_encoder(c: CodecConfig) -> nn.Module:
+        """Backbone encoder (DAC): 7-tap conv, blocks doubling the width, Snake + 3-tap conv."""
+        dim = c.encoder_dim
+        encoder: list[nn.Module] = [WNConv1d(1, dim, kernel_size=7, padding=3)]
+        for stride in c.encoder_rates:
+            encoder.append(EncoderBlock(dim, 2 * dim, stride))
+            dim *= 2
+        encoder += [Snake1d(dim), WNConv1d(dim, c.latent_dim, kernel_size=3, padding=1)]
+        return Chain(*encoder)
+
+    @staticmethod
+    def _waveform_decoder(c: CodecConfig) -> nn.Module:
+        """Shared decoder (DAC): finest level rate → samples, halving the width at every block."""
         decoder: list[nn.Module] = [WNConv1d(c.latent_dim, c.decoder_dim, kernel_size=7, padding=3)]
         for i, stride in enumerate(c.decoder_rates):
             decoder.append(DecoderBlock(c.decoder_dim >> i, c.decoder_dim >> (i + 1), stride))
         out_dim = c.decoder_dim >> len(c.decoder_rates)
         decoder += [Snake1d(out_dim), WNConv1d(out_dim, 1, kernel_size=7, padding=3), nn.Tanh()]
-        self.decoder = Chain(*decoder)
+        return Chain(*decoder)
 
     @property
     def level_quantizers(self) -> list[ResidualVectorQuantize]:
@@ -183,7 +201,16 @@ class PyramidCodec(nn.Module):
 
     def decode_latent(self, latent: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """The shared decoder: (B, latent_dim, T_finest) → (B, 1, T_finest * finest hop)[..., :length]."""
-        return self.decoder(latent)[..., :length]
+        if not self.spectral:
+            return self.decoder(latent)[..., :length]
+        return self.spectrum_to_audio(self.decoder(latent), length)
+
+    def spectrum_to_audio(self, log_magnitude: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Spectral codecs: decoder output (B, F, frames) → (B, 1, frames * finest hop)[..., :length] audio."""
+        c = self.config
+        full = log_magnitude.shape[-1] * c.hop_lengths[-1]
+        audio = griffin_lim(log_magnitude.exp(), c.n_fft, c.hop_lengths[-1], c.griffin_lim_iters, full)
+        return audio[..., :length].clamp(-1.0, 1.0)
 
     def _check_codes(self, codes: Sequence[torch.Tensor], levels: int) -> None:
         c = self.config
@@ -251,8 +278,16 @@ class PyramidCodec(nn.Module):
         if any(not 0 <= i < self.config.n_levels for i in levels):
             raise UsageError(f"levels_to_decode must be level indices in 0..{self.config.n_levels - 1}")
         r = self.pyramid_latents([out.z_q for out in outputs])
-        reconstructions = {i: self.decode_latent(self.lift(r[i], i), wav.shape[-1]) for i in levels}
+        spectra = None
+        if self.spectral:
+            spectra = {i: self.decoder(self.lift(r[i], i)) for i in levels}
+            # Phase reconstruction only outside training: the losses compare magnitudes.
+            reconstructions = {} if self.training else {
+                i: self.spectrum_to_audio(s, wav.shape[-1]) for i, s in spectra.items()}
+        else:
+            reconstructions = {i: self.decode_latent(self.lift(r[i], i), wav.shape[-1]) for i in levels}
         return CodecOutput(
+            spectra=spectra,
             reconstructions=reconstructions,
             codes=[out.codes for out in outputs],
             commitment_loss=torch.stack([out.commitment_loss for out in outputs]).sum(),

@@ -78,9 +78,13 @@ class VectorQuantize(nn.Module):
         # Training statistic, not a weight: kept out of checkpoints (persistent=False).
         self.register_buffer("code_counts", torch.zeros(codebook_size), persistent=False)
 
+    def project_in(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, T) → (B, d, T) projected into the code space."""
+        return self.in_proj(z)
+
     def forward(self, z: torch.Tensor) -> StageOutput:
         """Quantise ``z`` (B, D, T); see ``StageOutput`` for the shapes."""
-        z_e = self.in_proj(z)  # (B, d, T)
+        z_e = self.project_in(z)  # (B, d, T)
         similarity = self.similarity(z_e)  # (B*T, K)
         codes = similarity.argmax(dim=1).view(z_e.shape[0], z_e.shape[2])
         q = self.lookup(codes)  # (B, d, T), un-normalised entries as in DAC
@@ -154,12 +158,92 @@ class VectorQuantize(nn.Module):
         """
         dead = (self.code_counts == 0).nonzero().squeeze(1)
         if dead.numel() > 0:
-            z_e = self.in_proj(recent_inputs)
+            z_e = self.project_in(recent_inputs)
             pool = z_e.transpose(1, 2).reshape(-1, z_e.shape[1])  # (B*T, d)
             pick = torch.randint(0, pool.shape[0], (dead.numel(),), generator=generator, device=pool.device)
             self.codebook.weight.data[dead] = pool[pick].to(self.codebook.weight.dtype)
         self.code_counts.zero_()
         return int(dead.numel())
+
+
+class ScalarQuantize(VectorQuantize):
+    """One finite-scalar-quantisation stage (FSQ; Mentzer et al., "Finite Scalar Quantization: VQ-VAE
+    Made Simple", ICLR 2024): (B, D, T) → (B, D, T), a drop-in for ``VectorQuantize``.
+
+    The latent is projected to len(levels) dimensions, each bounded with tanh to ``levels[j]``
+    values and rounded (straight-through); the code is the mixed-radix number of the rounded
+    values, so levels (4, 4, 4, 4, 4) give exactly 1,024 codes. There is no codebook to learn, so
+    no codebook or commitment loss and nothing to collapse: every code is reachable by
+    construction, where the cosine-lookup VQ of this codec collapsed to 1-3 codes within 20 steps of
+    training the spectral decoder and did not recover with dead-code reseeding.
+    """
+
+    def __init__(self, input_dim: int, levels: tuple[int, ...], projection_bias: bool = True) -> None:
+        size = math.prod(levels)
+        super().__init__(input_dim, size, len(levels), projection_bias)
+        del self.codebook  # the grid is the codebook
+        self.standardise = nn.BatchNorm1d(len(levels), affine=False, momentum=0.01)
+        levels_t = torch.tensor(levels, dtype=torch.float32)
+        basis = torch.cumprod(torch.tensor((1,) + tuple(levels[:-1]), dtype=torch.float32), dim=0)
+        self.register_buffer("levels", levels_t, persistent=False)
+        self.register_buffer("basis", basis, persistent=False)
+
+    def project_in(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, T) → (B, d, T): the projection, standardised per dimension over batch and time.
+
+        Why: music's log spectra are mostly a static shape, so at initialisation the encoder's
+        frames differ by a few percent of their common part; that common part pushed the tanh
+        bound into saturation within 10 steps and every frame fell into one grid cell, with the
+        encoder's gradient gone (measured: 1 code per level after 100 steps, with layer norm too).
+        Batch statistics remove the common part in training; the running averages, a fixed affine
+        map, are used at inference (so chunked encoding still equals whole-signal encoding).
+        """
+        return self.standardise(self.in_proj(z))
+
+    def _bound(self, z_e: torch.Tensor) -> torch.Tensor:
+        """(B, d, T) → values in (-levels/2, levels/2) that round to levels[j] integers per dimension."""
+        levels = self.levels.view(1, -1, 1)
+        half = (levels - 1) * (1 + 1e-3) / 2
+        offset = (levels % 2 == 0).to(z_e.dtype) * 0.5  # even level counts: a half-step grid
+        shift = torch.atanh(offset / half)
+        return torch.tanh(z_e + shift) * half - offset
+
+    def forward(self, z: torch.Tensor) -> StageOutput:
+        """Quantise ``z`` (B, D, T); losses are zeros (FSQ has none)."""
+        z_e = self.project_in(z)  # (B, d, T)
+        bounded = self._bound(z_e)
+        rounded = bounded + (bounded.round() - bounded).detach()  # straight-through
+        codes = self._codes(rounded.detach())
+        if self.training:
+            # Half the batch sees rounding noise instead of rounding (Ballé et al., ICLR 2017's
+            # proxy): the decoder can then only use what varies by more than a grid step, so the
+            # encoder must spread frames over the grid. With rounding alone, every frame fell into
+            # one cell within 100 steps and stayed there (the tanh bound saturated).
+            noisy = torch.rand(z.shape[0], 1, 1, device=z.device) < 0.5
+            noise = torch.rand_like(bounded) - 0.5
+            rounded = torch.where(noisy, bounded + noise, rounded)
+        zeros = z.new_zeros(z.shape[0])
+        return StageOutput(self.out_proj(self._normalise(rounded)), zeros, zeros, codes, z_e, z.new_zeros(()))
+
+    def _normalise(self, rounded: torch.Tensor) -> torch.Tensor:
+        return rounded / (self.levels.view(1, -1, 1) // 2)
+
+    def _codes(self, rounded: torch.Tensor) -> torch.Tensor:
+        digits = rounded + self.levels.view(1, -1, 1) // 2  # 0 .. levels-1
+        return (digits * self.basis.view(1, -1, 1)).sum(dim=1).round().long()  # (B, T)
+
+    def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        return self._codes(self._bound(z_e).round())
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, T) indices → (B, d, T) normalised grid points."""
+        digits = (codes.unsqueeze(1).float() / self.basis.view(1, -1, 1)).floor() % self.levels.view(1, -1, 1)
+        return self._normalise(digits - self.levels.view(1, -1, 1) // 2)
+
+    def reseed_dead_codes(self, recent_inputs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        """Nothing to reseed (no learned entries); resets the usage counts."""
+        self.code_counts.zero_()
+        return 0
 
 
 class ResidualVectorQuantize(nn.Module):
@@ -177,13 +261,17 @@ class ResidualVectorQuantize(nn.Module):
         codebook_dim: int,
         quantizer_dropout: float = 0.0,
         projection_bias: bool = True,
+        fsq_levels: tuple[int, ...] = (),
     ) -> None:
+        """``fsq_levels`` non-empty: FSQ stages (``ScalarQuantize``) with that grid instead of VQ."""
         super().__init__()
         self.n_codebooks = n_codebooks
         self.codebook_size = codebook_size
         self.quantizer_dropout = quantizer_dropout
         self.quantizers = nn.ModuleList(
-            VectorQuantize(input_dim, codebook_size, codebook_dim, projection_bias) for _ in range(n_codebooks)
+            ScalarQuantize(input_dim, fsq_levels, projection_bias) if fsq_levels
+            else VectorQuantize(input_dim, codebook_size, codebook_dim, projection_bias)
+            for _ in range(n_codebooks)
         )
 
     @property
@@ -267,5 +355,5 @@ class ResidualVectorQuantize(nn.Module):
         for quantizer in self.stages:
             replaced += quantizer.reseed_dead_codes(residual, generator=generator)
             # Residual after the reseed: what the next stage will see from now on.
-            residual = residual - quantizer.from_codes(quantizer.nearest_codes(quantizer.in_proj(residual)))
+            residual = residual - quantizer.from_codes(quantizer.nearest_codes(quantizer.project_in(residual)))
         return replaced

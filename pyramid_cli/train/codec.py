@@ -218,6 +218,8 @@ class _Trainer:
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if cfg.gan and codec_config.architecture == "spectral":
+            raise UsageError("GAN training needs a waveform codec; a spectral codec is trained on magnitudes")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = PyramidCodec(codec_config)
         adversary = Adversary(cfg, info) if cfg.gan else None  # its init follows the model's from the seed

@@ -20,10 +20,12 @@ from torch.nn.utils import parametrize
 from pyramid_cli.checkpoint import LoadedState, save_training_state, step_dir_name
 from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
+from pyramid_cli.codec.spectral import LOG_FLOOR, stft_magnitude
+from pyramid_cli.codec.spectral import log_magnitude as log_magnitude_of
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.audio_dataset import RandomCropDataset, fixed_clips
 from pyramid_cli.errors import FormatError, InputError, UsageError
-from pyramid_cli.metrics import mel_distance
+from pyramid_cli.metrics import mel_distance, mel_filterbank
 from pyramid_cli.train.codec_gan import Adversary
 from pyramid_cli.train.common import DistInfo, check_replicas_in_sync, gather_tensor, seed_everything
 
@@ -63,6 +65,12 @@ def codec_loss(
     if cfg.diversity_weight:
         parts["diversity"] = out.diversity_loss.float()
         total = total + cfg.diversity_weight * parts["diversity"]
+    if out.spectra is not None:
+        for i, target in targets.items():
+            level_parts = spectral_losses(out.spectra[i].float(), target, mel_loss.sample_rate)
+            parts.update({f"{name}_l{i}": value for name, value in level_parts.items()})
+            total = total + mel_weight * level_parts["mel"] + level_parts["log_mag"] + level_parts["convergence"]
+        return total, parts
     estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
     for i, target in targets.items():
         estimate = estimates[i]
@@ -79,6 +87,36 @@ def codec_loss(
         parts.update(gan)
         total = total + cfg.adv_weight * gan["adv"] + cfg.feat_weight * gan["feat"]
     return total, parts
+
+
+def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
+    """The losses of a spectral codec's level: its predicted log-magnitudes against the target's STFT.
+
+    ``log_mag``: L1 of the floored natural-log magnitudes (every bin counts alike, so the harmonics
+    that carry pitch count as much as the envelope); ``convergence``: spectral convergence
+    (Frobenius norm of the magnitude error over the target's, which the loud partials dominate);
+    ``mel``: the 2,048-point term of the mel distance (log10, 320 Slaney bands), computed from
+    the same magnitudes.
+
+    Args:
+        log_magnitude: (B, F, frames) decoder output.
+        target: (B, 1, T) band-limited target audio, T = frames * hop (or less: zero-padded).
+    """
+    n_fft = 2 * (log_magnitude.shape[1] - 1)
+    frames = log_magnitude.shape[-1]
+    hop = math.ceil(target.shape[-1] / frames)
+    target = F.pad(target, (0, frames * hop - target.shape[-1]))
+    magnitude = stft_magnitude(target, n_fft, hop)
+    estimate = log_magnitude.exp()
+    fbank = mel_filterbank(n_fft, 320, sample_rate).to(magnitude.device)
+    mel_estimate = (estimate.transpose(1, 2) @ fbank).clamp(min=1e-5).log10()
+    mel_target = (magnitude.transpose(1, 2) @ fbank).clamp(min=1e-5).log10()
+    return {
+        "log_mag": (log_magnitude.clamp(min=math.log(LOG_FLOOR)) - log_magnitude_of(magnitude)).abs().mean(),
+        "convergence": torch.linalg.vector_norm(estimate - magnitude) / torch.linalg.vector_norm(magnitude).clamp(
+            min=1e-6),
+        "mel": (mel_estimate - mel_target).abs().mean(),
+    }
 
 
 class CodeCounter:
