@@ -36,8 +36,8 @@ from gpu_check_stages import PROFILES, REPO, STAGES, Context, Skip  # noqa: E402
 
 TOTAL_BUDGET_S = {"gpu": 465.0, "cpu": 240.0}  # the 8 minutes, less start-up and the reports
 # Each stage's own ceiling (GPU profile; the CPU dry run scales them down by CPU_SCALE).
-BUDGET_S = {"cuda-tests": 100.0, "data": 30.0, "train-codec": 60.0, "train-lm": 45.0, "generate-small": 40.0,
-            "generate-paper": 60.0, "generate-paper-compiled": 90.0, "bench": 40.0}
+BUDGET_S = {"cuda-tests": 80.0, "data": 25.0, "train-codec": 65.0, "train-lm": 35.0, "generate-small": 45.0,
+            "generate-paper": 85.0, "generate-paper-compiled": 95.0, "bench": 35.0}
 CPU_SCALE = 0.5
 REPORT_NAME = "gpu-check"
 
@@ -60,7 +60,10 @@ def machine(device: str) -> dict[str, Any]:
                                   capture_output=True, text=True, timeout=30)
             info["driver"] = done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
     else:
-        info["device"] = platform.processor() or platform.machine()
+        cpuinfo = Path("/proc/cpuinfo")
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")] if cpuinfo.is_file() else []
+        info["device"] = names[0] if names else (platform.processor() or platform.machine())
     return info
 
 
