@@ -45,6 +45,7 @@ def test_the_cpu_dry_run_passes_every_stage(dry_run):
     for name in ("train-codec", "train-lm"):
         figures = stages[name]["summary"]
         assert figures["loss_last"] < figures["loss_first"] and figures["resume_max_weight_difference"] == 0.0
+    assert stages["data"]["summary"]["package"] == str(REPO / "pyramid_cli"), "stages import this checkout"
     assert stages["generate-paper"]["summary"]["dtype"] == "bfloat16"
     assert [c["key"] for c in stages["bench"]["summary"]["codecs"]] == ["default"]
     assert all(t["met"] is None for t in report["targets"]), "targets are judged on CUDA runs only"

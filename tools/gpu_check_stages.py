@@ -187,6 +187,7 @@ def stage_data(ctx: Context) -> Result:
     import soundfile as sf
     import torch
 
+    import pyramid_cli
     from pyramid_cli.data.tokenize import tokenize_corpus
     from pyramid_cli.data.tokens import TokenSet
     from pyramid_cli.hub import DEFAULT_CODEC, load_codec
@@ -221,7 +222,7 @@ def stage_data(ctx: Context) -> Result:
     return ({"pieces": p.pieces, "audio_seconds": p.pieces * p.piece_seconds, "corpus_mb": size / 1e6,
              "codec": f"{codec.name}@{codec.hash}", "tokenize_seconds": tokenize_seconds,
              "tokenize_failures": summary.failed, "paper_lm": config.name,
-             "paper_lm_parameters": paper.num_parameters()},
+             "paper_lm_parameters": paper.num_parameters(), "package": str(Path(pyramid_cli.__file__).parent)},
             {"tokenized every piece": summary.failed == 0})
 
 

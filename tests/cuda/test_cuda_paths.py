@@ -102,21 +102,16 @@ def test_bfloat16_logits_stay_close_to_float32(device: torch.device, layout: str
 
 def test_compiled_step_samples_the_plain_steps_tokens(device: torch.device):
     """The compiled step (CUDA: mode reduce-overhead, a CUDA graph) samples the eager step's tokens
-    from the same seed in float32, greedy and sampled; in bfloat16 it runs and gives valid codes."""
+    from the same seed in float32. One compilation only (tens of seconds); the GPU check's
+    generate-paper-compiled stage runs the bfloat16 one."""
     if device.type != "cuda":
         pytest.skip("compiling takes tens of seconds on a CPU: tests/lm covers it there (marked slow)")
     model = model_for("time_aligned", device)
     plan = make_layout(model.config).piece(9)
-    greedy = SamplingSettings(temperature=0)
-    plain = generate(model, plan, sampling=greedy, decode=DecodeSettings(dtype="float32"))
-    compiled = generate(model, plan, sampling=greedy, decode=DecodeSettings(dtype="float32", compile=True))
-    np.testing.assert_array_equal(compiled, plain)
     settings = SamplingSettings(temperature=1.0, top_k=10)
     sampled = [generate(model, plan, sampling=settings, generator=torch.Generator(device=device).manual_seed(3),
                         decode=DecodeSettings(dtype="float32", compile=flag)) for flag in (False, True)]
-    np.testing.assert_array_equal(sampled[0], sampled[1])
-    fast = generate(model, plan, sampling=greedy, decode=DecodeSettings(dtype="bfloat16", compile=True))
-    assert (fast[0, plan.level >= 0] >= 0).all() and (fast < SMALL.codebook_size + 4).all()
+    np.testing.assert_array_equal(sampled[1], sampled[0])
 
 
 def test_chunked_encode_equals_a_whole_signal_encode(device: torch.device):
