@@ -12,6 +12,10 @@ written after every stage, so they exist whatever happens. Exit code 0 when no s
 
 ``--device cpu`` runs the same stages at tiny sizes (well under a minute): the default test suite
 runs it, so the script works the day a GPU is lent.
+
+On a GPU machine that cannot run ``make install`` (no network), run the script with a Python that
+has torch and pyramid's runtime dependencies; the stages import this checkout's package through
+PYTHONPATH, and ``machine.missing_modules`` in the report names any dependency not found.
 """
 
 from __future__ import annotations
