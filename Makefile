@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 MIDI_DEV ?= ../shared/data/midi/dev
 
-.PHONY: install system-deps test test-slow demo lint bench clean
+.PHONY: install system-deps test test-slow demo lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -46,7 +46,7 @@ demo: install system-deps
 	$(PY) -m pyramid_cli dataset info demo/corpus
 
 lint: install
-	$(VENV)/bin/ruff check pyramid_cli tests examples
+	$(VENV)/bin/ruff check pyramid_cli tests examples tools
 	$(VENV)/bin/mypy pyramid_cli
 
 # Codec speed and memory against the peers and the DAC-n2 baseline (10 s and 3 min inputs, both
@@ -63,5 +63,14 @@ bench: install system-deps
 	$(PY) examples/bench_render.py
 	$(PY) -m pyramid_cli bench --allocator both $(BENCH_ARGS)
 
+# The prepared GPU check (issue 14): machine, `pytest -m cuda`, bf16 training with exact resume,
+# 3-minute pieces (paper-size LM eager and compiled, bundled LM), `pyramid bench --device cuda`, all
+# in under 8 minutes; reports in $(GPU_CHECK_OUT)/gpu-check.{json,md}. DEVICE=cpu: a tiny dry run
+# (about 30 s; the test suite runs it too).
+DEVICE ?= cuda
+GPU_CHECK_OUT ?= gpu-check
+gpu-check: install
+	$(PY) tools/gpu_check.py --device $(DEVICE) --out $(GPU_CHECK_OUT)
+
 clean:
-	rm -rf demo build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo gpu-check build dist .pytest_cache .mypy_cache .ruff_cache
