@@ -242,7 +242,7 @@ def decode(
     """
     from pyramid_cli.audio import write_audio_pieces
     from pyramid_cli.codec.api import iter_decode_pyr
-    from pyramid_cli.hub import load_codec, resolve_model
+    from pyramid_cli.hub import load_codec, resolve_recorded
 
     pyr, name, _ = _read_pyr(source)
     k = pyr.n_levels if levels is None else levels
@@ -261,13 +261,15 @@ def decode(
     if json_output and is_stdio(output):
         raise UsageError("--json prints on stdout, which already carries the audio; write it with -o FILE")
     check_output(output, force, () if name == "<stdin>" else (Path(name),))
-    if model is None:
+    if model is None:  # the name inside the file may only pick a local model (never a download)
         try:
-            resolve_model(pyr.codec_name)
-        except InputError:
-            raise InputError(f"{name} was made with {pyr.codec_name}@{pyr.codec_hash[:8]}, which is not installed "
-                             "here; pass --model DIR with that codec's folder") from None
-    codec = load_codec(model or pyr.codec_name, device)
+            folder: str | Path = resolve_recorded(pyr.codec_name, "codec")
+        except InputError as error:
+            reason = "a name read from a file never downloads" if "pyramid download" in str(error) else "no local model"
+            raise InputError(f"{name} was made with {pyr.codec_name[:80]}@{pyr.codec_hash[:8]}, which is not installed "
+                             f"here; pass --model DIR with that codec's folder, or fetch it with `pyramid download` "
+                             f"({reason})") from None
+    codec = load_codec(folder if model is None else model, device)
     with make_progress() as progress:
         task = progress.add_task(f"decoding {k} level{'s' * (k > 1)}", total=pyr.num_samples)
         pieces = iter_decode_pyr(pyr, codec, k, name=name, chunk_seconds=chunk_seconds,

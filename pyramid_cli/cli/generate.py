@@ -83,7 +83,7 @@ def generate(
     from pyramid_cli.cli._shared import write_output
     from pyramid_cli.codec.api import decode_pyr, encode_waveform
     from pyramid_cli.devices import resolve_device
-    from pyramid_cli.hub import DEFAULT_LM, load_codec, resolve_model
+    from pyramid_cli.hub import DEFAULT_LM, load_codec, resolve_model, resolve_recorded
     from pyramid_cli.lm.api import generate_pieces, load_lm
     from pyramid_cli.lm.decode import DecodeSettings, dtype_name
     from pyramid_cli.lm.sampling import SamplingSettings
@@ -113,7 +113,8 @@ def generate(
     compute_dtype = decode.resolve(torch_device)  # a dtype this device cannot run fails before any loading
     loaded = load_lm(resolve_model(lm or DEFAULT_LM, kind="lm"), torch_device)
     config = loaded.model.config
-    codec = load_codec(model or config.codec_name, torch_device)
+    # The codec named in the LM's config may only be a local model; a download needs --model.
+    codec = load_codec(model if model is not None else resolve_recorded(config.codec_name, "codec"), torch_device)
     prompt_pyr = None
     if prompt is not None:
         if prompt.suffix.lower() == ".pyr":

@@ -107,7 +107,7 @@ def _check_levels(codec: LoadedCodec, levels: int | None) -> int:
 
 
 def _check_signal(name: str, peak: float, num_samples: int, codec: LoadedCodec) -> None:
-    """Refuse a mono signal (its peak and length at the codec rate) that is not finite, silent or shorter than a frame."""
+    """Refuse a mono signal (peak, length at the codec rate) that is not finite, silent or shorter than a frame."""
     if not math.isfinite(peak):
         raise InputError(f"{name} holds non-finite samples (NaN or infinity); nothing sensible can be encoded")
     if peak <= db_to_amplitude(SILENCE_DB):
@@ -147,7 +147,7 @@ def check_pyr_codec(pyr: PyrFile, codec: LoadedCodec, name: str = "the .pyr file
     Raises:
         CodecMismatchError: naming both codecs, or the first layout difference.
     """
-    check_codec(pyr, codec.name, codec.hash, name=name)
+    check_codec(pyr, codec.name, codec.hash, name=name, aliases=codec.aliases)
     config = codec.model.config
     problems = []
     if pyr.sample_rate != config.sample_rate:
