@@ -11,11 +11,19 @@ from typing import BinaryIO
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_write(path: str | Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
     """Open a temporary file beside `path`; rename it over `path` only if the block succeeds.
 
     The temporary file lives in the same directory so that `os.replace` is an atomic rename
     on the same file system. On any exception (KeyboardInterrupt included) it is removed.
+
+    Args:
+        exclusive: never replace an existing `path` (the commands' default without ``--force``):
+            the finished file is hard-linked into place, which fails if `path` appeared meanwhile,
+            so of two writers racing for one name exactly one wins.
+
+    Raises:
+        FileExistsError: `exclusive` and `path` exists when the write finishes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,15 +37,32 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        if exclusive:
+            _link_exclusive(tmp_name, path)
+        else:
+            os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_write(path) as handle:
+def _link_exclusive(tmp_name: str, path: Path) -> None:
+    """Move the finished temporary file to `path` unless `path` exists (atomically where links work)."""
+    try:
+        os.link(tmp_name, path)  # fails with FileExistsError when another writer got there first
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name, then replace it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        os.replace(tmp_name, path)
+        return
+    os.unlink(tmp_name)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, exclusive: bool = False) -> None:
+    with atomic_write(path, exclusive=exclusive) as handle:
         handle.write(data)
 
 

@@ -86,8 +86,12 @@ def check_output(path: str | Path, force: bool, inputs: tuple[Path, ...] = ()) -
         raise InputError(f"{target} already exists; pass --force to overwrite it")
 
 
-def write_output(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to stdout for "-", else atomically (temporary file + rename) to ``path``."""
+def write_output(path: str | Path, data: bytes, force: bool = True) -> None:
+    """Write ``data`` to stdout for "-", else atomically (temporary file + rename) to ``path``.
+
+    Without ``force`` the file is created exclusively: if another process wrote ``path`` after
+    ``check_output`` ran, this write fails instead of replacing it.
+    """
     if is_stdio(path):
         stream = getattr(sys.stdout, "buffer", None)
         if stream is None:
@@ -96,6 +100,9 @@ def write_output(path: str | Path, data: bytes) -> None:
         stream.flush()
         return
     try:
-        write_bytes_atomic(path, data)
+        write_bytes_atomic(path, data, exclusive=not force)
+    except FileExistsError:
+        raise InputError(f"{path} already exists (written meanwhile by another process); "
+                         "pass --force to overwrite it") from None
     except OSError as error:
         raise InputError(f"{path}: cannot write ({error.strerror or error})") from None

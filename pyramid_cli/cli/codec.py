@@ -171,7 +171,7 @@ def encode(
                 pyr = encode_file(source, codec, name=job.label, levels=levels, chunk_seconds=chunk_seconds,
                                   progress=report)
                 data = pyr.to_bytes()
-                write_output(job.output, data)
+                write_output(job.output, data, force)
             except PyramidError as error:
                 errors.append(error)
                 results.append({"input": job.label, "ok": False, "error": str(error)})
@@ -282,8 +282,11 @@ def decode(
             write_output(output, buffer.getvalue())
         else:
             try:
-                with atomic_write(output) as handle:
+                with atomic_write(output, exclusive=not force) as handle:
                     samples = write_audio_pieces(handle, pieces, pyr.sample_rate, fmt)
+            except FileExistsError:
+                raise InputError(f"{output} already exists (written meanwhile by another process); "
+                                 "pass --force to overwrite it") from None
             except OSError as error:
                 raise InputError(f"{output}: cannot write ({error.strerror or error})") from None
     if json_output:

@@ -13,6 +13,7 @@ from rich.table import Table
 from pyramid_cli.cli._shared import DeviceOption, JsonOption, console, format_hours, make_progress, print_json
 from pyramid_cli.errors import UsageError
 from pyramid_cli.hub import DEFAULT_CODEC
+from pyramid_cli.locking import folder_lock
 
 app = typer.Typer(help="Build and inspect training corpora rendered from MIDI.", no_args_is_help=True)
 
@@ -89,7 +90,8 @@ def build(
         raise UsageError(f"--soundfont {options.soundfont}: no such file")
 
     totals = {"hours": 0.0, "failed": 0}
-    with make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
+    with folder_lock(out, "corpus folder"), \
+            make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
         task = progress.add_task("rendering", total=None, audio=format_hours(0), failed=0)
 
         def on_start(total: int) -> None:
@@ -225,7 +227,8 @@ def tokenize(
     codec = load_codec(model, device)
 
     totals = {"seconds": 0.0, "failed": 0}
-    with make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
+    with folder_lock(out, "token folder"), \
+            make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
         task = progress.add_task("tokenizing", total=None, audio=format_hours(0), failed=0)
 
         def on_item(report: ItemReport) -> None:

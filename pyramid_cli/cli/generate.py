@@ -143,12 +143,13 @@ def generate(
     for index, piece in enumerate(result.pieces):
         if save_tokens is not None:
             path = _numbered(save_tokens, index, num_samples)
-            write_output(path, piece.to_bytes())
+            write_output(path, piece.to_bytes(), force)
             written.append(str(path))
         if output is not None:
             path = _numbered(output, index, num_samples)
             audio = decode_pyr(piece, codec, piece.n_levels)
-            write_output(path, encode_audio_bytes(audio, piece.sample_rate, AUDIO_SUFFIXES[path.suffix.lower()]))
+            data = encode_audio_bytes(audio, piece.sample_rate, AUDIO_SUFFIXES[path.suffix.lower()])
+            write_output(path, data, force)
             written.append(str(path))
     audio_seconds = result.coarse_frames * config.coarse_hop / config.sample_rate
     summary = {"ok": True, "seed": seed, "lm": f"{loaded.name}@{loaded.hash}", "codec": f"{codec.name}@{codec.hash}",

@@ -38,6 +38,7 @@ from pyramid_cli.data.tokens import (
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, PyramidError, UsageError
 from pyramid_cli.fileio import write_text_atomic
 from pyramid_cli.hub import LoadedCodec
+from pyramid_cli.locking import LOCK_NAME
 
 if TYPE_CHECKING:
     from pyramid_cli.pyrfile import PyrFile
@@ -138,7 +139,7 @@ def _prepare(out: Path, meta: TokenMeta, aliases: tuple[str, ...] = ()) -> Token
             raise CodecMismatchError(f"{out} holds tokens of codec {old.codec_name} ({old.codec_hash}), not "
                                      f"{meta.codec_name} ({meta.codec_hash}); tokenize into another folder")
         return meta
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise UsageError(f"{out}: exists and is not a token folder (no {META_NAME}); give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / META_NAME, json.dumps(meta.to_dict(), indent=2) + "\n")

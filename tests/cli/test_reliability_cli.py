@@ -102,3 +102,76 @@ def test_non_finite_prompt_is_refused(cli, models, tmp_path: Path):
     assert result.code == 1, result.stderr
     assert "non-finite" in result.stderr and clean(result)
     assert not (tmp_path / "x.wav").exists()
+
+
+# ---- 4. one writer per output folder ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["build", "tokenize", "train"])
+def test_second_writer_is_refused_naming_the_holder(cli, models, tmp_path: Path, command: str):
+    import os
+
+    from pyramid_cli.locking import folder_lock
+
+    out = tmp_path / "out"
+    args = {"build": ["dataset", "build", "--procedural", "1", "--procedural-seconds", "2", "--out", str(out)],
+            "tokenize": ["dataset", "tokenize", str(tmp_path / "corpus"), "--out", str(out), "--model",
+                         str(models[0]), "--device", "cpu"],
+            "train": ["train", "lm", "--tokens", str(tmp_path / "tokens"), "--run", str(out), "--preset", "tiny",
+                      "--steps", "1", "--device", "cpu"]}[command]
+    if command == "tokenize":
+        (tmp_path / "corpus").mkdir()
+        (tmp_path / "corpus" / "manifest.jsonl").write_text("")
+    if command == "train":
+        from token_sets import write_token_set
+
+        name, digest = codec_identity(models[0])
+        write_token_set(tmp_path / "tokens", name, digest, {"train": [40], "valid": [30], "test": [30]})
+    with folder_lock(out):
+        result = cli(*args)
+    assert result.code == 1, result.stderr
+    assert f"PID {os.getpid()}" in result.stderr and clean(result)
+
+
+def test_lock_is_released_and_reusable(tmp_path: Path):
+    from pyramid_cli.locking import LockedError, folder_lock
+
+    with folder_lock(tmp_path / "x"):
+        with pytest.raises(LockedError, match="PID"):
+            with folder_lock(tmp_path / "x"):
+                pass
+    with folder_lock(tmp_path / "x"):  # released on exit
+        pass
+
+
+# ---- 10. without --force the output is created exclusively ------------------------------------------
+
+
+def test_encode_does_not_replace_a_file_written_meanwhile(cli, models, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    from pyramid_cli.pyrfile import PyrFile
+
+    sf.write(tmp_path / "a.wav", tone(1.0), RATE)
+    target = tmp_path / "a.pyr"
+    real = PyrFile.to_bytes
+
+    def racing(self: PyrFile) -> bytes:
+        target.write_bytes(b"the other writer's")  # another encode finished first
+        return real(self)
+
+    monkeypatch.setattr(PyrFile, "to_bytes", racing)
+    result = cli("encode", str(tmp_path / "a.wav"), "--model", str(models[0]), "--device", "cpu")
+    assert result.code == 1 and "already exists" in result.stderr and clean(result)
+    assert target.read_bytes() == b"the other writer's"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    result = cli("encode", str(tmp_path / "a.wav"), "--model", str(models[0]), "--device", "cpu", "--force")
+    assert result.code == 0 and target.read_bytes() != b"the other writer's"
+
+
+def test_exclusive_atomic_write(tmp_path: Path):
+    from pyramid_cli.fileio import write_bytes_atomic
+
+    write_bytes_atomic(tmp_path / "f", b"one", exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_bytes_atomic(tmp_path / "f", b"two", exclusive=True)
+    assert (tmp_path / "f").read_bytes() == b"one" and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
