@@ -107,8 +107,11 @@ def build(
 
         summary = build_corpus(sources, options, on_result=on_result, on_start=on_start)
 
+    nothing_built = summary.failed > 0 and summary.rendered == 0 and summary.skipped == 0
     if json_output:
         print_json({"out": str(out), **summary.to_dict()})
+        if nothing_built:
+            raise typer.Exit(1)
         return
     table = Table(title=f"dataset build → {out}", show_header=False)
     rate = summary.rendered_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
@@ -121,6 +124,9 @@ def build(
     console.print(table)
     if summary.failed:
         console.print(f"failures and reasons: {out / 'failures.jsonl'}")
+    if nothing_built:
+        console.print(f"[red]error:[/red] nothing was built: all {summary.failed} sources failed", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()

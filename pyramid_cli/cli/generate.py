@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -102,6 +103,10 @@ def generate(
         raise UsageError("--num-samples must be at least 1")
     if prompt_seconds is not None and prompt is None:
         raise UsageError("--prompt-seconds needs --prompt")
+    if prompt_seconds is not None and not (math.isfinite(prompt_seconds) and prompt_seconds > 0):
+        raise UsageError(f"--prompt-seconds must be a positive number of seconds, got {prompt_seconds}")
+    if not math.isfinite(length):
+        raise UsageError(f"the length must be a finite number of seconds, got {length}")
     sampling = SamplingSettings(temperature, top_k or None, top_p)
     decode = DecodeSettings(dtype=dtype.strip().lower(), compile=compile_step)
     targets = [_numbered(p, i, num_samples) for p in (output, save_tokens) if p is not None for i in range(num_samples)]

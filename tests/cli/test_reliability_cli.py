@@ -6,6 +6,7 @@ In-process (``pyramid_cli.cli.main``) runs with a tiny random-weight codec and L
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,3 +176,95 @@ def test_exclusive_atomic_write(tmp_path: Path):
     with pytest.raises(FileExistsError):
         write_bytes_atomic(tmp_path / "f", b"two", exclusive=True)
     assert (tmp_path / "f").read_bytes() == b"one" and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+# ---- 3. the environment's failures stop the build and are never recorded against a file ----------------
+
+
+def _build(cli, out: Path, *extra: str) -> Result:
+    return cli("dataset", "build", "--procedural", "2", "--procedural-seconds", "2", "--workers", "1",
+               "--out", str(out), *extra)
+
+
+def test_unwritable_output_stops_the_build_without_recording_failures(cli, tmp_path: Path):
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "audio").write_text("not a folder")  # every audio write fails, as on a full disk
+    result = _build(cli, out)
+    assert result.code == 1 and "stopped: cannot write" in result.stderr and clean(result), result.stderr
+    failures = out / "failures.jsonl"
+    assert not failures.exists() or failures.read_text() == ""
+    (out / "audio").unlink()  # the environment is fixed: the rerun builds everything
+    result = _build(cli, out)
+    assert result.code == 0, result.stderr
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 2
+
+
+def test_unreadable_sound_font_stops_the_build(cli, tmp_path: Path):
+    (tmp_path / "bad.sf2").write_bytes(b"RIFF\0\0\0\0garbage")
+    result = _build(cli, tmp_path / "corpus", "--soundfont", str(tmp_path / "bad.sf2"))
+    assert result.code == 1 and "sound font" in result.stderr and clean(result), result.stderr
+    failures = tmp_path / "corpus" / "failures.jsonl"
+    assert not failures.exists() or failures.read_text() == ""
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--sample-rate", "0", "--sample-rate"),
+    ("--memory-limit", "1", "--memory-limit"),
+    ("--timeout", "nan", "--timeout"),
+    ("--procedural-seconds", "0", "--procedural-seconds"),
+    ("--procedural-seconds", "-5", "--procedural-seconds"),
+])
+def test_impossible_build_settings_are_usage_errors(cli, tmp_path: Path, option: str, value: str, message: str):
+    result = cli("dataset", "build", "--procedural", "1", "--out", str(tmp_path / "corpus"), option, value)
+    assert result.code == 2 and message in result.stderr and clean(result), result.stderr
+    assert not (tmp_path / "corpus" / "failures.jsonl").exists()
+
+
+def test_a_build_where_everything_failed_exits_non_zero(cli, tmp_path: Path):
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    (midi / "empty.mid").write_bytes(b"")
+    (midi / "cut.mid").write_bytes(b"MThd\0\0\0\x06\0\x01\0\x02\x01\xe0MTrk\0\0\x01\0\0\x90")
+    result = cli("dataset", "build", "--midi-dir", str(midi), "--out", str(tmp_path / "corpus"), "--workers", "1")
+    assert result.code == 1 and "nothing was built" in result.stderr and clean(result), result.stderr
+    # 13: zero-byte and truncated MIDI files fail with a reason, not a bare 'EOFError: '
+    reasons = [json.loads(line)["error"] for line in (tmp_path / "corpus" / "failures.jsonl").read_text().splitlines()]
+    assert len(reasons) == 2 and all(not r.rstrip(")").endswith(": ") for r in reasons), reasons
+    assert any("empty" in r for r in reasons) and any("truncated" in r or "ends" in r for r in reasons), reasons
+
+
+def test_c_level_stderr_is_captured(capfd: pytest.CaptureFixture[str]):
+    import os
+
+    from pyramid_cli.data.build import _captured_stderr
+
+    with _captured_stderr() as log:
+        os.write(2, b"fluidsynth: warning: No preset found\n")
+    assert log == ["fluidsynth: warning: No preset found"]
+    assert "No preset found" not in capfd.readouterr().err
+
+
+# ---- 12. options and files that used to end in 'internal error' ------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--temperature", "nan"], ["--temperature", "inf"], ["--prompt-seconds", "nan"]])
+def test_non_finite_generation_options(cli, models, tmp_path: Path, args: list[str]):
+    sf.write(tmp_path / "p.wav", tone(2.0), RATE)
+    result = cli("generate", "--seconds", "3", "-o", str(tmp_path / "x.wav"), "--prompt", str(tmp_path / "p.wav"),
+                 *args, "--lm", str(models[1]), "--model", str(models[0]), "--device", "cpu")
+    assert result.code == 2 and args[0] in result.stderr and clean(result), result.stderr
+
+
+def test_build_out_that_is_a_file(cli, tmp_path: Path):
+    (tmp_path / "file").write_text("x")
+    result = cli("dataset", "build", "--procedural", "1", "--out", str(tmp_path / "file"))
+    assert result.code == 1 and "cannot write" in result.stderr and clean(result), result.stderr
+
+
+def test_binary_groups_csv(cli, tmp_path: Path):
+    (tmp_path / "groups.csv").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "midi").mkdir()
+    result = cli("dataset", "build", "--midi-dir", str(tmp_path / "midi"), "--groups-csv", str(tmp_path / "groups.csv"),
+                 "--out", str(tmp_path / "corpus"))
+    assert result.code == 1 and "not a UTF-8 CSV" in result.stderr and clean(result), result.stderr
