@@ -48,7 +48,9 @@ class AudioReader:
         try:
             self._file = sf.SoundFile(source)
         except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-            raise InputError(f"{self.name}: not a readable audio file ({error})") from None
+            # libsndfile's own words, without soundfile's "Error opening <_io.BytesIO object at 0x...>"
+            reason = getattr(error, "error_string", None) or str(error)
+            raise InputError(f"{self.name}: not a readable audio file ({reason})") from None
         self.original_sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames = int(self._file.frames)

@@ -27,7 +27,9 @@ def atomic_write(path: str | Path, *, exclusive: bool = False) -> Iterator[Binar
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    # The PID in the name tells a later run whether the writer is still alive (see below).
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600 files; give the output the mode a plain open() would (umask applied).
         umask = os.umask(0)
@@ -45,6 +47,40 @@ def atomic_write(path: str | Path, *, exclusive: bool = False) -> Iterator[Binar
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files of ``path`` left by writers that died (SIGKILL, power loss).
+
+    A temporary file is ``.NAME.PID.RANDOM.tmp``; it is stale when no process PID exists. Files of
+    a live writer (a concurrent run) are left alone. Returns the files removed.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid_text = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _link_exclusive(tmp_name: str, path: Path) -> None:

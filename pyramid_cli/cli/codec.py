@@ -121,9 +121,11 @@ def encode(
         "in) reads stdin.", show_default=False)] = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="The .pyr to write for a single input; '-' writes it to stdout. "
-        "Default: song.wav → song.pyr beside it (stdout when reading stdin into a pipe).")] = None,
+        "Default: song.wav → song.pyr beside it (stdout when reading stdin into a pipe). Missing folders are "
+        "created.")] = None,
     out_dir: Annotated[Path | None, typer.Option(
-        "--out-dir", help="Folder for the outputs of a batch; folder inputs have their tree mirrored in it.")] = None,
+        "--out-dir", help="Folder for the outputs of a batch (created if missing); folder inputs have their tree "
+        "mirrored in it.")] = None,
     levels: LevelsOption = None,
     model: Annotated[str, typer.Option(
         "--model", help="Codec: a bundled model name or a folder with config.json + model.safetensors.")
@@ -220,7 +222,8 @@ def decode(
     levels: LevelsOption = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="Audio to write, .wav or .flac; '-' writes WAV to stdout. Default: "
-        "<stem>.l<K>.wav beside the input (stdout when reading stdin into a pipe).")] = None,
+        "<stem>.l<K>.wav beside the input (stdout when reading stdin into a pipe). Missing folders are "
+        "created.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Codec: a bundled model name or a folder. Default: the codec named in the .pyr.")] = None,
     device: DeviceOption = "auto",

@@ -268,3 +268,111 @@ def test_binary_groups_csv(cli, tmp_path: Path):
     result = cli("dataset", "build", "--midi-dir", str(tmp_path / "midi"), "--groups-csv", str(tmp_path / "groups.csv"),
                  "--out", str(tmp_path / "corpus"))
     assert result.code == 1 and "not a UTF-8 CSV" in result.stderr and clean(result), result.stderr
+
+
+# ---- 8. a full disk during decode: one clean line, no file left ------------------------------------------
+
+
+def test_full_disk_during_decode(cli, models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import contextlib
+    import errno
+
+    import pyramid_cli.cli.codec as codec_cli
+    from pyramid_cli.fileio import atomic_write
+
+    sf.write(tmp_path / "a.wav", tone(3.0), RATE)
+    assert cli("encode", str(tmp_path / "a.wav"), "--model", str(models[0]), "--device", "cpu").code == 0
+
+    class Full:
+        def __init__(self, handle: object) -> None:
+            self.handle, self.budget = handle, 2000
+
+        def write(self, data: bytes) -> int:
+            self.budget -= len(data)
+            if self.budget < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(data)  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.handle, name)
+
+    @contextlib.contextmanager
+    def full_disk(path, **kwargs):  # type: ignore[no-untyped-def]
+        with atomic_write(path, **kwargs) as handle:
+            yield Full(handle)
+
+    monkeypatch.setattr(codec_cli, "atomic_write", full_disk)
+    result = cli("decode", str(tmp_path / "a.pyr"), "-o", str(tmp_path / "a.wav.out.wav"), "--model",
+                 str(models[0]), "--device", "cpu")
+    err = result.stderr
+    assert result.code == 1 and "No space left on device" in err, err
+    assert "Traceback" not in err and "AssertionError" not in err and "internal error" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pyr", "a.wav"]
+
+
+# ---- 9. temporary files of dead writers are removed; SIGTERM cleans up ------------------------------------
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path):
+    import subprocess
+
+    from pyramid_cli.fileio import write_bytes_atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = tmp_path / f".out.wav.{pid}.abc123.tmp"
+    live = tmp_path / f".out.wav.{__import__('os').getppid()}.def456.tmp"  # a live writer's: kept
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    write_bytes_atomic(tmp_path / "out.wav", b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.wav", live.name])
+
+
+def test_sigterm_removes_the_partial_output(tmp_path: Path):
+    import signal
+    import subprocess
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from pyramid_cli.cli import main\n"
+        "import pyramid_cli.cli as cli\n"
+        "from pyramid_cli.fileio import atomic_write\n"
+        "def slow():\n"
+        "    with atomic_write(sys.argv[1]) as handle:\n"
+        "        handle.write(b'part'); handle.flush(); print('writing', flush=True); time.sleep(60)\n"
+        "cli.app.command('slow')(slow)\n"
+        "main(['slow'])\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out.wav")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "writing"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    time.sleep(0.1)
+    assert process.returncode == 143 and "terminated" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- 14. small things ---------------------------------------------------------------------------------------
+
+
+def test_interrupted_line_prints(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    import pyramid_cli.cli as cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    cli.app.command("interrupt-test")(interrupted)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["interrupt-test"])
+    finally:
+        cli.app.registered_commands.pop()
+    assert exit_info.value.code == 130 and "interrupted" in capsys.readouterr().err
+
+
+def test_stdin_errors_do_not_show_object_reprs(cli, models):
+    result = cli("encode", "-", "-o", "-", "--model", str(models[0]), "--device", "cpu", stdin=b"not audio at all")
+    assert result.code == 1 and "<stdin>" in result.stderr and "object at 0x" not in result.stderr, result.stderr
+
