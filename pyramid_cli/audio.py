@@ -132,6 +132,12 @@ def write_audio_pieces(handle: BinaryIO, pieces: Iterable[np.ndarray], sample_ra
         if guard.error is not None:
             raise guard.error from None
         raise
+    finally:
+        # A generator left suspended (by an error above) would keep its context open, e.g. the
+        # decoder's torch.inference_mode, for the rest of the process: close it now.
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
     if guard.error is not None:
         raise guard.error
     return written
