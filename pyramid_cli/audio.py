@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -115,13 +115,52 @@ def write_audio_pieces(handle: BinaryIO, pieces: Iterable[np.ndarray], sample_ra
     """Write consecutive (1, n) mono pieces as one audio file to a seekable binary ``handle``, as they come.
 
     Only one piece is in memory at a time (``pyramid decode`` of an hour). Returns the samples written.
+
+    Raises:
+        OSError: writing to ``handle`` failed (a full disk). libsndfile calls ``handle.write`` from C,
+            where soundfile would print the exception and fail later on an ``AssertionError``; the
+            guard keeps the first error and raises it here instead.
     """
+    guard = _WriteGuard(handle)
     written = 0
-    with sf.SoundFile(handle, mode="w", samplerate=sample_rate, channels=1, format=fmt, subtype=subtype) as out:
-        for piece in pieces:
-            out.write(np.clip(np.asarray(piece, dtype=np.float32), -1.0, 1.0).reshape(-1))
-            written += piece.shape[-1]
+    try:
+        with sf.SoundFile(guard, mode="w", samplerate=sample_rate, channels=1, format=fmt, subtype=subtype) as out:
+            for piece in pieces:
+                out.write(np.clip(np.asarray(piece, dtype=np.float32), -1.0, 1.0).reshape(-1))
+                written += piece.shape[-1]
+    except (AssertionError, RuntimeError, sf.LibsndfileError):
+        if guard.error is not None:
+            raise guard.error from None
+        raise
+    finally:
+        # A generator left suspended (by an error above) would keep its context open, e.g. the
+        # decoder's torch.inference_mode, for the rest of the process: close it now.
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+    if guard.error is not None:
+        raise guard.error
     return written
+
+
+class _WriteGuard:
+    """A binary handle whose ``write`` records an ``OSError`` (and writes nothing more) instead of raising it."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = error
+            return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
 
 
 def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int,

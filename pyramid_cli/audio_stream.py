@@ -48,7 +48,9 @@ class AudioReader:
         try:
             self._file = sf.SoundFile(source)
         except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-            raise InputError(f"{self.name}: not a readable audio file ({error})") from None
+            # libsndfile's own words, without soundfile's "Error opening <_io.BytesIO object at 0x...>"
+            reason = getattr(error, "error_string", None) or str(error)
+            raise InputError(f"{self.name}: not a readable audio file ({reason})") from None
         self.original_sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames = int(self._file.frames)
@@ -112,9 +114,16 @@ class AudioReader:
         return out
 
     def peak(self) -> float:
-        """Largest absolute sample of the mono mix at the original rate, scanning the file in blocks."""
+        """Largest absolute sample of the mono mix at the original rate, scanning the file in blocks.
+
+        NaN when any sample is NaN, inf when any is infinite (Python's ``max`` would skip a NaN):
+        float files can hold them, and the caller refuses such input.
+        """
         top = 0.0
         for block_start in range(0, self.frames, SCAN_FRAMES):
             block = self._frames(block_start, min(self.frames, block_start + SCAN_FRAMES))
-            top = max(top, float(np.max(np.abs(block))))
+            block_top = float(np.max(np.abs(block)))
+            if not math.isfinite(block_top):
+                return block_top
+            top = max(top, block_top)
         return top

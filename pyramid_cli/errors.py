@@ -27,3 +27,8 @@ class UsageError(PyramidError):
 
 class DependencyError(PyramidError):
     """A system library or file the operation needs is missing (e.g. libfluidsynth)."""
+
+
+class ResourceError(PyramidError):
+    """The environment failed the operation (a full disk, an unreadable file it needs, a limit):
+    no fault of the input, so batch commands stop instead of recording it against the input."""

@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyramid_cli
 from pyramid_cli.errors import FormatError, InputError, UsageError
@@ -48,12 +49,25 @@ Origin = Literal["path", "bundled", "cache", "hf"]
 KIND_NAMES: dict[str, str] = {"codec": "codec", "lm": "language model"}
 
 
-class LoadedCodec(NamedTuple):
-    """A codec ready for inference and its identity; unpacks as ``model, name, hash``."""
+@dataclass(frozen=True)
+class LoadedCodec:
+    """A codec ready for inference and its identity; unpacks as ``model, name, hash``.
+
+    ``aliases`` are other hashes of the same weights that earlier versions recorded (the SHA-256
+    of the whole file, see ``weights_hash``): tokens that carry one of them are still accepted.
+    """
 
     model: PyramidCodec
     name: str
     hash: str
+    aliases: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.name, self.hash))
+
+    def matches(self, name: str, digest: str) -> bool:
+        """True when (name, digest), e.g. read from a ``.pyr``, is this codec's identity."""
+        return name == self.name and digest.lower() in (self.hash, *self.aliases)
 
 
 @dataclass(frozen=True)
@@ -124,8 +138,9 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"{path}: unreadable model config ({error})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise FormatError(f"{path}: unreadable model config ({reason})") from None
     if not isinstance(config, dict):
         raise FormatError(f"{path}: a model config must be a JSON object")
     return config
@@ -218,6 +233,27 @@ def _locate_local(ref: str | Path, text: str, kind: ModelKind | None) -> ModelLo
     raise _not_found(text)
 
 
+def resolve_recorded(name: str, kind: ModelKind) -> Path:
+    """The local folder of a model named *inside a file* (a ``.pyr``'s codec, an LM config's codec).
+
+    A name read from a file never chooses what is downloaded or which folder is read: it may only
+    be a bundled or cached model, or an ``hf://`` reference already in the Hub cache. Anything else
+    needs an explicit ``--model`` (or ``pyramid download``) from the user.
+
+    Raises:
+        InputError: the name is a path, or no local model has it (naming what to do instead).
+    """
+    from pyramid_cli import hf
+
+    if not hf.is_hub_ref(name) and (_looks_like_path(name) or not name):
+        raise InputError(f"the recorded {KIND_NAMES[kind]} name {name[:80]!r} is a path, not a model name; "
+                         "pass --model with the folder to use")
+    try:
+        return locate_model(name, kind, download=False).path
+    except UsageError as error:  # a malformed hf:// name in the file
+        raise InputError(str(error)) from None
+
+
 def resolve_model(ref: str | Path, kind: ModelKind | None = None, *, download: bool = True) -> Path:
     """The checkpoint folder that ``ref`` names: ``locate_model(ref, kind, download=download).path``."""
     return locate_model(ref, kind, download=download).path
@@ -238,13 +274,57 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# (path, size, mtime_ns, inode) → (file SHA-256, canonical hash): a process hashes each file once.
+_HASHES: dict[tuple[str, int, int, int], tuple[str, str]] = {}
+
+
+def _hashes(path: Path) -> tuple[str, str]:
+    """(SHA-256 of the whole file, canonical 16-hex weights hash), read in one pass, cached by file state."""
+    import mmap
+
+    from pyramid_cli.model_files import safetensors_header
+
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key in _HASHES:
+        return _HASHES[key]
+    entries = safetensors_header(path)
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            whole = hashlib.sha256(data).hexdigest()
+            canonical = hashlib.sha256(b"pyramid-weights-v1\n")
+            for name in sorted(entries):
+                entry = entries[name]
+                described = json.dumps([name, entry.dtype, list(entry.shape)], separators=(",", ":"))
+                canonical.update(described.encode("utf-8") + b"\n")
+                canonical.update(hashlib.sha256(data[entry.begin:entry.end]).digest())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
+    _HASHES[key] = (whole, canonical.hexdigest()[:HASH_DIGITS])
+    return _HASHES[key]
+
+
 def weights_hash(path: Path) -> str:
-    """The first 16 hex digits of the SHA-256 of a file (the codec identity's hash)."""
-    return file_sha256(path)[:HASH_DIGITS]
+    """The identity hash of a safetensors file: 16 hex digits of a SHA-256 over its tensors.
+
+    It covers each tensor's name, dtype, shape and bytes, in name order, and nothing else: the
+    header's metadata (whose key order differs between processes that save the same weights) and
+    the header's layout do not change it. Files written before this hash existed were identified
+    by the SHA-256 of the whole file (``legacy_weights_hash``); loaders still accept that one.
+    """
+    return _hashes(Path(path))[1]
+
+
+def legacy_weights_hash(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the whole file (the identity before issue 13)."""
+    return _hashes(Path(path))[0][:HASH_DIGITS]
 
 
 def codec_identity(model_dir: str | Path) -> tuple[str, str]:
-    """(name from config.json, hash of model.safetensors) of a checkpoint folder."""
+    """(name from config.json, canonical hash of model.safetensors) of a checkpoint folder."""
     folder = Path(model_dir)
     name = read_config(folder).get("name")
     if not isinstance(name, str) or not name:
@@ -252,23 +332,52 @@ def codec_identity(model_dir: str | Path) -> tuple[str, str]:
     return name, weights_hash(folder / WEIGHTS_NAME)
 
 
-def load_codec(ref: str | Path = DEFAULT_CODEC, device: str | torch.device = "cpu") -> LoadedCodec:
+def check_checksums(folder: str | Path) -> None:
+    """Refuse a model folder whose files differ from its ``checksums.json`` (when it has one).
+
+    The weights' SHA-256 is computed once per process and file state (see ``_hashes``), so loading
+    a checked model again costs a ``stat``.
+
+    Raises:
+        FormatError: a recorded file's SHA-256 differs (tampered or damaged), or checksums.json is unreadable.
+    """
+    from pyramid_cli.bundle import CHECKSUMS_NAME, read_checksums
+
+    folder = Path(folder)
+    recorded = read_checksums(folder)
+    if not recorded:
+        return
+    for name, expected in sorted(recorded.items()):
+        actual = _hashes(folder / name)[0] if name == WEIGHTS_NAME else file_sha256(folder / name)
+        if actual != expected:
+            raise FormatError(f"{folder / name}: its SHA-256 {actual[:12]}... differs from {expected[:12]}... recorded "
+                              f"in {CHECKSUMS_NAME}; the model was modified or damaged (reinstall or re-download it)")
+
+
+def load_codec(ref: str | Path = DEFAULT_CODEC, device: str | torch.device = "cpu", *,
+               download: bool = True) -> LoadedCodec:
     """Load a codec for inference: eval mode, weight norm folded, on ``device``.
 
     Args:
         ref: a checkpoint folder, a bundled or cached name, or ``hf://org/repo[@rev]`` (see ``locate_model``).
         device: a ``torch.device`` or a name for ``pyramid_cli.devices.resolve_device``.
+        download: allow fetching an ``hf://`` reference missing from the cache (see ``locate_model``).
 
     Returns:
-        ``LoadedCodec(model, name, hash)``; name and hash are what ``.pyr`` files record.
+        ``LoadedCodec(model, name, hash, aliases)``; name and hash are what ``.pyr`` files record.
+
+    Raises:
+        FormatError: the files differ from the folder's ``checksums.json``, or do not fit each other.
     """
     from pyramid_cli.codec.model import PyramidCodec
     from pyramid_cli.devices import resolve_device
 
-    folder = resolve_model(ref, kind="codec")
+    folder = resolve_model(ref, kind="codec", download=download)
+    check_checksums(folder)
     name, digest = codec_identity(folder)
+    legacy = legacy_weights_hash(folder / WEIGHTS_NAME)
     model = PyramidCodec.from_pretrained(folder, device=resolve_device(device))
     model.fold_weight_norm().eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return LoadedCodec(model, name, digest)
+    return LoadedCodec(model, name, digest, (legacy,) if legacy != digest else ())

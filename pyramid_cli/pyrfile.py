@@ -354,14 +354,17 @@ class PyrFile:
         )
 
 
-def check_codec(pyr: PyrFile, codec_name: str, codec_hash: str, *, name: str = "the .pyr file") -> None:
+def check_codec(pyr: PyrFile, codec_name: str, codec_hash: str, *, name: str = "the .pyr file",
+                aliases: tuple[str, ...] = ()) -> None:
     """Refuse to decode tokens with a codec other than the one that made them.
+
+    ``aliases``: other hashes of the given codec's weights (``hub.LoadedCodec.aliases``) also accepted.
 
     Raises:
         CodecMismatchError: "song.pyr was made with NAME@HASH8; the codec given is NAME2@HASH8b".
     """
     made, given = pyr.codec_hash, codec_hash.lower()
-    if pyr.codec_name == codec_name and made == given:
+    if pyr.codec_name == codec_name and (made == given or made in aliases):
         return
     shown = 8  # widen the shown hash prefixes until they differ, so the message never reads X@a = X@a
     while made != given and made[:shown] == given[:shown] and shown < max(len(made), len(given)):

@@ -144,8 +144,9 @@ def test_export_round_trip(tmp_path: Path):
     assert result.log.step == 20 and result.log.last_eval is not None and result.log.last_eval["mel"] == 1.25
     assert result.parameters == sum(p.numel() for p in model.state_dict().values())
     loaded, name, digest = hub.load_codec(out)
-    reference, *_ = hub.load_codec(tmp_path / "run" / "export")
-    assert (name, digest) == ("tiny-p111", result.sha256[:16])
+    reference, _, reference_digest = hub.load_codec(tmp_path / "run" / "export")
+    # The same tensors written by another process: the identity is the same (issue 13).
+    assert (name, digest) == ("tiny-p111", reference_digest)
     wav = 0.1 * torch.randn(1, 1, 2048, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         codes = reference.encode(wav)

@@ -208,7 +208,9 @@ def test_kinds(codec_dir: Path, tmp_path: Path):
 def test_identity_is_name_and_weights_hash(codec_dir: Path, tmp_path: Path):
     name, digest = hub.codec_identity(codec_dir)
     full = hashlib.sha256((codec_dir / "model.safetensors").read_bytes()).hexdigest()
-    assert (name, digest) == ("tiny-p111", full[:16])
+    assert (name, digest) == ("tiny-p111", hub.weights_hash(codec_dir / "model.safetensors"))
+    assert len(digest) == 16 and digest != full[:16]  # the tensors' hash, not the file's (issue 13)
+    assert hub.legacy_weights_hash(codec_dir / "model.safetensors") == full[:16]
     assert hub.file_sha256(codec_dir / "model.safetensors") == full
     save(tmp_path / "other", seed=1)
     assert hub.codec_identity(tmp_path / "other")[1] != digest  # same name, other weights

@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Annotated
 
+import click
 import typer
 from rich.markup import escape
 
@@ -59,8 +60,23 @@ def _root(
     keep_freed_memory()  # the codecs' chunk-sized activations reuse memory instead of page-faulting it in
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally``/``except BaseException`` blocks
+    (``fileio.atomic_write``) remove partial outputs; not an Exception, so nothing swallows it."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point: run the app; a PyramidError becomes one line on stderr and its exit code."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # Non-standalone mode lets this function own every exit path (click would print
         # "Aborted!" on Ctrl-C and let library errors escape as tracebacks).
@@ -75,6 +91,13 @@ def main(args: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         console.print("[yellow]interrupted[/yellow]: finished outputs are kept, partial ones removed")
         sys.exit(130)
+    except _Terminated:
+        console.print("[yellow]terminated[/yellow]: finished outputs are kept, partial ones removed")
+        sys.exit(143)
+    except click.exceptions.Exit as error:  # Typer turns Ctrl-C into Exit(130) before it reaches us
+        if isinstance(error.__cause__, KeyboardInterrupt):
+            console.print("[yellow]interrupted[/yellow]: finished outputs are kept, partial ones removed")
+        sys.exit(error.exit_code)
     except PyramidError as error:
         if _debug["enabled"]:
             console.print_exception()
@@ -86,4 +109,6 @@ def main(args: list[str] | None = None) -> None:
         console.print(f"[red]internal error:[/red] {type(error).__name__}: {escape(str(error))} "
                       "(rerun with --debug for details)", soft_wrap=True)
         sys.exit(1)
+    if code == 130:  # Typer turned Ctrl-C into Exit(130), which click returns in non-standalone mode
+        console.print("[yellow]interrupted[/yellow]: finished outputs are kept, partial ones removed")
     sys.exit(code if isinstance(code, int) else 0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -86,16 +88,30 @@ def check_output(path: str | Path, force: bool, inputs: tuple[Path, ...] = ()) -
         raise InputError(f"{target} already exists; pass --force to overwrite it")
 
 
-def write_output(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to stdout for "-", else atomically (temporary file + rename) to ``path``."""
+def write_output(path: str | Path, data: bytes, force: bool = True) -> None:
+    """Write ``data`` to stdout for "-", else atomically (temporary file + rename) to ``path``.
+
+    Without ``force`` the file is created exclusively: if another process wrote ``path`` after
+    ``check_output`` ran, this write fails instead of replacing it.
+    """
     if is_stdio(path):
         stream = getattr(sys.stdout, "buffer", None)
         if stream is None:
             raise InputError("stdout does not accept binary data")
-        stream.write(data)
-        stream.flush()
+        try:
+            stream.write(data)
+            stream.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head -c 100`): say the output is incomplete, and point stdout
+            # at /dev/null so that Python's own flush at exit does not fail again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise InputError("stdout was closed before all the data was written; the output is incomplete") from None
         return
     try:
-        write_bytes_atomic(path, data)
+        write_bytes_atomic(path, data, exclusive=not force)
+    except FileExistsError:
+        raise InputError(f"{path} already exists (written meanwhile by another process); "
+                         "pass --force to overwrite it") from None
     except OSError as error:
         raise InputError(f"{path}: cannot write ({error.strerror or error})") from None

@@ -121,9 +121,11 @@ def encode(
         "in) reads stdin.", show_default=False)] = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="The .pyr to write for a single input; '-' writes it to stdout. "
-        "Default: song.wav → song.pyr beside it (stdout when reading stdin into a pipe).")] = None,
+        "Default: song.wav → song.pyr beside it (stdout when reading stdin into a pipe). Missing folders are "
+        "created.")] = None,
     out_dir: Annotated[Path | None, typer.Option(
-        "--out-dir", help="Folder for the outputs of a batch; folder inputs have their tree mirrored in it.")] = None,
+        "--out-dir", help="Folder for the outputs of a batch (created if missing); folder inputs have their tree "
+        "mirrored in it.")] = None,
     levels: LevelsOption = None,
     model: Annotated[str, typer.Option(
         "--model", help="Codec: a bundled model name or a folder with config.json + model.safetensors.")
@@ -171,7 +173,7 @@ def encode(
                 pyr = encode_file(source, codec, name=job.label, levels=levels, chunk_seconds=chunk_seconds,
                                   progress=report)
                 data = pyr.to_bytes()
-                write_output(job.output, data)
+                write_output(job.output, data, force)
             except PyramidError as error:
                 errors.append(error)
                 results.append({"input": job.label, "ok": False, "error": str(error)})
@@ -220,7 +222,8 @@ def decode(
     levels: LevelsOption = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="Audio to write, .wav or .flac; '-' writes WAV to stdout. Default: "
-        "<stem>.l<K>.wav beside the input (stdout when reading stdin into a pipe).")] = None,
+        "<stem>.l<K>.wav beside the input (stdout when reading stdin into a pipe). Missing folders are "
+        "created.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Codec: a bundled model name or a folder. Default: the codec named in the .pyr.")] = None,
     device: DeviceOption = "auto",
@@ -242,7 +245,7 @@ def decode(
     """
     from pyramid_cli.audio import write_audio_pieces
     from pyramid_cli.codec.api import iter_decode_pyr
-    from pyramid_cli.hub import load_codec, resolve_model
+    from pyramid_cli.hub import load_codec, resolve_recorded
 
     pyr, name, _ = _read_pyr(source)
     k = pyr.n_levels if levels is None else levels
@@ -261,13 +264,15 @@ def decode(
     if json_output and is_stdio(output):
         raise UsageError("--json prints on stdout, which already carries the audio; write it with -o FILE")
     check_output(output, force, () if name == "<stdin>" else (Path(name),))
-    if model is None:
+    if model is None:  # the name inside the file may only pick a local model (never a download)
         try:
-            resolve_model(pyr.codec_name)
-        except InputError:
-            raise InputError(f"{name} was made with {pyr.codec_name}@{pyr.codec_hash[:8]}, which is not installed "
-                             "here; pass --model DIR with that codec's folder") from None
-    codec = load_codec(model or pyr.codec_name, device)
+            folder: str | Path = resolve_recorded(pyr.codec_name, "codec")
+        except InputError as error:
+            reason = "a name read from a file never downloads" if "pyramid download" in str(error) else "no local model"
+            raise InputError(f"{name} was made with {pyr.codec_name[:80]}@{pyr.codec_hash[:8]}, which is not installed "
+                             f"here; pass --model DIR with that codec's folder, or fetch it with `pyramid download` "
+                             f"({reason})") from None
+    codec = load_codec(folder if model is None else model, device)
     with make_progress() as progress:
         task = progress.add_task(f"decoding {k} level{'s' * (k > 1)}", total=pyr.num_samples)
         pieces = iter_decode_pyr(pyr, codec, k, name=name, chunk_seconds=chunk_seconds,
@@ -280,8 +285,11 @@ def decode(
             write_output(output, buffer.getvalue())
         else:
             try:
-                with atomic_write(output) as handle:
+                with atomic_write(output, exclusive=not force) as handle:
                     samples = write_audio_pieces(handle, pieces, pyr.sample_rate, fmt)
+            except FileExistsError:
+                raise InputError(f"{output} already exists (written meanwhile by another process); "
+                                 "pass --force to overwrite it") from None
             except OSError as error:
                 raise InputError(f"{output}: cannot write ({error.strerror or error})") from None
     if json_output:

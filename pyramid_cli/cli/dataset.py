@@ -13,6 +13,7 @@ from rich.table import Table
 from pyramid_cli.cli._shared import DeviceOption, JsonOption, console, format_hours, make_progress, print_json
 from pyramid_cli.errors import UsageError
 from pyramid_cli.hub import DEFAULT_CODEC
+from pyramid_cli.locking import folder_lock
 
 app = typer.Typer(help="Build and inspect training corpora rendered from MIDI.", no_args_is_help=True)
 
@@ -89,7 +90,8 @@ def build(
         raise UsageError(f"--soundfont {options.soundfont}: no such file")
 
     totals = {"hours": 0.0, "failed": 0}
-    with make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
+    with folder_lock(out, "corpus folder"), \
+            make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
         task = progress.add_task("rendering", total=None, audio=format_hours(0), failed=0)
 
         def on_start(total: int) -> None:
@@ -105,8 +107,11 @@ def build(
 
         summary = build_corpus(sources, options, on_result=on_result, on_start=on_start)
 
+    nothing_built = summary.failed > 0 and summary.rendered == 0 and summary.skipped == 0
     if json_output:
         print_json({"out": str(out), **summary.to_dict()})
+        if nothing_built:
+            raise typer.Exit(1)
         return
     table = Table(title=f"dataset build → {out}", show_header=False)
     rate = summary.rendered_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
@@ -119,6 +124,9 @@ def build(
     console.print(table)
     if summary.failed:
         console.print(f"failures and reasons: {out / 'failures.jsonl'}")
+    if nothing_built:
+        console.print(f"[red]error:[/red] nothing was built: all {summary.failed} sources failed", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -225,7 +233,8 @@ def tokenize(
     codec = load_codec(model, device)
 
     totals = {"seconds": 0.0, "failed": 0}
-    with make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
+    with folder_lock(out, "token folder"), \
+            make_progress(TextColumn("{task.fields[audio]} audio, {task.fields[failed]} failed")) as progress:
         task = progress.add_task("tokenizing", total=None, audio=format_hours(0), failed=0)
 
         def on_item(report: ItemReport) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -83,7 +84,7 @@ def generate(
     from pyramid_cli.cli._shared import write_output
     from pyramid_cli.codec.api import decode_pyr, encode_waveform
     from pyramid_cli.devices import resolve_device
-    from pyramid_cli.hub import DEFAULT_LM, load_codec, resolve_model
+    from pyramid_cli.hub import DEFAULT_LM, load_codec, resolve_model, resolve_recorded
     from pyramid_cli.lm.api import generate_pieces, load_lm
     from pyramid_cli.lm.decode import DecodeSettings, dtype_name
     from pyramid_cli.lm.sampling import SamplingSettings
@@ -102,6 +103,10 @@ def generate(
         raise UsageError("--num-samples must be at least 1")
     if prompt_seconds is not None and prompt is None:
         raise UsageError("--prompt-seconds needs --prompt")
+    if prompt_seconds is not None and not (math.isfinite(prompt_seconds) and prompt_seconds > 0):
+        raise UsageError(f"--prompt-seconds must be a positive number of seconds, got {prompt_seconds}")
+    if not math.isfinite(length):
+        raise UsageError(f"the length must be a finite number of seconds, got {length}")
     sampling = SamplingSettings(temperature, top_k or None, top_p)
     decode = DecodeSettings(dtype=dtype.strip().lower(), compile=compile_step)
     targets = [_numbered(p, i, num_samples) for p in (output, save_tokens) if p is not None for i in range(num_samples)]
@@ -113,7 +118,8 @@ def generate(
     compute_dtype = decode.resolve(torch_device)  # a dtype this device cannot run fails before any loading
     loaded = load_lm(resolve_model(lm or DEFAULT_LM, kind="lm"), torch_device)
     config = loaded.model.config
-    codec = load_codec(model or config.codec_name, torch_device)
+    # The codec named in the LM's config may only be a local model; a download needs --model.
+    codec = load_codec(model if model is not None else resolve_recorded(config.codec_name, "codec"), torch_device)
     prompt_pyr = None
     if prompt is not None:
         if prompt.suffix.lower() == ".pyr":
@@ -142,12 +148,13 @@ def generate(
     for index, piece in enumerate(result.pieces):
         if save_tokens is not None:
             path = _numbered(save_tokens, index, num_samples)
-            write_output(path, piece.to_bytes())
+            write_output(path, piece.to_bytes(), force)
             written.append(str(path))
         if output is not None:
             path = _numbered(output, index, num_samples)
             audio = decode_pyr(piece, codec, piece.n_levels)
-            write_output(path, encode_audio_bytes(audio, piece.sample_rate, AUDIO_SUFFIXES[path.suffix.lower()]))
+            data = encode_audio_bytes(audio, piece.sample_rate, AUDIO_SUFFIXES[path.suffix.lower()])
+            write_output(path, data, force)
             written.append(str(path))
     audio_seconds = result.coarse_frames * config.coarse_hop / config.sample_rate
     summary = {"ok": True, "seed": seed, "lm": f"{loaded.name}@{loaded.hash}", "codec": f"{codec.name}@{codec.hash}",

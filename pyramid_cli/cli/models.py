@@ -76,7 +76,7 @@ def show(name: ModelArgument, json_output: JsonOption = False) -> None:
     readme = _readme_head(location.path / hub.README_NAME)
     rows: dict[str, str | None] = {
         "name": location.name, "kind": summary.kind, "structure": summary.structure,
-        "identity": f"{summary.name}@{sha256[:hub.HASH_DIGITS]}", "sha256": sha256,
+        "identity": f"{summary.name}@{hub.weights_hash(location.path / hub.WEIGHTS_NAME)}", "sha256": sha256,
         "recorded_sha256": recorded.get(hub.WEIGHTS_NAME), "origin": location.origin, "path": str(location.path)}
     if json_output:
         print_json({**rows, "model_name": summary.name, "details": summary.details, "size_bytes": size,

@@ -16,6 +16,7 @@ from rich.progress import TextColumn
 
 from pyramid_cli.cli._shared import JsonOption, console, make_progress, print_json
 from pyramid_cli.errors import InputError, UsageError
+from pyramid_cli.locking import folder_lock
 
 app = typer.Typer(help="Train models on a corpus built by `pyramid dataset build`.", no_args_is_help=True)
 
@@ -121,7 +122,7 @@ def _stop_on_signals(main_rank: bool) -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _run_and_report(train: Callable[[Callable[[dict[str, Any]], None] | None, Callable[[], bool]], Any],
+def _run_and_report(run: Path, train: Callable[[Callable[[dict[str, Any]], None] | None, Callable[[], bool]], Any],
                     total_steps: int, status: Callable[[dict[str, Any]], str],
                     describe: Callable[[dict[str, Any]], str | None], json_output: bool,
                     json_extra: Callable[[Any], dict[str, Any]], best_text: Callable[[Any], str]) -> None:
@@ -142,7 +143,9 @@ def _run_and_report(train: Callable[[Callable[[dict[str, Any]], None] | None, Ca
         if line:
             progress.console.print(line, soft_wrap=True)
 
-    with _stop_on_signals(main_rank) as stop, progress:
+    # One writer per run folder (rank 0 holds it for all ranks under torchrun).
+    lock = folder_lock(run, "run folder") if main_rank else contextlib.nullcontext()
+    with lock, _stop_on_signals(main_rank) as stop, progress:
         result = train(on_log if main_rank else None, stop.is_set)
     if not main_rank:
         raise typer.Exit(130 if result.stopped else 0)
@@ -218,6 +221,7 @@ def codec(
                 "lr": lr, "seed": seed, "device": device, "gan": gan}
     settings = CodecTrainConfig.from_dict(_settings(run, config, explicit, set_ or []))
     _run_and_report(
+        run,
         lambda on_log, stop: train_codec(run, settings, data, on_log=on_log, init_from=init_from, stop=stop),
         settings.steps, _status, _describe, json_output,
         lambda r: {"best_mel": r.best_mel, "last": r.last_train},
@@ -289,6 +293,7 @@ def lm(
                 "seed": seed, "device": device}
     settings = LMTrainConfig.from_dict(_settings(run, config, explicit, set_ or [], _lm_preset_dict))
     _run_and_report(
+        run,
         lambda on_log, stop: train_lm(run, settings, tokens, on_log=on_log, init_from=init_from, stop=stop),
         settings.steps, _lm_status, _lm_describe, json_output,
         lambda r: {"best_nll": r.best_loss, "last_eval": r.last_eval},

@@ -7,6 +7,7 @@ and exit codes (EnCodec's split). Shapes: audio is numpy float32 (channels, samp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -85,7 +86,7 @@ def encode_waveform(
         and channel count, and provenance (source name, chunk and overlap).
 
     Raises:
-        InputError: the audio is silent or shorter than one coarse frame.
+        InputError: the audio holds NaN or infinite samples, is silent or is shorter than one coarse frame.
         UsageError: ``levels`` outside 1..n_levels.
     """
     kept = _check_levels(codec, levels)
@@ -106,7 +107,9 @@ def _check_levels(codec: LoadedCodec, levels: int | None) -> int:
 
 
 def _check_signal(name: str, peak: float, num_samples: int, codec: LoadedCodec) -> None:
-    """Refuse a mono signal (its peak and length at the codec rate) that is silent or shorter than a frame."""
+    """Refuse a mono signal (peak, length at the codec rate) that is not finite, silent or shorter than a frame."""
+    if not math.isfinite(peak):
+        raise InputError(f"{name} holds non-finite samples (NaN or infinity); nothing sensible can be encoded")
     if peak <= db_to_amplitude(SILENCE_DB):
         raise InputError(f"{name} is silent (peak below {SILENCE_DB:.0f} dBFS after mixing down to mono); "
                          "nothing to encode")
@@ -144,7 +147,7 @@ def check_pyr_codec(pyr: PyrFile, codec: LoadedCodec, name: str = "the .pyr file
     Raises:
         CodecMismatchError: naming both codecs, or the first layout difference.
     """
-    check_codec(pyr, codec.name, codec.hash, name=name)
+    check_codec(pyr, codec.name, codec.hash, name=name, aliases=codec.aliases)
     config = codec.model.config
     problems = []
     if pyr.sample_rate != config.sample_rate:

@@ -163,7 +163,7 @@ class CodecConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodecConfig:
         """Build a config from ``to_dict`` output; unknown, missing or invalid keys raise FormatError."""
-        return config_from_dict(cls, data, "codec config", added_later=ADDED_LATER)
+        return config_from_dict(cls, data, "codec config", added_later=ADDED_LATER, limits=LIMITS)
 
 
 # Keys added after codecs were published, with the value every earlier codec implicitly had.
@@ -177,6 +177,12 @@ ADDED_LATER: dict[str, Any] = {
     "fsq_levels": [],
 }
 ARCHITECTURES = ("waveform", "spectral")
+
+# The largest value a config file may give each integer field (tuples: each entry), far above any
+# real codec; a file cannot make the loader build an absurd model (issue 13).
+LIMITS: dict[str, int] = {"sample_rate": 384_000, "encoder_dim": 4096, "encoder_rates": 64, "decoder_dim": 65_536,
+                          "pyramid_rates": 16, "latent_dim": 16_384, "n_codebooks": 64, "codebook_size": 65_536,
+                          "codebook_dim": 1024, "pyramid_residual_units": 16}
 
 
 # ---- presets (DESIGN §2 table) ----------------------------------------------------------------

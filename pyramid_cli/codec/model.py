@@ -34,7 +34,14 @@ from pyramid_cli.codec.layers import (
 from pyramid_cli.codec.quantize import QuantizerOutput, ResidualVectorQuantize
 from pyramid_cli.codec.spectral import Downsample, Project, SpectralDecoder, SpectralEncoder, griffin_lim
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
-from pyramid_cli.model_files import WEIGHTS_NAME, read_model_folder, write_model_folder
+from pyramid_cli.model_files import (
+    WEIGHTS_NAME,
+    check_weight_shapes,
+    read_model_config,
+    read_weights,
+    safetensors_header,
+    write_model_folder,
+)
 
 CHECKPOINT_VERSION = 1  # bump when the state-dict layout changes incompatibly
 
@@ -319,19 +326,22 @@ class PyramidCodec(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> PyramidCodec:
         """Load a codec written by ``save_pretrained`` onto ``device``, in eval mode (float32)."""
-        data, state = read_model_folder(directory, "codec")
-        model = cls(CodecConfig.from_dict(data))
         weights_path = Path(directory) / WEIGHTS_NAME
-        if not any(".parametrizations." in key for key in state):
+        config = CodecConfig.from_dict(read_model_config(directory, "codec"))
+        folded = not any(".parametrizations." in key for key in safetensors_header(weights_path))
+        with torch.device("meta"):  # the shapes the config implies, checked before anything is allocated
+            probe = cls(config)
+            if folded:
+                probe.fold_weight_norm()
+        check_weight_shapes(weights_path, {k: tuple(v.shape) for k, v in probe.state_dict().items()}, "codec")
+        state = read_weights(directory, "codec")
+        model = cls(config)
+        if folded:
             model.fold_weight_norm()  # the checkpoint was saved folded
         state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
         try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise FormatError(f"{weights_path}: weights do not match the config ({exc})") from exc
-        if missing or unexpected:
-            raise FormatError(
-                f"{weights_path}: weights do not match the config "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # not expected after the header check; still one line
+            raise FormatError(f"{weights_path}: weights do not match the config "
+                              f"({str(exc).splitlines()[-1].strip()})") from None
         return model.to(device).eval()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -32,10 +33,14 @@ from pyramid_cli.data.manifest import (
     repair_jsonl,
 )
 from pyramid_cli.data.sources import Source, shard_of, split_of
-from pyramid_cli.errors import FormatError, UsageError
+from pyramid_cli.errors import DependencyError, FormatError, ResourceError, UsageError
 from pyramid_cli.fileio import write_text_atomic
 
 AUDIO_FORMATS = ("flac", "wav")
+
+
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 192_000  # what FluidSynth renders at
+MIN_MEMORY_MB = 256  # below this every item would fail for want of memory, not for its own fault
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,18 @@ class BuildOptions:
             raise UsageError(f"--format must be one of {', '.join(AUDIO_FORMATS)}, got '{self.audio_format}'")
         if self.workers < 1:
             raise UsageError("--workers must be at least 1")
-        if self.timeout_seconds <= 0:
-            raise UsageError("--timeout must be positive")
-        if self.max_seconds is not None and self.max_seconds < self.min_seconds:
+        if not math.isfinite(self.timeout_seconds) or self.timeout_seconds <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout_seconds}")
+        if not math.isfinite(self.procedural_seconds) or self.procedural_seconds <= 0:
+            raise UsageError(f"--procedural-seconds must be positive, got {self.procedural_seconds}")
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            raise UsageError(f"--sample-rate must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, "
+                             f"got {self.sample_rate}")
+        if self.memory_limit_mb < MIN_MEMORY_MB:
+            raise UsageError(f"--memory-limit must be at least {MIN_MEMORY_MB} MB (a worker cannot render in less), "
+                             f"got {self.memory_limit_mb}")
+        max_seconds = self.max_seconds
+        if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds >= self.min_seconds):
             raise UsageError(f"--max-seconds must be at least {self.min_seconds}")
 
 
@@ -104,7 +118,7 @@ def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id
         try:
             midi = pretty_midi.PrettyMIDI(str(source.path))
         except Exception as error:  # pretty_midi/mido raise many types on corrupt files
-            raise ValueError(f"unreadable MIDI ({type(error).__name__}: {error})") from None
+            raise ValueError(f"unreadable MIDI ({_reason(error, source.path)})") from None
     else:
         midi = compose_piece(int(source.seed or 0), options.procedural_seconds)
     source_seconds = float(midi.get_end_time())
@@ -114,7 +128,8 @@ def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id
     n_notes = sum(len(instrument.notes) for instrument in merged.instruments)
     if n_notes == 0:
         raise ValueError("no notes in any renderable instrument")
-    wav = render_midi(merged, options.sample_rate, options.soundfont, options.max_seconds)
+    with _captured_stderr() as log:  # FluidSynth prints its warnings on the C-level stderr
+        wav = render_midi(merged, options.sample_rate, options.soundfont, options.max_seconds)
     wav = trim_trailing_silence(wav, options.sample_rate)
     if is_silent(wav):
         raise ValueError("the render is silent")
@@ -122,7 +137,11 @@ def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id
     if duration < options.min_seconds:
         raise ValueError(f"too short: {duration:.2f} s (minimum {options.min_seconds} s)")
     relative = Path("audio") / split / f"{source.id}.{options.audio_format}"
-    save_audio(options.out_dir / relative, peak_normalize(wav), options.sample_rate)
+    try:
+        save_audio(options.out_dir / relative, peak_normalize(wav), options.sample_rate)
+    except OSError as error:  # a full disk or a read-only folder: the environment's fault, not the file's
+        raise ResourceError(f"cannot write {options.out_dir / relative} ({error.strerror or error})") from None
+    messages = log
     return {
         "id": source.id,
         "source": source.label,
@@ -138,8 +157,41 @@ def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id
         "source_duration": round(source_seconds, 3),
         "truncated": options.max_seconds is not None and source_seconds > options.max_seconds,
         "render": {"soundfont": options.soundfont.name, "soundfont_sha256": soundfont_id,
-                   "peak": 0.95, "trim_db": -60.0},
+                   "peak": 0.95, "trim_db": -60.0,
+                   **({"synth_messages": len(messages), "synth_log": messages[:MAX_LOG_LINES]} if messages else {})},
     }
+
+
+MAX_LOG_LINES = 20  # FluidSynth messages kept in an item's record (a 10,000-track file prints thousands)
+
+
+def _reason(error: BaseException, path: Path) -> str:
+    """``Type: message``, with a reason even where the parser gave none (mido's bare EOFError)."""
+    text = str(error).strip()
+    if not text:
+        size = path.stat().st_size if path.is_file() else -1
+        text = "the file is empty" if size == 0 else "the file ends early (truncated)" \
+            if isinstance(error, EOFError) else "no details given"
+    return f"{type(error).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Redirect file descriptor 2 (C libraries' stderr) for the block; the list receives its lines after it."""
+    import tempfile
+
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            lines.extend(line for line in text.splitlines() if line.strip())
 
 
 def _mapped_bytes() -> int:
@@ -163,6 +215,8 @@ def _worker_main(source: Source, options: BuildOptions, split: str, soundfont_id
         conn.send(("ok", _render_item(source, options, split, soundfont_id)))
     except MemoryError:
         conn.send(("error", f"memory limit of {options.memory_limit_mb} MB exceeded"))
+    except (ResourceError, DependencyError) as error:  # the environment's fault: stop the build
+        conn.send(("environment", str(error)))
     except Exception as error:
         message = str(error) if isinstance(error, ValueError) else traceback.format_exception_only(error)[-1]
         conn.send(("error", message.strip()))
@@ -256,6 +310,14 @@ def build_corpus(sources: list[Source], options: BuildOptions,
     queue = list(reversed(pending))
 
     def finish(source: Source, status: Any, payload: Any) -> None:
+        if status == "environment":  # never recorded as the file's failure; the next run retries it
+            raise ResourceError(f"stopped: {payload} ({source.label} and the rest are left for the next run)")
+        try:
+            _record(source, status, payload)
+        except OSError as error:
+            raise ResourceError(f"stopped: cannot write to {options.out_dir} ({error.strerror or error})") from None
+
+    def _record(source: Source, status: Any, payload: Any) -> None:
         if status == "ok":
             append_jsonl(manifest_path, payload)
             summary.rendered += 1

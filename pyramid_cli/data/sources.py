@@ -74,13 +74,19 @@ def read_song_groups(csv_path: Path, key_column: str = "file", group_column: str
     """File name → song group, from a CSV (e.g. several arrangements of one song share a group)."""
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: no such file")
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        for column in (key_column, group_column):
-            if column not in columns:
-                raise InputError(f"{csv_path}: no column '{column}' (columns: {', '.join(columns)})")
-        return {Path(row[key_column]).name: row[group_column] for row in reader if row[group_column]}
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            for column in (key_column, group_column):
+                if column not in columns:
+                    shown = ", ".join(c[:40] for c in columns[:10])
+                    raise InputError(f"{csv_path}: no column '{column}' (columns: {shown})")
+            return {Path(row[key_column]).name: row[group_column] for row in reader if row[group_column]}
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{csv_path}: not a UTF-8 CSV file ({type(error).__name__})") from None
+    except OSError as error:
+        raise InputError(f"{csv_path}: cannot read ({error.strerror or error})") from None
 
 
 def midi_sources(midi_dir: Path, song_groups: dict[str, str] | None = None) -> list[Source]:

@@ -38,6 +38,7 @@ from pyramid_cli.data.tokens import (
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, PyramidError, UsageError
 from pyramid_cli.fileio import write_text_atomic
 from pyramid_cli.hub import LoadedCodec
+from pyramid_cli.locking import LOCK_NAME
 
 if TYPE_CHECKING:
     from pyramid_cli.pyrfile import PyrFile
@@ -124,18 +125,25 @@ def _choose_splits(records: list[dict[str, Any]], splits: Sequence[str] | None) 
     return list(dict.fromkeys(splits))
 
 
-def _prepare(out: Path, meta: TokenMeta) -> None:
-    """Create the folder and tokens.json, or check that an existing one belongs to the same codec."""
+def _prepare(out: Path, meta: TokenMeta, aliases: tuple[str, ...] = ()) -> TokenMeta:
+    """Create the folder and tokens.json, or check that an existing one belongs to the same codec.
+
+    Returns the meta to record: an existing folder's, when it names the codec by one of ``aliases``
+    (the whole-file hash that earlier versions recorded), so that a resumed folder stays consistent.
+    """
     if (out / META_NAME).exists():
         old = read_meta(out)
+        if old.codec_hash in aliases:
+            meta = dataclasses.replace(meta, codec_hash=old.codec_hash)
         if dataclasses.replace(old, corpus=meta.corpus) != meta:
             raise CodecMismatchError(f"{out} holds tokens of codec {old.codec_name} ({old.codec_hash}), not "
                                      f"{meta.codec_name} ({meta.codec_hash}); tokenize into another folder")
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return meta
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise UsageError(f"{out}: exists and is not a token folder (no {META_NAME}); give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / META_NAME, json.dumps(meta.to_dict(), indent=2) + "\n")
+    return meta
 
 
 def _resume(folder: Path, meta: TokenMeta) -> tuple[list[int], set[str]]:
@@ -208,8 +216,7 @@ def tokenize_corpus(
     corpus, out = Path(corpus), Path(out)
     records = load_manifest(corpus)
     chosen = _choose_splits(records, splits)
-    meta = TokenMeta.for_codec(codec, corpus)
-    _prepare(out, meta)
+    meta = _prepare(out, TokenMeta.for_codec(codec, corpus), codec.aliases)
     summary = TokenizeSummary(out, codec.name, codec.hash, shard=(shard[0], shard[1]))
     plans = []
     for split in chosen:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pyramid_cli.errors import InputError, UsageError
-from pyramid_cli.hub import LoadedCodec, weights_hash
+from pyramid_cli.hub import LoadedCodec, check_checksums, weights_hash
 from pyramid_cli.lm.decode import DecodeSettings, dtype_name
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import PyramidLM, check_codec
@@ -40,6 +40,7 @@ def load_lm(folder: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
     from pyramid_cli.devices import resolve_device
 
     folder = Path(folder)
+    check_checksums(folder)
     model = PyramidLM.from_pretrained(folder, device=resolve_device(device))
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -114,8 +115,8 @@ def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, samplin
             a CUDA GPU that has it, float32 elsewhere). Both are recorded in the provenance.
     """
     config = lm.model.config
-    check_codec(config, codec.name, codec.hash)
-    if prompt is not None and (prompt.codec_name, prompt.codec_hash) != (codec.name, codec.hash):
+    check_codec(config, codec.name, codec.hash, codec.aliases)
+    if prompt is not None and not codec.matches(prompt.codec_name, prompt.codec_hash):
         raise InputError(f"the prompt was encoded with {prompt.codec_name}@{prompt.codec_hash[:8]}, "
                          f"the LM models {codec.name}@{codec.hash[:8]}")
     if num_samples < 1:

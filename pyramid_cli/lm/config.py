@@ -129,7 +129,7 @@ class LMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LMConfig:
         """Build a config from ``to_dict`` output; unknown, missing or invalid keys raise FormatError."""
-        return config_from_dict(cls, data, "LM config")
+        return config_from_dict(cls, data, "LM config", limits=LIMITS)
 
     def with_codec(self, name: str, digest: str, sample_rate: int, hop_lengths: tuple[int, ...] | list[int],
                    n_codebooks: tuple[int, ...] | list[int], codebook_size: int) -> LMConfig:
@@ -140,6 +140,14 @@ class LMConfig:
         return replace(self, codec_name=name, codec_hash=digest, sample_rate=sample_rate, coarse_hop=hops[0],
                        frames_per_coarse=tuple(hops[0] // hop for hop in hops), n_codebooks=tuple(n_codebooks),
                        codebook_size=codebook_size)
+
+
+# The largest value a config file may give each integer field (tuples: each entry), far above any
+# real model; a file cannot make the loader build an absurd model (issue 13).
+LIMITS: dict[str, int] = {"sample_rate": 384_000, "coarse_hop": 2**20, "frames_per_coarse": 4096, "n_codebooks": 64,
+                          "codebook_size": 65_536, "n_layer": 256, "n_head": 256, "d_model": 32_768,
+                          "coarse_window": 2**20, "detail_lookback": 2**16, "detail_lookahead": 2**16,
+                          "detail_window": 2**16, "train_detail_frames": 2**16, "flat_window": 2**20}
 
 
 # ---- presets -------------------------------------------------------------------------------------

@@ -23,7 +23,13 @@ from torch import nn
 
 from pyramid_cli.errors import FormatError, InputError
 from pyramid_cli.lm.config import LMConfig
-from pyramid_cli.model_files import WEIGHTS_NAME, read_model_folder, write_model_folder
+from pyramid_cli.model_files import (
+    WEIGHTS_NAME,
+    check_weight_shapes,
+    read_model_config,
+    read_weights,
+    write_model_folder,
+)
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
@@ -190,19 +196,26 @@ class PyramidLM(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> PyramidLM:
         """Load a folder written by ``save_pretrained`` onto ``device`` (weights cast to float32)."""
-        data, state = read_model_folder(folder, "LM")
-        model = cls(LMConfig.from_dict(data))
+        weights_path = Path(folder) / WEIGHTS_NAME
+        config = LMConfig.from_dict(read_model_config(folder, "LM"))
+        with torch.device("meta"):  # the shapes the config implies, checked before anything is allocated
+            probe = cls(config)
+        check_weight_shapes(weights_path, {k: tuple(v.shape) for k, v in probe.state_dict().items()}, "LM")
+        state = read_weights(folder, "LM")
+        model = cls(config)
         try:
             model.load_state_dict({k: v.float() for k, v in state.items()})
         except RuntimeError as exc:
             first_line = str(exc).splitlines()[0]
-            raise FormatError(f"{Path(folder) / WEIGHTS_NAME}: weights do not match config.json "
-                              f"({first_line})") from None
+            raise FormatError(f"{weights_path}: weights do not match config.json ({first_line})") from None
         return model.to(device).eval()
 
 
-def check_codec(config: LMConfig, codec_name: str, codec_hash: str) -> None:
-    """Refuse tokens of a codec other than the one the LM was trained on, naming both."""
-    if (config.codec_name, config.codec_hash) != (codec_name, codec_hash):
+def check_codec(config: LMConfig, codec_name: str, codec_hash: str, aliases: tuple[str, ...] = ()) -> None:
+    """Refuse tokens of a codec other than the one the LM was trained on, naming both.
+
+    ``aliases``: other hashes of the same codec's weights (``hub.LoadedCodec.aliases``) also accepted.
+    """
+    if config.codec_name != codec_name or config.codec_hash not in (codec_hash, *aliases):
         raise InputError(f"the LM {config.name} was trained on tokens of {config.codec_name}@{config.codec_hash}, "
                          f"not {codec_name}@{codec_hash}")

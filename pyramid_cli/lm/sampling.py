@@ -13,6 +13,7 @@ captured as a CUDA graph (``DecodeSettings``); the eager step is the plain path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,11 +64,11 @@ class SamplingSettings:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise UsageError(f"--temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:
             raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:  # also refuses NaN
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 

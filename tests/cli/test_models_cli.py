@@ -116,7 +116,8 @@ def test_list_show_path(cli, release_dir: Path, env: dict[str, str]):
     assert shown.code == 0, shown.stderr
     details = json.loads(shown.stdout)
     assert details["sha256"] == details["recorded_sha256"] == hub.file_sha256(release_dir / "model.safetensors")
-    assert details["identity"] == f"tiny-p111@{details['sha256'][:16]}" and details["config"]["name"] == "tiny-p111"
+    identity = hub.weights_hash(Path(details["path"]) / "model.safetensors")
+    assert details["identity"] == f"tiny-p111@{identity}" and details["config"]["name"] == "tiny-p111"
     assert details["readme_head"][0] == "# tiny-p111"
     human = cli("models", "show", "hf://org/tiny")
     assert human.code == 0 and "config.json" in human.stderr and "# tiny-p111" in human.stderr
