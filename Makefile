@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 MIDI_DEV ?= ../shared/data/midi/dev
 
-.PHONY: install system-deps test test-slow demo lint bench gpu-check clean
+
+.PHONY: install install-eval system-deps test test-slow demo lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -17,11 +18,19 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libfluidsynth3; \
 	fi
 
-$(STAMP): pyproject.toml | system-deps
+# constraints.txt holds the exact versions we test (pyproject.toml a range). Basic Pitch (note
+# transcription for evaluation) is installed without its dependencies: they pin TensorFlow and
+# NumPy < 2; we run the ONNX model its wheel ships through onnxruntime (pyramid_cli/transcribe.py).
+$(STAMP): pyproject.toml constraints.txt | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -c constraints.txt basic-pitch
 	touch $(STAMP)
+
+# Everything `pyramid eval` can use: the above plus ViSQOL (visqol-python, slow on a CPU).
+install-eval: install
+	$(PY) -m pip install -q -c constraints.txt -e '.[eval]'
 
 test: install system-deps
 	$(PY) -m pytest -q

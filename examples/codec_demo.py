@@ -1,8 +1,10 @@
 """Encode a piece, decode it at every level, and print what each level costs and keeps.
 
-The per-level table: tokens/s and bits/s (cumulative), mel distance to the input and to the
-level's band-limited target (what the level is trained to reproduce), and wall time. The
-decoded files are left in OUT_DIR as example.l1.wav, example.l2.wav, ...
+The per-level table: tokens/s and bits/s (cumulative); whether the notes survive (note onset F1
+of the decode's Basic Pitch transcription against the input's, when the evaluation extra is
+installed, and the chroma similarity); the mel distance (sum over 7 resolutions, the paper's
+scale) to the input and to the level's band-limited target (what the level is trained to
+reproduce); and wall time. The decoded files are left in OUT_DIR as example.l1.wav, ...
 
 Run: .venv/bin/python examples/codec_demo.py [AUDIO] [--model NAME|DIR] [--out-dir demo]
 """
@@ -21,7 +23,8 @@ from pyramid_cli.audio import load_mono, save_audio
 from pyramid_cli.codec.api import decode_pyr, encode_file
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.hub import DEFAULT_CODEC, load_codec
-from pyramid_cli.metrics import mel_distance
+from pyramid_cli.metrics import chroma_similarity, mel_distance
+from pyramid_cli.transcribe import Transcriber, available, onset_f1
 
 EXAMPLE = Path(__file__).with_name("example.flac")
 
@@ -47,7 +50,10 @@ def main() -> None:
     duration = pyr.num_samples / rate
     table = Table(title=f"{args.audio.name} ({duration:.1f} s) with {codec.name}@{codec.hash[:8]}; "
                         f"encoded in {encode_seconds:.2f} s ({duration / encode_seconds:.0f}x real time)")
-    for column in ("levels", "tokens/s", "bits/s", "mel vs input", "mel vs level target", "decode time"):
+    transcriber = Transcriber() if available() else None
+    reference = None if transcriber is None else transcriber.transcribe(original[0, 0].numpy(), rate)
+    for column in ("levels", "tokens/s", "bits/s", "note F1", "notes", "chroma", "mel vs input",
+                   "mel vs level target", "decode time"):
         table.add_column(column, justify="right")
     for levels in range(1, pyr.n_levels + 1):
         start = time.perf_counter()
@@ -55,12 +61,21 @@ def main() -> None:
         decode_seconds = time.perf_counter() - start
         save_audio(args.out_dir / f"{args.audio.stem}.l{levels}.wav", wav, rate)
         decoded = torch.from_numpy(wav)[None]
+        f1, notes = "-", "-"
+        if transcriber is not None and reference is not None:
+            estimate = transcriber.transcribe(wav[0], rate)
+            f1, notes = f"{onset_f1(reference.notes, estimate.notes)[2]:.2f}", str(len(estimate.notes))
         table.add_row(str(levels), f"{pyr.cumulative_tokens_per_second[levels - 1]:.2f}",
-                      f"{pyr.cumulative_bits_per_second[levels - 1]:.0f}",
+                      f"{pyr.cumulative_bits_per_second[levels - 1]:.0f}", f1, notes,
+                      f"{float(chroma_similarity(decoded, original, rate)):.3f}",
                       f"{float(mel_distance(decoded, original, rate)):.3f}",
                       f"{float(mel_distance(decoded, targets[levels - 1], rate)):.3f}",
                       f"{decode_seconds:.2f} s")
     console.print(table)
+    if reference is None:
+        console.print("note F1 needs the evaluation extra (make install-eval)")
+    else:
+        console.print(f"input: {len(reference.notes)} notes transcribed")
     console.print(f"files in {args.out_dir}/: {args.audio.stem}.pyr and {args.audio.stem}.l1.wav ... "
                   f"{args.audio.stem}.l{pyr.n_levels}.wav")
 

@@ -7,9 +7,14 @@ the leading dimensions. Distances take (estimate, reference) and stay differenti
 
 The distances follow DAC's loss definitions (descript-audio-codec `dac/nn/loss.py`) with the
 settings DESIGN §7 fixes: magnitudes, not powers, go into log10 (pow 1), mel magnitudes are not
-compared linearly (mag_weight 0), and the resolutions are averaged rather than summed, so the
-numbers read as the paper's Table 1 distances. `pyramid_cli.codec.losses` builds the same
-quantities as training losses.
+compared linearly (mag_weight 0), and the resolutions are **summed**, as DAC's `forward` does, so
+the numbers are on the scale of the paper's Table 1 (p111: mel 0.953, STFT 1.247). (Until
+2026-11-30 they were averaged, 7x and 2x smaller; figures from before then are not comparable.)
+`pyramid_cli.codec.losses` builds the same quantities as training losses (averaged there: the
+training weights were tuned on that scale).
+
+A mel distance alone cannot tell a static buzz with the right spectral envelope from music, so
+`chroma_similarity` (dependency-free) and note onset F1 (`pyramid_cli.transcribe`) measure pitch.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ def mel_distance(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: i
     """Multi-scale mel distance (DESIGN §7; DAC MelSpectrogramLoss, log_weight 1, mag_weight 0, pow 1).
 
     Windows 32…2048 (hop window/4) with 5…320 Slaney mel bands; the L1 of log10(max(mel, 1e-5))
-    per resolution, averaged over the 7 resolutions.
+    per resolution, summed over the 7 resolutions (the paper's scale).
 
     Args:
         estimate, reference: audio (..., T), same shape.
@@ -97,22 +102,66 @@ def mel_distance(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: i
         mel_x = _magnitude(x, window_length).transpose(1, 2) @ fbank  # (N, frames, n_mels)
         mel_y = _magnitude(y, window_length).transpose(1, 2) @ fbank
         total = total + _log_l1(mel_x, mel_y)
-    return _reduce(total / len(MEL_WINDOWS), reduction)
+    return _reduce(total, reduction)
 
 
 def stft_distance(estimate: torch.Tensor, reference: torch.Tensor,
                   reduction: Reduction = "mean") -> torch.Tensor:
-    """Multi-scale STFT distance (DESIGN §7; DAC MultiScaleSTFTLoss with pow 1, scales averaged).
+    """Multi-scale STFT distance (DESIGN §7; DAC MultiScaleSTFTLoss with pow 1, scales summed).
 
     At windows 2048 and 512 (hop window/4): L1 of log10(max(|STFT|, 1e-5)) plus L1 of |STFT|,
-    averaged over the two windows. Args as `mel_distance`.
+    summed over the two windows. Args as `mel_distance`.
     """
     x, y = _items(estimate, reference)
     total = x.new_zeros(x.shape[0])
     for window_length in STFT_WINDOWS:
         mag_x, mag_y = _magnitude(x, window_length), _magnitude(y, window_length)
         total = total + _log_l1(mag_x, mag_y) + (mag_x - mag_y).abs().flatten(1).mean(dim=1)
-    return _reduce(total / len(STFT_WINDOWS), reduction)
+    return _reduce(total, reduction)
+
+
+CHROMA_WINDOW = 4096  # 5.4 Hz bins at 22,050 Hz: neighbouring semitones apart from about 90 Hz up
+CHROMA_FMIN, CHROMA_FMAX = 65.0, 4200.0  # C2 to about C8: fundamentals and the partials that name them
+
+
+@functools.lru_cache(maxsize=8)
+def _chroma_map(window_length: int, sample_rate: int) -> torch.Tensor:
+    """(12, F) 0/1 matrix: which pitch class each STFT bin between CHROMA_FMIN and CHROMA_FMAX falls in."""
+    freqs = torch.arange(window_length // 2 + 1, dtype=torch.float64) * sample_rate / window_length
+    mapping = torch.zeros(12, freqs.numel())
+    inside = (freqs >= CHROMA_FMIN) & (freqs <= CHROMA_FMAX)
+    midi = 69 + 12 * torch.log2(freqs[inside] / 440.0)
+    mapping[midi.round().long() % 12, inside.nonzero().squeeze(1)] = 1.0
+    return mapping
+
+
+def chroma(audio: torch.Tensor, sample_rate: int, window_length: int = CHROMA_WINDOW) -> torch.Tensor:
+    """(..., T) audio → (N, 12, frames) pitch-class energy (STFT power summed per pitch class).
+
+    Frames are window/4 apart (46 ms at 22,050 Hz for the default window).
+    """
+    x = audio.reshape(-1, audio.shape[-1]).to(torch.float64)
+    power = _magnitude(x, window_length) ** 2  # (N, F, frames)
+    return _chroma_map(window_length, int(sample_rate)).to(x) @ power
+
+
+def chroma_similarity(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: int,
+                      reduction: Reduction = "mean", silence_db: float = -50.0) -> torch.Tensor:
+    """Frame-by-frame cosine similarity of the pitch-class profiles, in [0, 1] (1: same pitches).
+
+    The phase-insensitive check that the pitches of the reference are present at the same times:
+    a buzz whose partials sit at multiples of a frame rate, silence, or the same music a beat
+    late all score low; a low-passed copy scores high. Frames where the reference is more than
+    ``silence_db`` below its loudest frame are skipped; a silent estimate scores 0 there.
+    Args as `mel_distance`.
+    """
+    x, y = _items(estimate, reference)
+    cx, cy = chroma(x, sample_rate), chroma(y, sample_rate)  # (N, 12, frames)
+    energy = cy.sum(dim=1)  # (N, frames)
+    loud = energy > energy.amax(dim=1, keepdim=True) * 10 ** (silence_db / 10)
+    cosine = (cx * cy).sum(dim=1) / (cx.norm(dim=1) * cy.norm(dim=1)).clamp(min=1e-30)
+    per_item = (cosine * loud).sum(dim=1) / loud.sum(dim=1).clamp(min=1)
+    return _reduce(per_item.to(x.dtype if x.dtype == torch.float64 else torch.float32), reduction)
 
 
 def waveform_distance(estimate: torch.Tensor, reference: torch.Tensor,

@@ -22,15 +22,22 @@ def eval_codec(
     clips: Annotated[int, typer.Option(help="Number of songs (one clip from the middle of each).")] = 20,
     clip_seconds: Annotated[float, typer.Option(help="Clip length in seconds (the paper uses 10).")] = 10.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    notes: Annotated[bool | None, typer.Option(
+        "--notes/--no-notes", help="Note onset F1 from Basic Pitch transcriptions (needs `make install-eval`) "
+        "[default: on when installed].")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Mel, STFT, waveform distances and SI-SDR for 1, 2, ... levels, plus codebook usage.
+    """Mel, STFT, waveform distances, SI-SDR, chroma and note F1 for 1, 2, ... levels; codebook usage.
 
     Each k-level reconstruction is compared with the full signal and with its band-limited
-    target (the input limited to 1/2^(N-k) of its band), as in the paper's Table 1.
+    target (the input limited to 1/2^(N-k) of its band), as in the paper's Table 1. Mel and STFT
+    distances are sums over their resolutions, the paper's scale (p111: mel 0.953). Pitch
+    content, which the distances miss: chroma similarity (1 = same pitch classes at the same
+    times) and note onset F1 (Basic Pitch transcriptions of input and decode, mir_eval, 50 ms).
 
     Example: pyramid eval codec --data corpus --split test --clips 20 --json
     """
+    from pyramid_cli import transcribe
     from pyramid_cli.codec.evaluate import evaluate_codec, load_clips
     from pyramid_cli.devices import resolve_device
     from pyramid_cli.errors import UsageError
@@ -38,24 +45,33 @@ def eval_codec(
 
     if clips < 1 or clip_seconds <= 0:
         raise UsageError("--clips must be at least 1 and --clip-seconds positive")
+    if notes is None:
+        notes = transcribe.available()
+        if not notes:
+            console.print(f"[yellow]note F1 skipped: {transcribe.INSTALL_HINT}[/yellow]")
+    transcriber = transcribe.Transcriber() if notes else None
     codec, name, weights_hash = load_codec(model or DEFAULT_CODEC, resolve_device(device))
     audio = load_clips(data, split, clips, clip_seconds, codec.config.sample_rate)
     with make_progress() as progress:
         task = progress.add_task("evaluating", total=len(audio))
-        result = evaluate_codec(codec, audio, on_clip=lambda _: progress.advance(task))
+        result = evaluate_codec(codec, audio, on_clip=lambda _: progress.advance(task), transcriber=transcriber)
     if json_output:
         print_json({"model": name, "weights": weights_hash, "split": split, **result.to_dict()})
         return
     table = Table(title=f"{name}@{weights_hash[:8]} on {data} ({split} split): {result.clips} clips of "
                         f"{result.clip_seconds:.1f} s")
-    for column in ("levels", "tokens/s", "mel (target)", "SI-SDR (target)", "mel (full)", "STFT (full)",
-                   "wave L1 (full)", "SI-SDR (full)"):
+    for column in ("levels", "tokens/s", "note F1", "notes/s", "chroma", "mel (target)", "mel (full)",
+                   "STFT (full)", "wave L1 (full)", "SI-SDR (full)"):
         table.add_column(column, justify="right")
     for s in result.levels:
-        table.add_row(str(s.levels), f"{s.tokens_per_second:.2f}", f"{s.mel_vs_target:.3f}",
-                      f"{s.si_sdr_vs_target:.2f} dB", f"{s.mel_vs_full:.3f}", f"{s.stft_vs_full:.3f}",
-                      f"{s.waveform_vs_full:.4f}", f"{s.si_sdr_vs_full:.2f} dB")
+        table.add_row(str(s.levels), f"{s.tokens_per_second:.2f}",
+                      "-" if s.note_f1 is None else f"{s.note_f1:.3f}",
+                      "-" if s.notes_per_second is None else f"{s.notes_per_second:.1f}",
+                      f"{s.chroma_vs_full:.3f}", f"{s.mel_vs_target:.3f}", f"{s.mel_vs_full:.3f}",
+                      f"{s.stft_vs_full:.3f}", f"{s.waveform_vs_full:.4f}", f"{s.si_sdr_vs_full:.2f} dB")
     console.print(table)
+    if result.input_notes_per_second is not None:
+        console.print(f"input: {result.input_notes_per_second:.1f} notes/s transcribed")
     usage = ", ".join(f"L{u.level}/{u.codebook}: {u.used}/{u.size} used, perplexity {u.perplexity:.0f}"
                       for u in result.codebooks)
     console.print(f"codebooks: {usage}")

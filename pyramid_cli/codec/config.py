@@ -180,9 +180,10 @@ ARCHITECTURES = ("waveform", "spectral")
 
 # The largest value a config file may give each integer field (tuples: each entry), far above any
 # real codec; a file cannot make the loader build an absurd model (issue 13).
-LIMITS: dict[str, int] = {"sample_rate": 384_000, "encoder_dim": 4096, "encoder_rates": 64, "decoder_dim": 65_536,
+LIMITS: dict[str, int] = {"sample_rate": 384_000, "encoder_dim": 4096, "encoder_rates": 4096, "decoder_dim": 65_536,
                           "pyramid_rates": 16, "latent_dim": 16_384, "n_codebooks": 64, "codebook_size": 65_536,
-                          "codebook_dim": 1024, "pyramid_residual_units": 16}
+                          "codebook_dim": 1024, "pyramid_residual_units": 16, "n_fft": 65_536, "encoder_layers": 64,
+                          "decoder_layers": 64, "griffin_lim_iters": 1024, "fsq_levels": 1024}
 
 
 # ---- presets (DESIGN §2 table) ----------------------------------------------------------------

@@ -3,6 +3,12 @@
 Each clip is encoded once; decoding with k levels is scored against the full signal and against
 the band-limited target of level k-1 (Eq. 2-3), the one the codec was trained to produce.
 Codebook usage is measured over every code of every clip.
+
+Besides the distances (on the paper's scale: sums over resolutions), pitch content: the chroma
+similarity (always) and, when a transcriber is given (``pyramid_cli.transcribe``, the [eval]
+extra), note onset F1 between the transcriptions of the input and of the decode. A decoder that
+outputs a buzz with the right spectral envelope can score a good mel distance; it cannot score
+note F1.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
@@ -21,7 +27,11 @@ from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.manifest import load_manifest
 from pyramid_cli.errors import InputError
-from pyramid_cli.metrics import mel_distance, si_sdr, stft_distance, waveform_distance
+from pyramid_cli.transcribe import onset_f1
+from pyramid_cli.metrics import chroma_similarity, mel_distance, si_sdr, stft_distance, waveform_distance
+
+if TYPE_CHECKING:
+    from pyramid_cli.transcribe import Transcriber
 
 
 @dataclass
@@ -34,6 +44,11 @@ class LevelScores:
     stft_vs_full: float
     waveform_vs_full: float
     si_sdr_vs_full: float
+    chroma_vs_full: float  # frame-wise pitch-class cosine similarity, 1 = same pitches at the same times
+    note_f1: float | None = None  # onset F1 of the decode's notes against the input's (None: no transcriber)
+    note_precision: float | None = None
+    note_recall: float | None = None
+    notes_per_second: float | None = None  # in the decode (the input's: CodecEvaluation.input_notes_per_second)
 
 
 @dataclass
@@ -51,6 +66,7 @@ class CodecEvaluation:
     clip_seconds: float
     levels: list[LevelScores]
     codebooks: list[CodebookUsage]
+    input_notes_per_second: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,12 +101,17 @@ def load_clips(
 
 @torch.inference_mode()
 def evaluate_codec(
-    codec: PyramidCodec, clips: list[torch.Tensor], on_clip: Callable[[int], None] | None = None
+    codec: PyramidCodec, clips: list[torch.Tensor], on_clip: Callable[[int], None] | None = None,
+    transcriber: Transcriber | None = None,
 ) -> CodecEvaluation:
-    """Scores per number of decoded levels, averaged over clips, and codebook usage."""
+    """Scores per number of decoded levels, averaged over clips, and codebook usage.
+
+    With a ``transcriber``, also note onset precision / recall / F1 (mir_eval, 50 ms) and notes
+    per second; F1 is averaged over clips.
+    """
     config = codec.config
     device = next(codec.parameters()).device
-    sums: dict[int, dict[str, float]] = {k: {} for k in range(1, config.n_levels + 1)}
+    sums: dict[int, dict[str, float]] = {k: {} for k in range(config.n_levels + 1)}  # 0: the input
     histograms = [
         [torch.zeros(config.codebook_size, dtype=torch.long) for _ in range(n)] for n in config.n_codebooks
     ]
@@ -98,6 +119,11 @@ def evaluate_codec(
         wav = clip.to(device)[None]  # (1, 1, T)
         codes = codec.encode(wav)
         targets = band_limited_targets(wav, config.n_levels)
+        reference_notes = None
+        if transcriber is not None:
+            reference = transcriber.transcribe(clip[0].cpu().numpy(), config.sample_rate)
+            reference_notes = reference.notes
+            sums[0]["notes_per_second"] = sums[0].get("notes_per_second", 0.0) + reference.notes_per_second
         for level, level_codes in enumerate(codes):
             for book in range(level_codes.shape[1]):
                 histograms[level][book] += torch.bincount(
@@ -112,7 +138,13 @@ def evaluate_codec(
                 "stft_vs_full": stft_distance(decoded, wav),
                 "waveform_vs_full": waveform_distance(decoded, wav),
                 "si_sdr_vs_full": si_sdr(decoded, wav),
+                "chroma_vs_full": chroma_similarity(decoded, wav, config.sample_rate),
             }
+            if transcriber is not None and reference_notes is not None:
+                estimate = transcriber.transcribe(decoded[0, 0].cpu().numpy(), config.sample_rate)
+                precision, recall, f1 = onset_f1(reference_notes, estimate.notes)
+                scores.update(note_f1=f1, note_precision=precision, note_recall=recall,
+                              notes_per_second=estimate.notes_per_second)
             for name, value in scores.items():
                 sums[k][name] = sums[k].get(name, 0.0) + float(value)
         if on_clip:
@@ -123,13 +155,15 @@ def evaluate_codec(
             tokens_per_second=config.tokens_per_second(k),
             **{name: total / len(clips) for name, total in sums[k].items()},
         )
-        for k in sums
+        for k in range(1, config.n_levels + 1)
     ]
+    input_rate = sums[0].get("notes_per_second")
     return CodecEvaluation(
         clips=len(clips),
         clip_seconds=max(c.shape[-1] for c in clips) / config.sample_rate,
         levels=levels,
         codebooks=codebook_usage(histograms, config.codebook_size),
+        input_notes_per_second=None if input_rate is None else input_rate / len(clips),
     )
 
 

@@ -1,0 +1,88 @@
+"""Pitch-content metrics must tell music from a buzz: chroma similarity (always available) and note
+onset F1 from Basic Pitch transcriptions (the evaluation extra; skipped when it is not installed).
+
+The reference is the bundled example (rendered MIDI). A low-pass copy to a quarter of the band keeps
+the notes; a buzz with partials at the coarse frame rate (what the first bundled codec decoded
+everything into), silence, and the same music half a second late do not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyramid_cli import transcribe
+from pyramid_cli.audio import load_mono
+from pyramid_cli.codec.targets import band_limited_targets
+from pyramid_cli.metrics import chroma_similarity
+
+RATE = 22050
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.flac"
+
+
+@pytest.fixture(scope="module")
+def signals() -> dict[str, torch.Tensor]:
+    x = torch.from_numpy(load_mono(EXAMPLE, RATE)[0, : 10 * RATE]).float()
+    t = torch.arange(x.numel()) / RATE
+    buzz = 0.1 * sum(torch.sin(2 * np.pi * 10.77 * k * t) / k for k in range(1, 200))
+    return {
+        "reference": x,
+        "low-pass": band_limited_targets(x[None, None], 3)[0][0, 0],
+        "buzz": torch.as_tensor(buzz, dtype=torch.float32),
+        "silence": torch.zeros_like(x),
+        "half a second late": torch.roll(x, RATE // 2),
+    }
+
+
+@pytest.mark.parametrize("name", ["buzz", "silence", "half a second late"])
+def test_chroma_similarity_scores_non_music_badly(signals: dict[str, torch.Tensor], name: str) -> None:
+    reference = signals["reference"]
+    assert chroma_similarity(signals["low-pass"], reference, RATE).item() > 0.95
+    assert chroma_similarity(signals[name], reference, RATE).item() < 0.7
+    assert chroma_similarity(reference, reference, RATE).item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.skipif(not transcribe.available(), reason="needs the evaluation extra (make install-eval)")
+@pytest.mark.parametrize("name", ["buzz", "silence", "half a second late"])
+def test_note_f1_scores_non_music_badly(signals: dict[str, torch.Tensor], name: str) -> None:
+    transcriber = transcribe.Transcriber()
+    reference = transcriber.transcribe(signals["reference"].numpy(), RATE).notes
+    assert len(reference) > 50  # the example is dense music
+    low = transcriber.transcribe(signals["low-pass"].numpy(), RATE).notes
+    assert transcribe.onset_f1(reference, low)[2] > 0.8
+    other = transcriber.transcribe(signals[name].numpy(), RATE).notes
+    assert transcribe.onset_f1(reference, other)[2] < 0.25
+
+
+@pytest.mark.skipif(not transcribe.available(), reason="needs the evaluation extra (make install-eval)")
+def test_transcription_finds_a_synthetic_melody() -> None:
+    """Four harmonic tones of known pitch and onset come back as those notes (recall 1; this bare
+    additive timbre also yields a weaker note on its 5th partial, so precision is not asserted)."""
+    pitches, starts = [60, 64, 67, 72], [0.25, 0.75, 1.25, 1.75]
+    t = np.arange(int(2.5 * RATE)) / RATE
+    audio = np.zeros_like(t)
+    for pitch, start in zip(pitches, starts, strict=True):
+        f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+        on = (t >= start) & (t < start + 0.45)
+        envelope = np.where(on, np.exp(-3 * (t - start)), 0.0)
+        audio += envelope * sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+    notes = transcribe.Transcriber().transcribe((0.3 * audio).astype(np.float32), RATE).notes
+    expected = [transcribe.Note(s, s + 0.45, p, 1.0) for s, p in zip(starts, pitches, strict=True)]
+    assert transcribe.onset_f1(expected, notes)[1] == 1.0
+
+
+def test_onset_f1_edge_cases() -> None:
+    note = transcribe.Note(0.5, 1.0, 60, 0.5)
+    assert transcribe.onset_f1([], []) == (1.0, 1.0, 1.0)
+    assert transcribe.onset_f1([note], []) == (0.0, 0.0, 0.0)
+    assert transcribe.onset_f1([], [note]) == (0.0, 0.0, 0.0)
+
+
+def test_missing_model_is_a_clear_dependency_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(transcribe.MODEL_ENV, str(tmp_path / "absent.onnx"))
+    assert not transcribe.available()
+    with pytest.raises(transcribe.DependencyError, match="make install-eval"):
+        transcribe.model_path()
