@@ -74,6 +74,7 @@ class CodecTrainConfig(TrainSettings):
     mel_warmup_steps: int = 1000  # steps before the mel weight is raised
     stft_weight: float = 0.0  # multi-scale STFT loss weight (0 = off)
     waveform_weight: float = 0.0  # waveform L1 weight (0 = off)
+    pitch_weight: float = 0.0  # spectral codecs: semitone-band log-magnitude loss (codec_parts.spectral_losses)
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
     codebook_weight: float = 1.0  # RVQ codebook loss (DAC)
@@ -109,7 +110,7 @@ class CodecTrainConfig(TrainSettings):
             positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
-                          "feat_weight", "disc_grad_clip", "diversity_weight"))
+                          "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight"))
 
     def codec_config(self) -> CodecConfig:
         """The model architecture this config names."""

@@ -6,6 +6,7 @@ itself reads top to bottom.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -69,7 +70,8 @@ def codec_loss(
         for i, target in targets.items():
             level_parts = spectral_losses(out.spectra[i].float(), target, mel_loss.sample_rate)
             parts.update({f"{name}_l{i}": value for name, value in level_parts.items()})
-            total = total + mel_weight * level_parts["mel"] + level_parts["log_mag"] + level_parts["convergence"]
+            total = (total + mel_weight * level_parts["mel"] + level_parts["log_mag"] + level_parts["convergence"]
+                     + cfg.pitch_weight * level_parts["pitch"])
         return total, parts
     estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
     for i, target in targets.items():
@@ -89,6 +91,21 @@ def codec_loss(
     return total, parts
 
 
+@functools.lru_cache(maxsize=4)
+def semitone_filterbank(n_fft: int, sample_rate: int, low: int = 36, high: int = 108) -> torch.Tensor:
+    """(high - low + 1, n_fft/2+1) triangular filters centred on the MIDI pitches low..high, each
+    reaching the neighbouring semitones (at least one FFT bin either side), unit peak."""
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    bin_width = sample_rate / n_fft
+    rows = []
+    for pitch in range(low, high + 1):
+        centre = 440.0 * 2 ** ((pitch - 69) / 12)
+        below = max(centre - 440.0 * 2 ** ((pitch - 70) / 12), bin_width)
+        above = max(440.0 * 2 ** ((pitch - 68) / 12) - centre, bin_width)
+        rows.append(torch.clamp(torch.minimum(1 - (centre - bins) / below, 1 - (bins - centre) / above), min=0))
+    return torch.stack(rows).float()
+
+
 def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
     """The losses of a spectral codec's level: its predicted log-magnitudes against the target's STFT.
 
@@ -96,7 +113,10 @@ def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_ra
     that carry pitch count as much as the envelope); ``convergence``: spectral convergence
     (Frobenius norm of the magnitude error over the target's, which the loud partials dominate);
     ``mel``: the 2,048-point term of the mel distance (log10, 320 Slaney bands), computed from
-    the same magnitudes.
+    the same magnitudes; ``pitch``: L1 of log10 magnitudes summed into semitone bands (MIDI 36 to
+    108, ``semitone_filterbank``), where a note's partials are a large share of the bins, not the
+    2% of 1,025 linear bins they are (trained without it, the codes kept rhythm and envelope but
+    hardly any notes: onset F1 0.10 after 2,000 steps).
 
     Args:
         log_magnitude: (B, F, frames) decoder output.
@@ -111,7 +131,11 @@ def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_ra
     fbank = mel_filterbank(n_fft, 320, sample_rate).to(magnitude.device)
     mel_estimate = (estimate.transpose(1, 2) @ fbank).clamp(min=1e-5).log10()
     mel_target = (magnitude.transpose(1, 2) @ fbank).clamp(min=1e-5).log10()
+    bands = semitone_filterbank(n_fft, sample_rate).to(magnitude.device)
+    pitch_estimate = (bands @ estimate).clamp(min=LOG_FLOOR).log10()
+    pitch_target = (bands @ magnitude).clamp(min=LOG_FLOOR).log10()
     return {
+        "pitch": (pitch_estimate - pitch_target).abs().mean(),
         "log_mag": (log_magnitude.clamp(min=math.log(LOG_FLOOR)) - log_magnitude_of(magnitude)).abs().mean(),
         "convergence": torch.linalg.vector_norm(estimate - magnitude) / torch.linalg.vector_norm(magnitude).clamp(
             min=1e-6),
