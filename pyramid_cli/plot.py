@@ -48,3 +48,33 @@ def spectrogram_png(rows: list[tuple[str, torch.Tensor]], sample_rate: int) -> b
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def music_stats_png(pieces: list[tuple[str, list[dict[str, float]]]]) -> bytes:
+    """A PNG of window statistics over time, one line per piece: notes/s, distinct pitches,
+    pitch-class entropy, key clarity and repetition (``music_stats.WindowStats`` dicts)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DependencyError("plotting needs matplotlib: pip install 'pyramid-cli[plot]'") from None
+    panels = (("notes_per_second", "notes / s"), ("distinct_pitches", "distinct pitches"),
+              ("pitch_class_entropy", "pitch-class entropy (bits)"), ("key_clarity", "key clarity"),
+              ("repetition", "repetition"))
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 1.9 * len(panels)), sharex=True, squeeze=False)
+    for axis, (key, label) in zip(axes[:, 0], panels, strict=True):
+        for name, windows in pieces:
+            axis.plot([(w["start"] + w["end"]) / 120 for w in windows], [w[key] for w in windows],
+                      marker="o", label=name)
+        axis.set_ylabel(label, fontsize=8)
+        axis.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("time (min, window centres)")
+    if len(pieces) <= 8:
+        axes[0, 0].legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()

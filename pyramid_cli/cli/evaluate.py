@@ -165,6 +165,72 @@ def eval_lm(
     console.print(table)
 
 
+@app.command("music")
+def eval_music(
+    audio: Annotated[list[Path], typer.Argument(
+        help="Audio files, or folders searched (recursively) for .wav and .flac files.")],
+    window: Annotated[float, typer.Option(help="Window length in seconds for the statistics.")] = 30.0,
+    plot_output: Annotated[Path | None, typer.Option(
+        "--plot", help="Also write a PNG of the statistics over time (needs matplotlib).")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite the PNG if it exists.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Is it music, and does it stay music? Transcription statistics per window.
+
+    Each file is transcribed (Basic Pitch, needs `make install`'s evaluation packages) and
+    summarised per window: notes per second, distinct pitches, pitch-class entropy (bits), the
+    best Krumhansl-Kessler key and its clarity (correlation), the share of time a note sounds,
+    and repetition (share of 1 s segments that copy an earlier one). Run it on a corpus split's
+    audio too (e.g. corpus/audio/test) to put generated figures beside the data's.
+
+    Example: pyramid eval music piece.wav --plot piece.stats.png
+    """
+    from pyramid_cli import music_stats, transcribe
+    from pyramid_cli.audio import load_mono
+    from pyramid_cli.cli._shared import check_output, write_output
+    from pyramid_cli.errors import UsageError
+    from pyramid_cli.fad import find_audio_files
+
+    if not window > 0:
+        raise UsageError("--window must be positive")
+    if plot_output is not None:
+        check_output(plot_output, force, tuple(audio))
+    files = find_audio_files(audio)
+    transcriber = transcribe.Transcriber()
+    pieces: list[dict[str, object]] = []
+    with make_progress() as progress:
+        task = progress.add_task("transcribing", total=len(files))
+        for path in files:
+            wav = load_mono(path, transcribe.SAMPLE_RATE, name=str(path))[0]
+            result = transcriber.transcribe(wav, transcribe.SAMPLE_RATE)
+            windows = music_stats.window_stats(result.notes, result.duration, window)
+            pieces.append({"file": str(path), "seconds": result.duration, "notes": len(result.notes),
+                           "summary": music_stats.summarise(windows), "windows": [w.to_dict() for w in windows]})
+            progress.advance(task)
+    if plot_output is not None:
+        from pyramid_cli.plot import music_stats_png
+
+        write_output(plot_output, music_stats_png([(Path(str(p["file"])).name, p["windows"])  # type: ignore[misc]
+                                                   for p in pieces]))
+    if json_output:
+        print_json({"window_seconds": window, "pieces": pieces})
+        return
+    table = Table(title=f"music statistics per {window:g} s window (means over windows)")
+    for column in ("file", "minutes", "notes/s", "min window notes/s", "distinct pitches", "entropy (bits)",
+                   "key clarity", "sounding", "repetition"):
+        table.add_column(column, justify="right")
+    for piece in pieces:
+        s = piece["summary"]
+        assert isinstance(s, dict)
+        table.add_row(Path(str(piece["file"])).name, f"{float(piece['seconds']) / 60:.1f}",  # type: ignore[arg-type]
+                      f"{s['notes_per_second']:.2f}", f"{s['min_window_notes_per_second']:.2f}",
+                      f"{s['distinct_pitches']:.1f}", f"{s['pitch_class_entropy']:.2f}", f"{s['key_clarity']:.2f}",
+                      f"{s['sounding_fraction']:.2f}", f"{s['repetition']:.2f}")
+    console.print(table)
+    if plot_output is not None:
+        console.print(f"wrote {plot_output}")
+
+
 @app.command("fad")
 def eval_fad(
     generated: Annotated[list[Path], typer.Argument(

@@ -1,0 +1,75 @@
+"""Music statistics per window: key, entropy, repetition, drift (pyramid eval music)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pyramid_cli import music_stats, transcribe
+from pyramid_cli.transcribe import Note
+
+C_MAJOR_SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
+
+
+def melody(pitches: list[int], seconds_per_note: float, repeats: int = 1, start: float = 0.0) -> list[Note]:
+    notes, t = [], start
+    for _ in range(repeats):
+        for p in pitches:
+            notes.append(Note(t, t + seconds_per_note * 0.9, p, 0.5))
+            t += seconds_per_note
+    return notes
+
+
+def test_a_c_major_melody_is_in_c_major_with_a_clear_key() -> None:
+    notes = melody(C_MAJOR_SCALE + [67, 64, 60, 67, 60, 64, 67, 60], 0.25, repeats=4)  # tonic-heavy
+    stats = music_stats.window_stats(notes, 16.0, window=30.0)
+    assert len(stats) == 1
+    assert stats[0].key == "C major" and stats[0].key_clarity > 0.7
+    assert stats[0].distinct_pitches == 8
+    assert 2.0 < stats[0].pitch_class_entropy < 3.0
+    assert stats[0].notes_per_second == pytest.approx(4.0)
+
+
+def test_a_drone_is_flat_and_repetitive() -> None:
+    drone = [Note(float(t), t + 0.95, 45, 0.5) for t in range(60)]  # the same note every second
+    stats = music_stats.window_stats(drone, 60.0, window=30.0)
+    assert [s.distinct_pitches for s in stats] == [1, 1]
+    assert all(s.pitch_class_entropy == 0.0 for s in stats)
+    assert stats[1].repetition == 1.0 and stats[0].repetition > 0.9
+
+
+def test_silence_has_no_key_and_no_sounding_time() -> None:
+    stats = music_stats.window_stats([], 45.0, window=30.0)
+    assert len(stats) == 2 and stats[1].end == 45.0
+    assert all(s.key == "" and s.key_clarity == 0.0 and s.sounding_fraction == 0.0 for s in stats)
+
+
+def test_a_piece_that_collapses_shows_it_in_the_summary() -> None:
+    lively = melody(C_MAJOR_SCALE, 0.125, repeats=60)  # 8 notes/s for 60 s
+    drone = [Note(60 + float(t), 60 + t + 0.9, 48, 0.5) for t in range(120)]  # then 1 note/s
+    stats = music_stats.window_stats(lively + drone, 180.0)
+    summary = music_stats.summarise(stats)
+    assert summary["min_window_notes_per_second"] == pytest.approx(1.0)
+    assert summary["last_vs_first_minute_notes_per_second"] == pytest.approx(-7 / 8)
+
+
+def test_sounding_fraction_merges_overlapping_notes() -> None:
+    notes = [Note(0.0, 10.0, 60, 0.5), Note(5.0, 15.0, 64, 0.5), Note(20.0, 25.0, 67, 0.5)]
+    assert music_stats.window_stats(notes, 30.0)[0].sounding_fraction == pytest.approx(20 / 30)
+
+
+@pytest.mark.skipif(not transcribe.available(), reason="needs the evaluation packages (make install)")
+def test_eval_music_cli_on_the_example(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pyramid_cli.cli import app
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "example.flac"
+    result = CliRunner().invoke(app, ["eval", "music", str(example), "--json", "--plot", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    summary = record["pieces"][0]["summary"]
+    assert summary["notes_per_second"] > 5 and summary["distinct_pitches"] > 12 and summary["key_clarity"] > 0.6
+    assert (tmp_path / "s.png").stat().st_size > 1000
