@@ -15,8 +15,12 @@ seed of the plain run, and whether they sampled the same tokens is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -28,6 +32,7 @@ from pyramid_cli.lm.decode import DecodeSettings, autocast, dtype_name
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import PyramidLM
 from pyramid_cli.lm.sampling import SamplingSettings, generate, sample_next
+from pyramid_cli.threads import SAMPLING_THREADS
 
 DEFAULT_LM_KEY = "default"
 FALLBACK_LM_PRESET = "small"
@@ -62,6 +67,8 @@ class LMResult:
     compiled_tokens_per_second: float | None = None  # warm
     compiled_first_tokens_per_second: float | None = None  # compilation included
     compiled_same_tokens: bool | None = None  # the compiled runs sampled the plain run's tokens
+    # cached sampler while one other process keeps a core busy (CPU only; pyramid_cli.threads)
+    contended_tokens_per_second: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +142,18 @@ def _timed_generate(lm: PyramidLM, plan: TokenSequence, decode: DecodeSettings, 
     return tokens, time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def busy_process() -> Iterator[None]:
+    """Another process spinning on one core for the duration of the block (a user's other job)."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # let it start spinning
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def measure_lm(seconds: float, *, model: str | None = None, layout: str | None = None, naive_tokens: int = 200,
                device: torch.device | str = "cpu", threads: int | None = None, seed: int = 0,
                dtype: str = "auto", compile: bool = False) -> LMResult:
@@ -152,7 +171,7 @@ def measure_lm(seconds: float, *, model: str | None = None, layout: str | None =
     if naive_tokens < 1:
         raise UsageError(f"the naive sampler needs at least one token, got {naive_tokens}")
     device = torch.device(device)
-    plain = DecodeSettings(dtype=dtype)
+    plain = DecodeSettings(dtype=dtype, threads=threads or SAMPLING_THREADS)
     compute_dtype = plain.resolve(device)
     previous = torch.get_num_threads()
     if threads is not None:
@@ -170,7 +189,7 @@ def measure_lm(seconds: float, *, model: str | None = None, layout: str | None =
         tokens, cached = _timed_generate(lm, plan, plain, seed, device)
         compiled: dict[str, Any] = {}
         if compile:
-            fast = DecodeSettings(dtype=dtype, compile=True)
+            fast = DecodeSettings(dtype=dtype, compile=True, threads=threads or SAMPLING_THREADS)
             first_tokens, first = _timed_generate(lm, plan, fast, seed, device)
             warm_tokens, warm = _timed_generate(lm, plan, fast, seed, device)
             compiled = dict(compiled_first_seconds=first, compiled_seconds=warm,
@@ -178,6 +197,10 @@ def measure_lm(seconds: float, *, model: str | None = None, layout: str | None =
                             compiled_first_tokens_per_second=to_sample / max(first, 1e-9),
                             compiled_same_tokens=bool(np.array_equal(first_tokens, tokens)
                                                       and np.array_equal(warm_tokens, tokens)))
+        if device.type == "cpu":
+            with busy_process():
+                _, contended = _timed_generate(lm, plan, plain, seed, device)
+            compiled["contended_tokens_per_second"] = to_sample / max(contended, 1e-9)
         generator = torch.Generator(device=device)
         sampled, naive = naive_generate(lm, plan, tokens[0], naive_tokens, generator.manual_seed(seed),
                                         compute_dtype)

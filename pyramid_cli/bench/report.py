@@ -36,7 +36,7 @@ def codec_rows(report: BenchReport) -> list[list[str]]:
 
 
 LM_COLUMNS = ["LM", "weights", "params", "layout", "dtype", "piece", "tokens", "cached tok/s", "x real time",
-              "naive tok/s", "speed-up", "compiled tok/s"]
+              "naive tok/s", "speed-up", "compiled tok/s", "tok/s beside a busy process"]
 
 
 def lm_row(report: BenchReport) -> list[str] | None:
@@ -48,7 +48,8 @@ def lm_row(report: BenchReport) -> list[str] | None:
         compiled = f"{lm.compiled_tokens_per_second:,.0f} ({lm.compiled_first_tokens_per_second:,.0f} with compiling)"
     return [lm.name, lm.weights, f"{lm.parameters / 1e6:.1f}M", lm.layout, lm.dtype, f"{lm.piece_seconds:.0f} s",
             f"{lm.tokens:,}", f"{lm.cached_tokens_per_second:,.0f}", f"{lm.realtime_factor:.2f}x",
-            f"{lm.naive_tokens_per_second:,.1f}", f"{lm.speedup:.0f}x", compiled]
+            f"{lm.naive_tokens_per_second:,.1f}", f"{lm.speedup:.0f}x", compiled,
+            "-" if lm.contended_tokens_per_second is None else f"{lm.contended_tokens_per_second:,.0f}"]
 
 
 MEMORY_COLUMNS = ["input", "WAV MB", "encode s", "encode RTF", "encode peak MB", "decode s", "decode RTF",

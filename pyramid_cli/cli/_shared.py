@@ -45,6 +45,17 @@ def format_hours(hours: float) -> str:
 DeviceOption = Annotated[str, typer.Option(
     "--device", help="Where to run: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Overwrite output files that already exist.")]
+ThreadsOption = Annotated[int | None, typer.Option(
+    "--threads", min=1, help="CPU threads for torch [default: one per core for the codec; one for sampling "
+    "tokens, which is fastest idle and keeps its speed when other processes are busy].")]
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's CPU threads for this command when ``--threads`` was given."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 # ---- "-" names stdin/stdout; outputs are checked first and written atomically -------------------
 

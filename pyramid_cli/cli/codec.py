@@ -24,6 +24,8 @@ from pyramid_cli.cli._shared import (
     DeviceOption,
     ForceOption,
     JsonOption,
+    ThreadsOption,
+    apply_threads,
     check_output,
     console,
     is_stdio,
@@ -131,6 +133,7 @@ def encode(
         "--model", help="Codec: a bundled model name or a folder with config.json + model.safetensors.")
     ] = DEFAULT_CODEC,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     force: ForceOption = False,
     chunk_seconds: ChunkOption = DEFAULT_CHUNK_SECONDS,
     json_output: JsonOption = False,
@@ -153,6 +156,7 @@ def encode(
     from pyramid_cli.hub import load_codec
 
     jobs = _plan_encode(list(inputs or []), output, out_dir, json_output)
+    apply_threads(threads)
     codec = load_codec(model, device)
     if levels is not None and levels > codec.model.config.n_levels:
         raise UsageError(f"--levels {levels}: {codec.name} has levels 1..{codec.model.config.n_levels}")
@@ -227,6 +231,7 @@ def decode(
     model: Annotated[str | None, typer.Option(
         "--model", help="Codec: a bundled model name or a folder. Default: the codec named in the .pyr.")] = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     force: ForceOption = False,
     chunk_seconds: ChunkOption = DEFAULT_CHUNK_SECONDS,
     json_output: JsonOption = False,
@@ -272,6 +277,7 @@ def decode(
             raise InputError(f"{name} was made with {pyr.codec_name[:80]}@{pyr.codec_hash[:8]}, which is not installed "
                              f"here; pass --model DIR with that codec's folder, or fetch it with `pyramid download` "
                              f"({reason})") from None
+    apply_threads(threads)
     codec = load_codec(folder if model is None else model, device)
     with make_progress() as progress:
         task = progress.add_task(f"decoding {k} level{'s' * (k > 1)}", total=pyr.num_samples)

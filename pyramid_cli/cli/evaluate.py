@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pyramid_cli.cli._shared import JsonOption, console, make_progress, print_json
+from pyramid_cli.cli._shared import JsonOption, ThreadsOption, apply_threads, console, make_progress, print_json
 
 app = typer.Typer(help="Measure models on a held-out corpus split.", no_args_is_help=True)
 
@@ -22,6 +22,7 @@ def eval_codec(
     clips: Annotated[int, typer.Option(help="Number of songs (one clip from the middle of each).")] = 20,
     clip_seconds: Annotated[float, typer.Option(help="Clip length in seconds (the paper uses 10).")] = 10.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    threads: ThreadsOption = None,
     notes: Annotated[bool | None, typer.Option(
         "--notes/--no-notes", help="Note onset F1 from Basic Pitch transcriptions (needs `make install-eval`) "
         "[default: on when installed].")] = None,
@@ -50,6 +51,7 @@ def eval_codec(
         if not notes:
             console.print(f"[yellow]note F1 skipped: {transcribe.INSTALL_HINT}[/yellow]")
     transcriber = transcribe.Transcriber() if notes else None
+    apply_threads(threads)
     codec, name, weights_hash = load_codec(model or DEFAULT_CODEC, resolve_device(device))
     audio = load_clips(data, split, clips, clip_seconds, codec.config.sample_rate)
     with make_progress() as progress:
@@ -84,6 +86,7 @@ def plot(
     model: Annotated[str | None, typer.Option(help="Codec name or folder [default: the bundled default].")] = None,
     seconds: Annotated[float, typer.Option(help="Plot at most this many seconds from the start.")] = 10.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    threads: ThreadsOption = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite the PNG if it exists.")] = False,
 ) -> None:
     """Mel spectrograms of the input and of its reconstruction with 1, 2, ... levels (PNG).
@@ -107,6 +110,7 @@ def plot(
         raise UsageError("--seconds must be positive")
     target = output or audio.with_suffix(".mel.png")
     check_output(target, force, (audio,))
+    apply_threads(threads)
     codec, name, _ = load_codec(model or DEFAULT_CODEC, resolve_device(device))
     rate = codec.config.sample_rate
     wav = torch.from_numpy(load_mono(audio, rate, name=str(audio))[:, : int(seconds * rate)])

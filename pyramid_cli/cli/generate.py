@@ -14,12 +14,15 @@ from pyramid_cli.cli._shared import (
     DeviceOption,
     ForceOption,
     JsonOption,
+    ThreadsOption,
+    apply_threads,
     check_output,
     console,
     make_progress,
     print_json,
 )
 from pyramid_cli.errors import UsageError
+from pyramid_cli.threads import SAMPLING_THREADS
 
 AUDIO_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
 
@@ -55,6 +58,7 @@ def generate(
     model: Annotated[str | None, typer.Option("--model", help="Codec [default: the one the LM was trained "
                                               "on, found by name].")] = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     dtype: Annotated[str, typer.Option(help="LM precision: auto, float32, bfloat16 or float16. auto = bfloat16 on a "
                                        "CUDA GPU that supports it (autocast; the piece differs from float32 by "
                                        "rounding), float32 elsewhere. bfloat16 also runs on the CPU, but is not faster "
@@ -108,7 +112,9 @@ def generate(
     if not math.isfinite(length):
         raise UsageError(f"the length must be a finite number of seconds, got {length}")
     sampling = SamplingSettings(temperature, top_k or None, top_p)
-    decode = DecodeSettings(dtype=dtype.strip().lower(), compile=compile_step)
+    decode = DecodeSettings(dtype=dtype.strip().lower(), compile=compile_step,
+                            threads=SAMPLING_THREADS if threads is None else threads)
+    apply_threads(threads)
     targets = [_numbered(p, i, num_samples) for p in (output, save_tokens) if p is not None for i in range(num_samples)]
     for target in targets:
         check_output(target, force, (prompt,) if prompt else ())

@@ -27,8 +27,8 @@ from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.manifest import load_manifest
 from pyramid_cli.errors import InputError
-from pyramid_cli.transcribe import onset_f1
 from pyramid_cli.metrics import chroma_similarity, mel_distance, si_sdr, stft_distance, waveform_distance
+from pyramid_cli.transcribe import onset_f1
 
 if TYPE_CHECKING:
     from pyramid_cli.transcribe import Transcriber
@@ -131,7 +131,7 @@ def evaluate_codec(
                 )
         for k in range(1, config.n_levels + 1):
             decoded = codec.decode(codes, levels=k, length=wav.shape[-1])
-            scores = {
+            scores: dict[str, float | torch.Tensor] = {
                 "mel_vs_target": mel_distance(decoded, targets[k - 1], config.sample_rate),
                 "si_sdr_vs_target": si_sdr(decoded, targets[k - 1]),
                 "mel_vs_full": mel_distance(decoded, wav, config.sample_rate),

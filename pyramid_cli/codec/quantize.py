@@ -178,6 +178,9 @@ class ScalarQuantize(VectorQuantize):
     training the spectral decoder and did not recover with dead-code reseeding.
     """
 
+    levels: torch.Tensor  # (d,) values per dimension
+    basis: torch.Tensor  # (d,) place value of each dimension in the code
+
     def __init__(self, input_dim: int, levels: tuple[int, ...], projection_bias: bool = True) -> None:
         size = math.prod(levels)
         super().__init__(input_dim, size, len(levels), projection_bias)

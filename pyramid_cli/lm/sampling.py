@@ -24,6 +24,7 @@ from pyramid_cli.errors import UsageError
 from pyramid_cli.lm.decode import DecodeSettings, autocast, make_step
 from pyramid_cli.lm.layout import TokenSequence
 from pyramid_cli.lm.model import KVCache, PyramidLM
+from pyramid_cli.threads import torch_threads
 
 ProgressCallback = Callable[[int, int, int], None]  # (tokens generated, tokens to generate, level of the last)
 
@@ -93,8 +94,15 @@ def generate(model: PyramidLM, plan: TokenSequence, *, num_samples: int = 1,
         decode: dtype and compilation of the per-token step (default: ``auto`` dtype, which is
             float32 off CUDA, and no compilation).
     """
-    sampling = sampling or SamplingSettings()
     decode = decode or DecodeSettings()
+    with torch_threads(decode.threads):
+        return _generate(model, plan, num_samples, sampling or SamplingSettings(), generator, stop, on_progress,
+                         decode)
+
+
+def _generate(model: PyramidLM, plan: TokenSequence, num_samples: int, sampling: SamplingSettings,
+              generator: torch.Generator | None, stop: int | None, on_progress: ProgressCallback | None,
+              decode: DecodeSettings) -> np.ndarray:
     device = next(model.parameters()).device
     dtype = decode.resolve(device)
     length = len(plan) if stop is None else min(stop, len(plan))
