@@ -171,7 +171,8 @@ def codec(
                                       "it. Under torchrun spell it --run-dir (torchrun takes --run for its "
                                       "own --run-path).")],
     preset: Annotated[str | None, typer.Option(help="Model preset: p111_small (CPU-sized), p111 (paper), "
-                                               "p555, dac_n2, dac_n9 (default p111_small, or the run's).")] = None,
+                                               "p555, dac_n2, dac_n9, p111_spectral (frame-domain, experimental) "
+                                               "(default p111_small, or the run's).")] = None,
     steps: Annotated[int | None, typer.Option(help="Total steps of the run; raise it and rerun to train "
                                               "longer (default 10000).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Crops per step per process (default 8).")] = None,
