@@ -26,9 +26,12 @@ def eval_codec(
     notes: Annotated[bool | None, typer.Option(
         "--notes/--no-notes", help="Note onset F1 from Basic Pitch transcriptions (needs `make install-eval`) "
         "[default: on when installed].")] = None,
+    visqol: Annotated[bool | None, typer.Option(
+        "--visqol/--no-visqol", help="ViSQOL v3 audio mode, MOS-LQO 1-5 (needs `make install-eval`; about 1 s "
+        "per clip and level) [default: on when installed].")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Mel, STFT, waveform distances, SI-SDR, chroma and note F1 for 1, 2, ... levels; codebook usage.
+    """Mel, STFT, waveform distances, SI-SDR, chroma, note F1 and ViSQOL for 1, 2, ... levels; codebook usage.
 
     Each k-level reconstruction is compared with the full signal and with its band-limited
     target (the input limited to 1/2^(N-k) of its band), as in the paper's Table 1. Mel and STFT
@@ -38,7 +41,7 @@ def eval_codec(
 
     Example: pyramid eval codec --data corpus --split test --clips 20 --json
     """
-    from pyramid_cli import transcribe
+    from pyramid_cli import transcribe, visqol_score
     from pyramid_cli.codec.evaluate import evaluate_codec, load_clips
     from pyramid_cli.devices import resolve_device
     from pyramid_cli.errors import UsageError
@@ -51,25 +54,30 @@ def eval_codec(
         if not notes:
             console.print(f"[yellow]note F1 skipped: {transcribe.INSTALL_HINT}[/yellow]")
     transcriber = transcribe.Transcriber() if notes else None
+    if visqol is None:
+        visqol = visqol_score.available()
+    scorer = visqol_score.Visqol() if visqol else None
     apply_threads(threads)
     codec, name, weights_hash = load_codec(model or DEFAULT_CODEC, resolve_device(device))
     audio = load_clips(data, split, clips, clip_seconds, codec.config.sample_rate)
     with make_progress() as progress:
         task = progress.add_task("evaluating", total=len(audio))
-        result = evaluate_codec(codec, audio, on_clip=lambda _: progress.advance(task), transcriber=transcriber)
+        result = evaluate_codec(codec, audio, on_clip=lambda _: progress.advance(task), transcriber=transcriber,
+                                visqol=scorer)
     if json_output:
         print_json({"model": name, "weights": weights_hash, "split": split, **result.to_dict()})
         return
     table = Table(title=f"{name}@{weights_hash[:8]} on {data} ({split} split): {result.clips} clips of "
                         f"{result.clip_seconds:.1f} s")
-    for column in ("levels", "tokens/s", "note F1", "notes/s", "chroma", "mel (target)", "mel (full)",
+    for column in ("levels", "tokens/s", "note F1", "notes/s", "chroma", "ViSQOL", "mel (target)", "mel (full)",
                    "STFT (full)", "wave L1 (full)", "SI-SDR (full)"):
         table.add_column(column, justify="right")
     for s in result.levels:
         table.add_row(str(s.levels), f"{s.tokens_per_second:.2f}",
                       "-" if s.note_f1 is None else f"{s.note_f1:.3f}",
                       "-" if s.notes_per_second is None else f"{s.notes_per_second:.1f}",
-                      f"{s.chroma_vs_full:.3f}", f"{s.mel_vs_target:.3f}", f"{s.mel_vs_full:.3f}",
+                      f"{s.chroma_vs_full:.3f}", "-" if s.visqol is None else f"{s.visqol:.2f}",
+                      f"{s.mel_vs_target:.3f}", f"{s.mel_vs_full:.3f}",
                       f"{s.stft_vs_full:.3f}", f"{s.waveform_vs_full:.4f}", f"{s.si_sdr_vs_full:.2f} dB")
     console.print(table)
     if result.input_notes_per_second is not None:

@@ -32,6 +32,7 @@ from pyramid_cli.transcribe import onset_f1
 
 if TYPE_CHECKING:
     from pyramid_cli.transcribe import Transcriber
+    from pyramid_cli.visqol_score import Visqol
 
 
 @dataclass
@@ -49,6 +50,7 @@ class LevelScores:
     note_precision: float | None = None
     note_recall: float | None = None
     notes_per_second: float | None = None  # in the decode (the input's: CodecEvaluation.input_notes_per_second)
+    visqol: float | None = None  # ViSQOL v3 audio mode, MOS-LQO 1-5 against the full signal (None: not measured)
 
 
 @dataclass
@@ -102,12 +104,12 @@ def load_clips(
 @torch.inference_mode()
 def evaluate_codec(
     codec: PyramidCodec, clips: list[torch.Tensor], on_clip: Callable[[int], None] | None = None,
-    transcriber: Transcriber | None = None,
+    transcriber: Transcriber | None = None, visqol: Visqol | None = None,
 ) -> CodecEvaluation:
     """Scores per number of decoded levels, averaged over clips, and codebook usage.
 
     With a ``transcriber``, also note onset precision / recall / F1 (mir_eval, 50 ms) and notes
-    per second; F1 is averaged over clips.
+    per second; F1 is averaged over clips. With ``visqol``, ViSQOL's MOS-LQO against the full signal.
     """
     config = codec.config
     device = next(codec.parameters()).device
@@ -145,6 +147,9 @@ def evaluate_codec(
                 precision, recall, f1 = onset_f1(reference_notes, estimate.notes)
                 scores.update(note_f1=f1, note_precision=precision, note_recall=recall,
                               notes_per_second=estimate.notes_per_second)
+            if visqol is not None:
+                scores["visqol"] = visqol.score(decoded[0, 0].cpu().numpy(), wav[0, 0].cpu().numpy(),
+                                                config.sample_rate)
             for name, value in scores.items():
                 sums[k][name] = sums[k].get(name, 0.0) + float(value)
         if on_clip:
