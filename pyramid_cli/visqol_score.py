@@ -34,12 +34,19 @@ class Visqol:
         self._api: Any = VisqolApi()
         self._api.create(mode="audio")
 
-    def score(self, estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> float:
-        """MOS-LQO of mono ``estimate`` against ``reference`` (same length, any rate; resampled to 48 kHz)."""
+    def score(self, estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> float | None:
+        """MOS-LQO of mono ``estimate`` against ``reference`` (same length, any rate; resampled to 48 kHz).
+
+        None for clips too short for ViSQOL's patches (about a second).
+        """
         from pyramid_cli.audio import resample
 
         def prepare(wav: np.ndarray) -> np.ndarray:
             wav = np.asarray(wav, dtype=np.float32).reshape(1, -1)
             return resample(wav, sample_rate, SAMPLE_RATE)[0].astype(np.float64)
 
-        return float(self._api.measure_from_arrays(prepare(reference), prepare(estimate), SAMPLE_RATE).moslqo)
+        try:
+            result = self._api.measure_from_arrays(prepare(reference), prepare(estimate), SAMPLE_RATE)
+        except ValueError:  # "Reference spectrum size ... smaller than minimum patch size"
+            return None
+        return float(result.moslqo)

@@ -114,6 +114,7 @@ def evaluate_codec(
     config = codec.config
     device = next(codec.parameters()).device
     sums: dict[int, dict[str, float]] = {k: {} for k in range(config.n_levels + 1)}  # 0: the input
+    counts: dict[int, int] = {}  # clips with a ViSQOL score, per number of levels
     histograms = [
         [torch.zeros(config.codebook_size, dtype=torch.long) for _ in range(n)] for n in config.n_codebooks
     ]
@@ -147,9 +148,11 @@ def evaluate_codec(
                 precision, recall, f1 = onset_f1(reference_notes, estimate.notes)
                 scores.update(note_f1=f1, note_precision=precision, note_recall=recall,
                               notes_per_second=estimate.notes_per_second)
-            if visqol is not None:
-                scores["visqol"] = visqol.score(decoded[0, 0].cpu().numpy(), wav[0, 0].cpu().numpy(),
-                                                config.sample_rate)
+            mos = None if visqol is None else visqol.score(decoded[0, 0].cpu().numpy(), wav[0, 0].cpu().numpy(),
+                                                           config.sample_rate)
+            if mos is not None:  # averaged over the clips long enough for ViSQOL
+                counts[k] = counts.get(k, 0) + 1
+                sums[k]["visqol"] = sums[k].get("visqol", 0.0) + mos
             for name, value in scores.items():
                 sums[k][name] = sums[k].get(name, 0.0) + float(value)
         if on_clip:
@@ -158,7 +161,7 @@ def evaluate_codec(
         LevelScores(
             levels=k,
             tokens_per_second=config.tokens_per_second(k),
-            **{name: total / len(clips) for name, total in sums[k].items()},
+            **{name: total / (counts[k] if name == "visqol" else len(clips)) for name, total in sums[k].items()},
         )
         for k in range(1, config.n_levels + 1)
     ]
