@@ -2,7 +2,8 @@
 (descript-audio-codec, ``MelSpectrogramLoss``, ``MultiScaleSTFTLoss``, ``L1Loss``, ``GANLoss``).
 
 Differences from DAC, on purpose: magnitudes (not powers) go into log10, and the scales are
-*averaged* rather than summed, so that the values are the DESIGN §7 distances directly. The
+*averaged* rather than summed (the training weights were tuned on that scale). The reported
+distances (``pyramid_cli.metrics``, DESIGN §7) sum them, as DAC and the paper do: 7x and 2x these. The
 STFT windows and mel filter banks are built once and kept as buffers (they follow ``.to()``).
 Inputs are (B, 1, T) or (B, T) audio; every loss returns a scalar.
 
