@@ -91,6 +91,9 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     return np.packbits(bit_matrix.astype(np.uint8).reshape(-1)).tobytes()
 
 
+_UNPACK_CHUNK = 1 << 16  # codes per unpacking step (about 6 MB of temporaries at 10 bits)
+
+
 def unpack_codes(data: bytes | bytearray | memoryview, count: int, bits: int) -> np.ndarray:
     """Inverse of `pack_codes`: exactly ceil(count*bits/8) bytes → (count,) int64.
 
@@ -104,9 +107,16 @@ def unpack_codes(data: bytes | bytearray | memoryview, count: int, bits: int) ->
     pad = n_bytes * 8 - count * bits
     if pad and data[-1] & ((1 << pad) - 1):
         raise ValueError("non-zero padding bits after the last code")
-    bit_stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits)
     weights = np.left_shift(1, np.arange(bits - 1, -1, -1, dtype=np.int64))
-    return bit_stream.reshape(count, bits).astype(np.int64) @ weights
+    codes = np.empty(count, dtype=np.int64)
+    # Chunk by chunk: one byte per bit, widened to int64, is 80 bytes per 10-bit code; whole-file
+    # unpacking made a 30 MB file take 3 GB. A chunk's code count is a multiple of 8, so every
+    # chunk starts on a byte boundary.
+    for start in range(0, count, _UNPACK_CHUNK):
+        n = min(_UNPACK_CHUNK, count - start)
+        chunk = np.frombuffer(data, dtype=np.uint8, count=-(-n * bits // 8), offset=start * bits // 8)
+        codes[start:start + n] = np.unpackbits(chunk, count=n * bits).reshape(n, bits).astype(np.int64) @ weights
+    return codes
 
 
 @dataclasses.dataclass(eq=False)
