@@ -114,7 +114,11 @@ def evaluate_codec(
     config = codec.config
     device = next(codec.parameters()).device
     sums: dict[int, dict[str, float]] = {k: {} for k in range(config.n_levels + 1)}  # 0: the input
-    counts: dict[int, int] = {}  # clips with a ViSQOL score, per number of levels
+    counts: dict[int, dict[str, int]] = {k: {} for k in sums}  # clips scored, per key (ViSQOL skips short ones)
+
+    def add(k: int, name: str, value: float) -> None:
+        sums[k][name] = sums[k].get(name, 0.0) + value
+        counts[k][name] = counts[k].get(name, 0) + 1
     histograms = [
         [torch.zeros(config.codebook_size, dtype=torch.long) for _ in range(n)] for n in config.n_codebooks
     ]
@@ -126,7 +130,7 @@ def evaluate_codec(
         if transcriber is not None:
             reference = transcriber.transcribe(clip[0].cpu().numpy(), config.sample_rate)
             reference_notes = reference.notes
-            sums[0]["notes_per_second"] = sums[0].get("notes_per_second", 0.0) + reference.notes_per_second
+            add(0, "notes_per_second", reference.notes_per_second)
         for level, level_codes in enumerate(codes):
             for book in range(level_codes.shape[1]):
                 histograms[level][book] += torch.bincount(
@@ -150,18 +154,17 @@ def evaluate_codec(
                               notes_per_second=estimate.notes_per_second)
             mos = None if visqol is None else visqol.score(decoded[0, 0].cpu().numpy(), wav[0, 0].cpu().numpy(),
                                                            config.sample_rate)
-            if mos is not None:  # averaged over the clips long enough for ViSQOL
-                counts[k] = counts.get(k, 0) + 1
-                sums[k]["visqol"] = sums[k].get("visqol", 0.0) + mos
+            if mos is not None:
+                scores["visqol"] = mos
             for name, value in scores.items():
-                sums[k][name] = sums[k].get(name, 0.0) + float(value)
+                add(k, name, float(value))
         if on_clip:
             on_clip(index)
     levels = [
         LevelScores(
             levels=k,
             tokens_per_second=config.tokens_per_second(k),
-            **{name: total / (counts[k] if name == "visqol" else len(clips)) for name, total in sums[k].items()},
+            **{name: total / counts[k][name] for name, total in sums[k].items()},
         )
         for k in range(1, config.n_levels + 1)
     ]
@@ -171,7 +174,7 @@ def evaluate_codec(
         clip_seconds=max(c.shape[-1] for c in clips) / config.sample_rate,
         levels=levels,
         codebooks=codebook_usage(histograms, config.codebook_size),
-        input_notes_per_second=None if input_rate is None else input_rate / len(clips),
+        input_notes_per_second=None if input_rate is None else input_rate / counts[0]["notes_per_second"],
     )
 
 

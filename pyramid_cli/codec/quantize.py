@@ -173,9 +173,9 @@ class ScalarQuantize(VectorQuantize):
     The latent is projected to len(levels) dimensions, each bounded with tanh to ``levels[j]``
     values and rounded (straight-through); the code is the mixed-radix number of the rounded
     values, so levels (4, 4, 4, 4, 4) give exactly 1,024 codes. There is no codebook to learn, so
-    no codebook or commitment loss and nothing to collapse: every code is reachable by
-    construction, where the cosine-lookup VQ of this codec collapsed to 1-3 codes within 20 steps of
-    training the spectral decoder and did not recover with dead-code reseeding.
+    no codebook or commitment loss and no dead entries. It can still collapse when its inputs do
+    (see ``project_in``): without the standardisation, it fell to one code within 100 steps, as
+    the cosine-lookup VQ did.
     """
 
     levels: torch.Tensor  # (d,) values per dimension
@@ -218,10 +218,10 @@ class ScalarQuantize(VectorQuantize):
         rounded = bounded + (bounded.round() - bounded).detach()  # straight-through
         codes = self._codes(rounded.detach())
         if self.training:
-            # Half the batch sees rounding noise instead of rounding (Ballé et al., ICLR 2017's
-            # proxy): the decoder can then only use what varies by more than a grid step, so the
-            # encoder must spread frames over the grid. With rounding alone, every frame fell into
-            # one cell within 100 steps and stayed there (the tanh bound saturated).
+            # Half the batch sees uniform rounding noise instead of rounding (Ballé et al., ICLR
+            # 2017's proxy), so the decoder learns from what varies by more than a grid step. The
+            # measured runs trained with it; on its own it did not stop the collapse (the
+            # standardisation in project_in did), and it has not been measured without.
             noisy = torch.rand(z.shape[0], 1, 1, device=z.device) < 0.5
             noise = torch.rand_like(bounded) - 0.5
             rounded = torch.where(noisy, bounded + noise, rounded)

@@ -26,7 +26,7 @@ from pyramid_cli.codec.spectral import log_magnitude as log_magnitude_of
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.audio_dataset import RandomCropDataset, fixed_clips
 from pyramid_cli.errors import FormatError, InputError, UsageError
-from pyramid_cli.metrics import mel_distance, mel_filterbank
+from pyramid_cli.metrics import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, mel_distance, mel_filterbank
 from pyramid_cli.train.codec_gan import Adversary
 from pyramid_cli.train.common import DistInfo, check_replicas_in_sync, gather_tensor, seed_everything
 
@@ -112,8 +112,8 @@ def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_ra
     ``log_mag``: L1 of the floored natural-log magnitudes (every bin counts alike, so the harmonics
     that carry pitch count as much as the envelope); ``convergence``: spectral convergence
     (Frobenius norm of the magnitude error over the target's, which the loud partials dominate);
-    ``mel``: the 2,048-point term of the mel distance (log10, 320 Slaney bands), computed from
-    the same magnitudes; ``pitch``: L1 of log10 magnitudes summed into semitone bands (MIDI 36 to
+    ``mel``: the mel distance's term at this window length (2,048 points: log10, 320 Slaney
+    bands), computed from the same magnitudes; ``pitch``: L1 of log10 magnitudes summed into semitone bands (MIDI 36 to
     108, ``semitone_filterbank``), where a note's partials are a large share of the bins, not the
     2% of 1,025 linear bins they are (trained without it, the codes kept rhythm and envelope but
     hardly any notes: onset F1 0.10 after 2,000 steps).
@@ -128,9 +128,9 @@ def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_ra
     target = F.pad(target, (0, frames * hop - target.shape[-1]))
     magnitude = stft_magnitude(target, n_fft, hop)
     estimate = log_magnitude.exp()
-    fbank = mel_filterbank(n_fft, 320, sample_rate).to(magnitude.device)
-    mel_estimate = (estimate.transpose(1, 2) @ fbank).clamp(min=1e-5).log10()
-    mel_target = (magnitude.transpose(1, 2) @ fbank).clamp(min=1e-5).log10()
+    fbank = mel_filterbank(n_fft, MEL_BANDS[MEL_WINDOWS.index(n_fft)], sample_rate).to(magnitude.device)
+    mel_estimate = (estimate.transpose(1, 2) @ fbank).clamp(min=CLAMP_EPS).log10()
+    mel_target = (magnitude.transpose(1, 2) @ fbank).clamp(min=CLAMP_EPS).log10()
     bands = semitone_filterbank(n_fft, sample_rate).to(magnitude.device)
     pitch_estimate = (bands @ estimate).clamp(min=LOG_FLOOR).log10()
     pitch_target = (bands @ magnitude).clamp(min=LOG_FLOOR).log10()
