@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pyramid_cli.errors import UsageError
@@ -61,6 +61,9 @@ class CodecConfig:
     # Values per dimension of finite scalar quantisation (quantize.ScalarQuantize) instead of the
     # cosine-lookup VQ; their product must equal codebook_size. () = VQ (DAC's).
     fsq_levels: tuple[int, ...] = ()
+    # Spectral only: > 0 adds a note head (codec/spectral.py NoteHead) whose notes sound through this
+    # many harmonic partials each; trained against MIDI piano rolls, so the codes must carry the notes.
+    harmonics: int = 0
 
     def __post_init__(self) -> None:
         for key in ("encoder_rates", "pyramid_rates", "n_codebooks", "fsq_levels"):
@@ -103,8 +106,10 @@ class CodecConfig:
                 raise UsageError("codec config: a spectral encoder has one stride (its STFT hop)")
             if self.n_fft < 2 * self.hop_lengths[-1] or self.n_fft % 2:
                 raise UsageError("codec config: n_fft must be even and at least twice the finest hop")
-            if min(self.encoder_layers, self.decoder_layers, self.griffin_lim_iters) < 0:
-                raise UsageError("codec config: layer and iteration counts must be >= 0")
+            if min(self.encoder_layers, self.decoder_layers, self.griffin_lim_iters, self.harmonics) < 0:
+                raise UsageError("codec config: layer, iteration and harmonic counts must be >= 0")
+        elif self.harmonics:
+            raise UsageError("codec config: harmonics (a note head) needs architecture 'spectral'")
         if self.pyramid_residual_units < 0:
             raise UsageError("codec config: pyramid_residual_units must be >= 0")
 
@@ -175,6 +180,7 @@ ADDED_LATER: dict[str, Any] = {
     "decoder_layers": 8,
     "griffin_lim_iters": 32,
     "fsq_levels": [],
+    "harmonics": 0,
 }
 ARCHITECTURES = ("waveform", "spectral")
 
@@ -183,7 +189,8 @@ ARCHITECTURES = ("waveform", "spectral")
 LIMITS: dict[str, int] = {"sample_rate": 384_000, "encoder_dim": 4096, "encoder_rates": 4096, "decoder_dim": 65_536,
                           "pyramid_rates": 16, "latent_dim": 16_384, "n_codebooks": 64, "codebook_size": 65_536,
                           "codebook_dim": 1024, "pyramid_residual_units": 16, "n_fft": 65_536, "encoder_layers": 64,
-                          "decoder_layers": 64, "griffin_lim_iters": 1024, "fsq_levels": 1024}
+                          "decoder_layers": 64, "griffin_lim_iters": 1024, "fsq_levels": 1024,
+                          "harmonics": 256}
 
 
 # ---- presets (DESIGN §2 table) ----------------------------------------------------------------
@@ -245,6 +252,14 @@ def p111_spectral() -> CodecConfig:
                        fsq_levels=(4, 4, 4, 4, 4))
 
 
+def p111_notes() -> CodecConfig:
+    """p111_spectral with a note head (24 harmonic partials per key): codes trained to carry the notes.
+
+    Training needs piano rolls: a corpus built from MIDI and ``note_midi_dir`` (``--notes-from``).
+    """
+    return replace(p111_spectral(), name="pyramid-22k-p111-notes", harmonics=24)
+
+
 PRESETS: dict[str, Callable[[], CodecConfig]] = {
     "p111": p111,
     "p555": p555,
@@ -252,6 +267,7 @@ PRESETS: dict[str, Callable[[], CodecConfig]] = {
     "dac_n9": dac_n9,
     "p111_small": p111_small,
     "p111_spectral": p111_spectral,
+    "p111_notes": p111_notes,
 }
 
 

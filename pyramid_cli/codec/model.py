@@ -55,6 +55,8 @@ class CodecOutput:
             spectral codec in training mode returns none: its losses read ``spectra``.
         spectra: spectral codecs only: level index i → the natural log of Y[i]'s STFT magnitude
             (B, n_fft/2+1, T / finest hop) as the decoder predicts it.
+        note_logits: codecs with a note head (``harmonics`` > 0) only: level index i → (B, 88,
+            T / finest hop) logits of MIDI keys 21..108 sounding, as decoded from levels 0..i.
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
         commitment_loss: scalar, summed over levels (weight it 0.25, DAC).
         codebook_loss: scalar, summed over levels (weight it 1.0, DAC).
@@ -67,6 +69,7 @@ class CodecOutput:
     codebook_loss: torch.Tensor
     diversity_loss: torch.Tensor
     spectra: dict[int, torch.Tensor] | None = None
+    note_logits: dict[int, torch.Tensor] | None = None
 
 
 class PyramidCodec(nn.Module):
@@ -103,7 +106,8 @@ class PyramidCodec(nn.Module):
         self.up_decode = nn.ModuleList(
             strided_conv_transpose(c.latent_dim, c.latent_dim, s) for s in c.level_rates
         )
-        self.decoder = (SpectralDecoder(c.n_fft, c.latent_dim, c.decoder_dim, c.decoder_layers)
+        self.decoder = (SpectralDecoder(c.n_fft, c.latent_dim, c.decoder_dim, c.decoder_layers, c.harmonics,
+                                        c.sample_rate)
                         if self.spectral else self._waveform_decoder(c))
 
     @staticmethod
@@ -206,11 +210,20 @@ class PyramidCodec(nn.Module):
             r.append(self.up_decode[i - 1](r[-1]) + quantized[i])
         return r
 
-    def decode_latent(self, latent: torch.Tensor, length: int | None = None) -> torch.Tensor:
-        """The shared decoder: (B, latent_dim, T_finest) → (B, 1, T_finest * finest hop)[..., :length]."""
+    def band(self, level: int) -> float:
+        """Eq. 2: the fraction of the spectrum that level ``level`` (from levels 0..level) reproduces."""
+        return 0.5 ** (self.config.n_levels - 1 - level)
+
+    def decode_latent(self, latent: torch.Tensor, length: int | None = None, level: int | None = None) -> torch.Tensor:
+        """The shared decoder: (B, latent_dim, T_finest) → (B, 1, T_finest * finest hop)[..., :length].
+
+        ``level``: the level ``latent`` is R[level] of (default the finest); a note head leaves out
+        the partials above that level's band.
+        """
         if not self.spectral:
             return self.decoder(latent)[..., :length]
-        return self.spectrum_to_audio(self.decoder(latent), length)
+        level = self.config.n_levels - 1 if level is None else level
+        return self.spectrum_to_audio(self.decoder(latent, self.band(level))[0], length)
 
     def spectrum_to_audio(self, log_magnitude: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """Spectral codecs: decoder output (B, F, frames) → (B, 1, frames * finest hop)[..., :length] audio."""
@@ -267,7 +280,7 @@ class PyramidCodec(nn.Module):
                 f"length {length} is longer than the {latent.shape[-1] * self.config.hop_lengths[-1]} "
                 "samples these codes hold"
             )
-        return self.decode_latent(latent, length)
+        return self.decode_latent(latent, length, levels - 1)
 
     # ---- training ---------------------------------------------------------------------------------
 
@@ -285,9 +298,12 @@ class PyramidCodec(nn.Module):
         if any(not 0 <= i < self.config.n_levels for i in levels):
             raise UsageError(f"levels_to_decode must be level indices in 0..{self.config.n_levels - 1}")
         r = self.pyramid_latents([out.z_q for out in outputs])
-        spectra = None
+        spectra = note_logits = None
         if self.spectral:
-            spectra = {i: self.decoder(self.lift(r[i], i)) for i in levels}
+            decoded = {i: self.decoder(self.lift(r[i], i), self.band(i)) for i in levels}
+            spectra = {i: spectrum for i, (spectrum, _) in decoded.items()}
+            if self.config.harmonics:
+                note_logits = {i: logits for i, (_, logits) in decoded.items()}
             # Phase reconstruction only outside training: the losses compare magnitudes.
             reconstructions = {} if self.training else {
                 i: self.spectrum_to_audio(s, wav.shape[-1]) for i, s in spectra.items()}
@@ -295,6 +311,7 @@ class PyramidCodec(nn.Module):
             reconstructions = {i: self.decode_latent(self.lift(r[i], i), wav.shape[-1]) for i in levels}
         return CodecOutput(
             spectra=spectra,
+            note_logits=note_logits,
             reconstructions=reconstructions,
             codes=[out.codes for out in outputs],
             commitment_loss=torch.stack([out.commitment_loss for out in outputs]).sum(),

@@ -59,11 +59,15 @@ class ConvNeXtStack(nn.Module):
         self.out_norm = nn.LayerNorm(dim, eps=1e-6)
         self.out = nn.Linear(dim, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim, T) → (B, T, dim): the normalised features the output layer reads."""
         h = self.embed_norm(self.embed(x).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             h = block(h)
-        return self.out(self.out_norm(h.transpose(1, 2))).transpose(1, 2)
+        return self.out_norm(h.transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.hidden(x)).transpose(1, 2)
 
 
 class Downsample(nn.Module):
@@ -122,15 +126,88 @@ class SpectralEncoder(nn.Module):
         return self.net(log_magnitude(stft_magnitude(wav, self.n_fft, self.hop)).to(wav.dtype))
 
 
-class SpectralDecoder(nn.Module):
-    """(B, latent_dim, frames) finest-rate latent → (B, n_fft/2+1, frames) log-magnitudes."""
+PIANO_LOW, PIANO_KEYS = 21, 88  # the note head's pitches: MIDI 21 (A0) to 108 (C8)
 
-    def __init__(self, n_fft: int, latent_dim: int, dim: int, layers: int) -> None:
+
+def harmonic_templates(n_fft: int, sample_rate: int, harmonics: int) -> torch.Tensor:
+    """(PIANO_KEYS, harmonics, n_fft/2+1): partial k of key p as a unit-peak Gaussian bump.
+
+    The bump's width (0.7 bins) matches the main lobe of a Hann window, so a template is what
+    ``stft_magnitude`` shows for a steady harmonic tone. Partials at or above Nyquist are zero.
+    """
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+    f0 = 440.0 * 2.0 ** ((torch.arange(PIANO_KEYS, dtype=torch.float64) + PIANO_LOW - 69) / 12)
+    partials = f0[:, None] * torch.arange(1, harmonics + 1, dtype=torch.float64)  # (P, K) Hz
+    centres = partials * n_fft / sample_rate  # in bins
+    bumps = torch.exp(-0.5 * ((bins - centres[..., None]) / 0.7) ** 2)
+    return (bumps * (partials < sample_rate / 2)[..., None]).float()
+
+
+class NoteHead(nn.Module):
+    """Decoder features → which of 88 keys sound, and the magnitudes of their harmonic partials.
+
+    Why: a magnitude decoder trained on reconstruction alone blurs the partials of uncertain
+    notes into a smooth envelope, and the decodes lose the notes (onset F1 ≈ 0.1). Here the notes
+    are explicit: a logit per key and frame (trained against the MIDI piano roll where one is
+    known) gates fixed harmonic templates, so a predicted note always becomes sharp partials at
+    its pitch. Rendering the MIDI roll through these templates with one fixed timbre and
+    Griffin-Lim keeps about half of the notes (onset F1 0.44 on 8 test clips); the learned
+    amplitudes, partial weights and the decoder's free magnitudes add the rest of the timbre.
+    """
+
+    templates: torch.Tensor
+
+    def __init__(self, dim: int, n_fft: int, sample_rate: int, harmonics: int) -> None:
+        super().__init__()
+        self.notes = nn.Linear(dim, 2 * PIANO_KEYS + harmonics)
+        with torch.no_grad():  # start with few notes on (sigmoid(-4) ≈ 0.02), as most keys are silent
+            self.notes.bias[:PIANO_KEYS].fill_(-4.0)
+        self.register_buffer("templates", harmonic_templates(n_fft, sample_rate, harmonics).flatten(0, 1),
+                             persistent=False)  # (P * K, F); a function of the config, not weights
+        self.harmonics = harmonics
+
+    def forward(self, hidden: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, dim) → note logits (B, 88, T) and harmonic magnitudes (B, F, T) below bin ``bins``."""
+        logits, gain, weights = self.notes(hidden).split([PIANO_KEYS, PIANO_KEYS, self.harmonics], dim=-1)
+        amplitude = torch.sigmoid(logits) * nn.functional.softplus(gain) * HARMONIC_SCALE  # (B, T, P)
+        partials = amplitude[..., :, None] * torch.softmax(weights, dim=-1)[..., None, :]  # (B, T, P, K)
+        magnitude = partials.flatten(2) @ self.templates[:, :bins]  # (B, T, bins)
+        magnitude = nn.functional.pad(magnitude, (0, self.templates.shape[1] - bins))
+        return logits.transpose(1, 2), magnitude.transpose(1, 2)
+
+
+# A partial of amplitude A shows as A * n_fft / 4 in a Hann-windowed STFT; 32 is a loud note's partial
+# sum (A ≈ 0.06) at 2,048 points, so a fresh head starts at a plausible level.
+HARMONIC_SCALE = 32.0
+
+
+class SpectralDecoder(nn.Module):
+    """(B, latent_dim, frames) finest-rate latent → (B, n_fft/2+1, frames) log-magnitudes.
+
+    With ``harmonics`` > 0 it also predicts notes (``NoteHead``): the magnitudes are then the sum
+    of the free magnitudes and the notes' harmonic partials, and ``forward`` also returns the
+    note logits (B, 88, frames).
+    """
+
+    def __init__(self, n_fft: int, latent_dim: int, dim: int, layers: int, harmonics: int = 0,
+                 sample_rate: int = 22050) -> None:
         super().__init__()
         self.net = ConvNeXtStack(latent_dim, dim, n_fft // 2 + 1, layers)
+        self.note_head = NoteHead(dim, n_fft, sample_rate, harmonics) if harmonics else None
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.net(latent).clamp(max=MAX_LOG_MAGNITUDE)
+    def forward(self, latent: torch.Tensor, band: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-magnitudes (B, F, frames) and note logits (B, 88, frames) or None.
+
+        ``band``: the fraction of the spectrum the decoded level keeps (Eq. 2); the notes'
+        partials above it are left out, as the level's target has none.
+        """
+        hidden = self.net.hidden(latent)
+        free = self.net.out(hidden).transpose(1, 2).clamp(max=MAX_LOG_MAGNITUDE)
+        if self.note_head is None:
+            return free, None
+        bins = max(1, round(band * free.shape[1]))
+        logits, harmonic = self.note_head(hidden, bins)
+        return (free.exp() + harmonic).clamp(min=LOG_FLOOR).log().clamp(max=MAX_LOG_MAGNITUDE), logits
 
 
 def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, iterations: int, length: int,

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pyramid_cli.data.manifest import SPLITS, load_manifest
+from pyramid_cli.data.notes import midi_notes, piano_roll
 from pyramid_cli.errors import InputError, UsageError
 
 
@@ -172,3 +173,50 @@ def describe(dataset: RandomCropDataset) -> dict[str, Any]:
         "hours": samples / dataset.sample_rate / 3600.0,
         "crop_samples": dataset.crop_samples,
     }
+
+
+class NoteCropDataset(RandomCropDataset):
+    """``RandomCropDataset`` whose items are (crop (1, T), piano roll (88, T // hop)): the same crops
+    (same seed and index), with the notes of the MIDI files the corpus was rendered from.
+
+    Args:
+        midi_dir: the ``--midi-dir`` the corpus was built from (each record's ``source`` is
+            relative to it).
+        hop: samples per roll frame (the codec's finest hop).
+    """
+
+    def __init__(self, corpus: str | Path, split: str, crop_seconds: float, midi_dir: str | Path, hop: int,
+                 **kwargs: Any) -> None:
+        super().__init__(corpus, split, crop_seconds, **kwargs)
+        self.hop = hop
+        sources = {str(self.corpus / r["audio"]): r.get("source") for r in load_manifest(self.corpus)}
+        self.midi_paths = []
+        for path, _ in self.songs:
+            source = sources.get(path)
+            midi = Path(midi_dir) / source if source else None
+            if midi is None or not midi.is_file():
+                raise InputError(f"{path}: its MIDI source {source!r} is not in {midi_dir}; note-head "
+                                 "training needs the MIDI folder the corpus was built from")
+            self.midi_paths.append(midi)
+        self._notes: dict[int, np.ndarray] = {}
+
+    def notes(self, song: int) -> np.ndarray:
+        """The (start, end, pitch) rows of song number ``song`` (parsed once)."""
+        if song not in self._notes:
+            self._notes[song] = midi_notes(self.midi_paths[song])
+        return self._notes[song]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        best, best_db = None, -math.inf
+        for attempt in range(self.max_tries):
+            song, offset = self.locate(index, attempt)
+            crop = self.read(song, offset)
+            level = rms_db(crop)
+            if best is None or level > best_db:
+                best, best_db = (song, offset, crop), level
+            if level >= self.silence_db:
+                break
+        assert best is not None
+        song, offset, crop = best
+        roll = piano_roll(self.notes(song), offset, self.crop_samples // self.hop, self.hop, self.sample_rate)
+        return torch.from_numpy(crop).unsqueeze(0), torch.from_numpy(roll)

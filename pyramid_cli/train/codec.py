@@ -31,7 +31,7 @@ from pyramid_cli.checkpoint import latest_checkpoint, load_training_state
 from pyramid_cli.codec import CodecConfig, PyramidCodec, preset
 from pyramid_cli.codec.discriminators import DiscriminatorConfig, discriminator_preset
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss
-from pyramid_cli.data.audio_dataset import CropSampler, RandomCropDataset
+from pyramid_cli.data.audio_dataset import CropSampler, NoteCropDataset, RandomCropDataset
 from pyramid_cli.data.manifest import append_jsonl, read_jsonl, write_jsonl
 from pyramid_cli.errors import FormatError, PyramidError, UsageError
 from pyramid_cli.fileio import write_text_atomic
@@ -75,6 +75,8 @@ class CodecTrainConfig(TrainSettings):
     stft_weight: float = 0.0  # multi-scale STFT loss weight (0 = off)
     waveform_weight: float = 0.0  # waveform L1 weight (0 = off)
     pitch_weight: float = 0.0  # spectral codecs: semitone-band log-magnitude loss (codec_parts.spectral_losses)
+    note_weight: float = 1.0  # codecs with a note head: BCE of its note logits against the MIDI piano roll
+    notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
     codebook_weight: float = 1.0  # RVQ codebook loss (DAC)
@@ -110,7 +112,7 @@ class CodecTrainConfig(TrainSettings):
             positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
-                          "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight"))
+                          "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight"))
 
     def codec_config(self) -> CodecConfig:
         """The model architecture this config names."""
@@ -205,9 +207,13 @@ class _Trainer:
                 raise UsageError(f"{self.run_dir} holds a {saved.name!r} run with another model config; "
                                  "pass a new --run folder, or --init-from to start from its weights")
             return saved
+        wanted = self.config.codec_config()
         if init_from is not None:
-            return parts_.read_model_config(Path(init_from))
-        return self.config.codec_config()
+            source = parts_.read_model_config(Path(init_from))
+            # Growing a note head on a trained spectral codec: everything else must be the same.
+            grows_note_head = bool(wanted.harmonics) and source == replace(wanted, harmonics=0, name=source.name)
+            return wanted if grows_note_head else source
+        return wanted
 
     def run(self, init_from: str | Path | None, max_steps: int | None,
             stop: Callable[[], bool] | None) -> TrainResult:
@@ -237,8 +243,7 @@ class _Trainer:
                                        broadcast_buffers=False,  # codebook usage counts are per rank, reduced on use
                                        find_unused_parameters=cfg.levels_per_step == "random")
                if info.distributed else model)
-        dataset = RandomCropDataset(self.corpus, "train", cfg.crop_seconds, codec_config.sample_rate,
-                                    seed=cfg.seed, silence_db=cfg.silence_db)
+        dataset = self._dataset(codec_config)
         sampler = CropSampler(cfg.batch_size, start=position, rank=info.rank, world_size=info.world_size)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                             pin_memory=info.device.type == "cuda",
@@ -263,7 +268,9 @@ class _Trainer:
             if stop is not None and any_rank(stop(), info):
                 stopped = True
                 break
-            wav = next(batches).to(info.device, non_blocking=True)  # (B, 1, T)
+            batch = next(batches)
+            wav, rolls = batch if isinstance(batch, list) else (batch, None)  # (B, 1, T), (B, 88, frames)
+            wav = wav.to(info.device, non_blocking=True)
             lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.schedule, cfg.steps, cfg.lr_decay, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -278,7 +285,8 @@ class _Trainer:
             gan = adversary if adversary is not None and adversary.active(step) else None
             if gan is not None:  # DAC's order: the discriminator learns from this step's output first
                 window.add(gan.discriminator_step(targets, out.reconstructions, step))
-            loss, parts = parts_.codec_loss(out, targets, cfg, mel_weight, mel_loss, stft_loss, gan)
+            loss, parts = parts_.codec_loss(out, targets, cfg, mel_weight, mel_loss, stft_loss, gan,
+                                            None if rolls is None else rolls.to(info.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
@@ -322,6 +330,17 @@ class _Trainer:
             best_mel=None if best is None else best["mel"], export_dir=saver.export_dir if info.is_main else None,
             last_train=last_train,
         )
+
+    def _dataset(self, codec_config: CodecConfig) -> RandomCropDataset:
+        cfg = self.config
+        if not codec_config.harmonics:
+            return RandomCropDataset(self.corpus, "train", cfg.crop_seconds, codec_config.sample_rate,
+                                     seed=cfg.seed, silence_db=cfg.silence_db)
+        if cfg.notes_from is None:
+            raise UsageError(f"{codec_config.name} has a note head, which learns from MIDI piano rolls: "
+                             "set notes_from to the MIDI folder the corpus was built from")
+        return NoteCropDataset(self.corpus, "train", cfg.crop_seconds, cfg.notes_from, codec_config.hop_lengths[-1],
+                               sample_rate=codec_config.sample_rate, seed=cfg.seed, silence_db=cfg.silence_db)
 
     def _restore(self, folder: Path, model: PyramidCodec, optimizer: torch.optim.Optimizer,
                  adversary: Adversary | None) -> tuple[int, int, dict[str, Any] | None, float]:

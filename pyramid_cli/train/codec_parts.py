@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ def codec_loss(
     mel_loss: MultiScaleMelLoss,
     stft_loss: MultiScaleSTFTLoss | None,
     adversary: Adversary | None = None,
+    rolls: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 3: the sum over decoded levels of the losses of Y[i] against its band-limited target.
 
@@ -57,6 +58,8 @@ def codec_loss(
         targets: ``level_targets`` of the input, per decoded level.
         adversary: when given, adds its adversarial and feature-matching losses (summed over
             the decoded levels, like the mel terms).
+        rolls: (B, 88, frames) MIDI piano rolls of the crops; with a note head, its logits at
+            every decoded level learn them (binary cross-entropy, weight ``note_weight``).
 
     Returns:
         The scalar training loss (float32) and its named parts (per level ``mel_l{i}`` ...).
@@ -72,6 +75,11 @@ def codec_loss(
             parts.update({f"{name}_l{i}": value for name, value in level_parts.items()})
             total = (total + mel_weight * level_parts["mel"] + level_parts["log_mag"] + level_parts["convergence"]
                      + cfg.pitch_weight * level_parts["pitch"])
+        if out.note_logits is not None and rolls is not None:
+            for i in targets:
+                logits = out.note_logits[i].float()[..., : rolls.shape[-1]]  # the model pads the crop
+                parts[f"notes_l{i}"] = F.binary_cross_entropy_with_logits(logits, rolls)
+                total = total + cfg.note_weight * parts[f"notes_l{i}"]
         return total, parts
     estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
     for i, target in targets.items():
@@ -339,7 +347,9 @@ def load_init_weights(model: PyramidCodec, directory: Path) -> None:
     recovers magnitude and direction, so training keeps its weight-norm parametrization.
     """
     source = PyramidCodec.from_pretrained(directory)
-    if source.config != model.config:
+    grown = (bool(model.config.harmonics) and not source.config.harmonics
+             and source.config == replace(model.config, harmonics=0, name=source.config.name))
+    if source.config != model.config and not grown:
         raise UsageError(f"{directory}: holds a {source.config.name!r} model, not the one being trained")
     state = source.state_dict()
     folded = not any(".parametrizations." in key for key in state)
@@ -351,6 +361,8 @@ def load_init_weights(model: PyramidCodec, directory: Path) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
     if folded:  # the parametrizations were set above, not through the state dict
         missing = [key for key in missing if ".parametrizations." not in key]
+    if grown:  # a new note head starts from its initialisation
+        missing = [key for key in missing if not key.startswith("decoder.note_head.")]
     if missing or unexpected:
         raise FormatError(f"{directory}: weights do not fit the model (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")

@@ -1,0 +1,154 @@
+"""The note head of a spectral codec: harmonic templates, band limits, piano rolls, training."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+import soundfile as sf
+import torch
+
+from pyramid_cli.codec import CodecConfig, PyramidCodec
+from pyramid_cli.codec.config import p111_notes
+from pyramid_cli.codec.spectral import PIANO_KEYS, PIANO_LOW, NoteHead, harmonic_templates
+from pyramid_cli.data.audio_dataset import NoteCropDataset, RandomCropDataset
+from pyramid_cli.data.notes import midi_notes, piano_roll
+from pyramid_cli.errors import InputError, UsageError
+from pyramid_cli.train import CodecTrainConfig, train_codec
+
+RATE = 22050
+TINY = CodecConfig(name="tiny-notes", architecture="spectral", encoder_rates=(256,), encoder_dim=16,
+                   decoder_dim=16, latent_dim=16, encoder_layers=1, decoder_layers=1, griffin_lim_iters=2,
+                   fsq_levels=(4, 4, 4, 4, 4), harmonics=8)
+
+
+def test_templates_put_partials_at_the_harmonics_of_each_key() -> None:
+    templates = harmonic_templates(2048, RATE, 8)
+    assert templates.shape == (PIANO_KEYS, 8, 1025)
+    a4 = 69 - PIANO_LOW
+    for k in range(8):
+        assert int(templates[a4, k].argmax()) == round((k + 1) * 440 * 2048 / RATE)
+    top = PIANO_KEYS - 1  # C8, 4,186 Hz: its 3rd partial is above Nyquist
+    assert templates[top, 2:].abs().max() == 0 and templates[top, 1].max() > 0.5  # off the bin grid: below the peak
+
+
+def test_note_head_renders_only_the_keys_it_turns_on_and_only_within_the_band() -> None:
+    head = NoteHead(4, 2048, RATE, 8)
+    with torch.no_grad():
+        head.notes.weight.zero_()
+        head.notes.bias.zero_()
+        head.notes.bias[:PIANO_KEYS] = -30.0  # every key off
+        head.notes.bias[69 - PIANO_LOW] = 30.0  # A4 on
+    logits, magnitude = head(torch.zeros(1, 5, 4), bins=1025)
+    assert logits.shape == (1, PIANO_KEYS, 5) and magnitude.shape == (1, 1025, 5)
+    peaks = set(torch.topk(magnitude[0, :, 0], 8).indices.tolist())
+    assert peaks == {round(k * 440 * 2048 / RATE) for k in range(1, 9)}
+    _, quarter = head(torch.zeros(1, 5, 4), bins=256)  # level 0 of 3 keeps a quarter of the band
+    assert quarter[0, 256:].abs().max() == 0 and quarter[0, :256].max() > 1
+
+
+def test_config_and_preset() -> None:
+    assert p111_notes().harmonics == 24 and replace(p111_notes(), harmonics=0, name="x").architecture == "spectral"
+    with pytest.raises(UsageError, match="spectral"):
+        CodecConfig(harmonics=8)  # a waveform codec
+    old = {k: v for k, v in TINY.to_dict().items() if k != "harmonics"}
+    assert CodecConfig.from_dict(old).harmonics == 0  # configs written before the field
+
+
+def test_codec_returns_note_logits_per_level_and_decodes() -> None:
+    torch.manual_seed(0)
+    model = PyramidCodec(TINY).train()
+    wav = 0.1 * torch.randn(2, 1, RATE)
+    out = model(wav, levels_to_decode=[0, 2])
+    assert out.note_logits is not None and set(out.note_logits) == {0, 2}
+    assert out.note_logits[0].shape == (2, PIANO_KEYS, out.spectra[0].shape[-1])
+    model.eval()
+    with torch.inference_mode():
+        codes = model.encode(wav)
+        assert model.decode(codes, levels=1, length=RATE).shape == (2, 1, RATE)
+
+
+def test_piano_roll_frames() -> None:
+    hop = 512
+    notes = np.array([[0.0, 0.5, 60], [1.0, 1.001, 72], [0.2, 0.3, 200 - 100]])
+    roll = piano_roll(notes, offset=0, frames=100, hop=hop, sample_rate=RATE)
+    c4 = roll[60 - PIANO_LOW]
+    assert c4[0] == 1 and c4[math.ceil(0.5 * RATE / hop) - 1] == 1 and c4[math.ceil(0.5 * RATE / hop)] == 0
+    assert roll[72 - PIANO_LOW].sum() == 1  # shorter than a frame: still one frame, at its onset
+    assert roll[72 - PIANO_LOW, round(RATE / hop)] == 1
+    shifted = piano_roll(notes, offset=10 * hop, frames=90, hop=hop, sample_rate=RATE)
+    np.testing.assert_array_equal(shifted, roll[:, 10:])
+
+
+def write_midi_corpus(root: Path) -> tuple[Path, Path]:
+    """Two 3 s songs (C4 then E4; G4 all along) with their MIDI sources, as `dataset build` leaves them."""
+    midi_dir, records = root / "midi", []
+    midi_dir.mkdir(parents=True)
+    for k, melody in enumerate(([(60, 0.0, 1.5), (64, 1.5, 3.0)], [(67, 0.0, 3.0)])):
+        midi = pretty_midi.PrettyMIDI()
+        piano = pretty_midi.Instrument(program=0)
+        drums = pretty_midi.Instrument(program=0, is_drum=True)
+        for pitch, start, end in melody:
+            piano.notes.append(pretty_midi.Note(100, pitch, start, end))
+            drums.notes.append(pretty_midi.Note(100, 36, start, start + 0.1))
+        midi.instruments += [piano, drums]
+        midi.write(str(midi_dir / f"song{k}.mid"))
+        t = np.arange(3 * RATE) / RATE
+        pitch = np.where(t < melody[0][2], melody[0][0], melody[-1][0])
+        wav = 0.3 * np.sin(2 * np.pi * 440 * 2 ** ((pitch - 69) / 12) * t)
+        rel = f"audio/train/song{k}.flac"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, wav.astype(np.float32), RATE)
+        records.append({"id": f"song{k}", "split": "train", "audio": rel, "duration": 3.0,
+                        "num_samples": len(t), "source": f"song{k}.mid"})
+    records.append({**records[0], "id": "valid0", "split": "valid"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root, midi_dir
+
+
+def test_note_crops_are_the_plain_crops_with_their_rolls(tmp_path: Path) -> None:
+    corpus, midi_dir = write_midi_corpus(tmp_path)
+    assert sorted(midi_notes(midi_dir / "song0.mid")[:, 2]) == [60, 64]  # drums left out
+    plain = RandomCropDataset(corpus, "train", 1.0, seed=3)
+    noted = NoteCropDataset(corpus, "train", 1.0, midi_dir, hop=512, seed=3)
+    for index in range(6):
+        crop, roll = noted[index]
+        torch.testing.assert_close(crop, plain[index])
+        song, offset = noted.locate(index)
+        assert roll.shape == (PIANO_KEYS, RATE // 512)
+        keys = {PIANO_LOW + int(k) for k in torch.nonzero(roll.sum(1)).flatten()}
+        if song == 1:
+            assert keys == {67}
+        else:
+            assert keys <= {60, 64} and (60 in keys) == (offset < 1.5 * RATE)
+    (midi_dir / "song1.mid").unlink()
+    with pytest.raises(InputError, match="song1.mid"):
+        NoteCropDataset(corpus, "train", 1.0, midi_dir, hop=512)
+
+
+def test_training_learns_the_roll_and_grows_a_head_on_a_spectral_codec(tmp_path: Path) -> None:
+    corpus, midi_dir = write_midi_corpus(tmp_path)
+    fast = dict(crop_seconds=0.5, batch_size=4, lr=3e-3, warmup_steps=0, eval_clips=1, eval_seconds=0.5,
+                log_every=1, eval_every=0, checkpoint_every=0, reseed_dead_codes_every=0, seed=1,
+                levels_per_step="all")
+    base = replace(TINY, harmonics=0, name="tiny-spectral")
+    train_codec(tmp_path / "base", CodecTrainConfig(**fast, model=base.to_dict(), steps=1), corpus)
+    with pytest.raises(UsageError, match="notes_from"):
+        train_codec(tmp_path / "x", CodecTrainConfig(**fast, model=TINY.to_dict(), steps=1), corpus)
+    config = CodecTrainConfig(**fast, model=TINY.to_dict(), steps=60, notes_from=str(midi_dir))
+    train_codec(tmp_path / "notes", config, corpus, init_from=tmp_path / "base/export")
+    grown = PyramidCodec.from_pretrained(tmp_path / "notes/export")
+    assert grown.config.harmonics == 8
+    logs = [json.loads(line) for line in (tmp_path / "notes/metrics.jsonl").read_text().splitlines()]
+    bce = [r["notes_l2"] for r in logs if r["kind"] == "train"]
+    assert len(bce) == 60 and bce[-1] < 0.5 * bce[0]
+    grown.train()  # note logits come with the training outputs
+    with torch.no_grad():
+        wav = torch.from_numpy(sf.read(corpus / "audio/train/song1.flac", dtype="float32")[0])[None, None]
+        logits = grown(wav[..., :RATE], levels_to_decode=[2]).note_logits[2].mean(-1)[0]
+    assert PIANO_LOW + int(logits.argmax()) == 67  # the song's one note
