@@ -76,6 +76,7 @@ class CodecTrainConfig(TrainSettings):
     waveform_weight: float = 0.0  # waveform L1 weight (0 = off)
     pitch_weight: float = 0.0  # spectral codecs: semitone-band log-magnitude loss (codec_parts.spectral_losses)
     note_weight: float = 1.0  # codecs with a note head: BCE of its note logits against the MIDI piano roll
+    note_pos_weight: float = 1.0  # weight of the sounding keys in that BCE (> 1 trades precision for recall)
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
@@ -109,7 +110,8 @@ class CodecTrainConfig(TrainSettings):
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         self.check_ranges(
-            positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last"),
+            positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last",
+                      "note_pos_weight"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
                           "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight"))

@@ -78,7 +78,8 @@ def codec_loss(
         if out.note_logits is not None and rolls is not None:
             for i in targets:
                 logits = out.note_logits[i].float()[..., : rolls.shape[-1]]  # the model pads the crop
-                parts[f"notes_l{i}"] = F.binary_cross_entropy_with_logits(logits, rolls)
+                parts[f"notes_l{i}"] = F.binary_cross_entropy_with_logits(
+                    logits, rolls, pos_weight=torch.tensor(cfg.note_pos_weight, device=logits.device))
                 total = total + cfg.note_weight * parts[f"notes_l{i}"]
         return total, parts
     estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
