@@ -171,22 +171,29 @@ def encode(
             def report(done: int, total: int, task: Any = task) -> None:
                 progress.update(task, completed=done // rate, total=-(-total // rate))
 
+            warnings: list[str] = []
+
+            def warn(message: str, warnings: list[str] = warnings) -> None:
+                warnings.append(message)
+                if not json_output:
+                    progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
             try:
                 check_output(job.output, force, () if job.source is None else (job.source,))
                 source = io.BytesIO(read_stdin_bytes()) if job.source is None else job.source
                 pyr = encode_file(source, codec, name=job.label, levels=levels, chunk_seconds=chunk_seconds,
-                                  progress=report)
+                                  progress=report, warn=warn)
                 data = pyr.to_bytes()
                 write_output(job.output, data, force)
             except PyramidError as error:
                 errors.append(error)
-                results.append({"input": job.label, "ok": False, "error": str(error)})
+                results.append({"input": job.label, "ok": False, "error": str(error), "warnings": warnings})
                 if len(jobs) > 1 and not json_output:
                     progress.console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
             else:
                 results.append({"input": job.label, "output": job.output, "ok": True, "bytes": len(data),
                                 "seconds": pyr.duration_seconds, "levels": pyr.n_levels,
-                                "tokens_per_second": pyr.cumulative_tokens_per_second[-1]})
+                                "tokens_per_second": pyr.cumulative_tokens_per_second[-1], "warnings": warnings})
                 if not json_output:
                     progress.console.print(
                         f"{job.label} → {'stdout' if is_stdio(job.output) else job.output}: "

@@ -8,7 +8,7 @@ and exit codes (EnCodec's split). Shapes: audio is numpy float32 (channels, samp
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,6 +40,7 @@ def encode_file(
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float | None = None,
     progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> PyrFile:
     """Read an audio file or stream chunk by chunk and encode it (see ``encode_waveform``).
 
@@ -50,15 +51,25 @@ def encode_file(
         source: a path, or a binary stream holding a whole WAV/FLAC/OGG file (e.g. stdin).
         codec: from ``pyramid_cli.hub.load_codec``.
         name: how to call the input in messages and provenance (default: the path; ``<stdin>``).
+        warn: called with a one-line message about input that is encoded but deserves a word (a
+            truncated WAV: only the part the file holds is encoded).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<stdin>")
     kept = _check_levels(codec, levels)
     with AudioReader(source, codec.model.config.sample_rate, name=label) as reader:
+        if reader.truncated and warn is not None:
+            warn(truncation_message(label, reader.frames, reader.header_frames or 0, reader.original_sample_rate))
         _check_signal(label, reader.peak(), reader.num_samples, codec)
         codes = encode_audio(codec.model, reader, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
                              progress=progress)
         return _pyr(codec, codes[:kept], reader.num_samples, reader.original_sample_rate, reader.channels, label,
                     chunk_seconds, overlap_seconds)
+
+
+def truncation_message(name: str, frames: int, header_frames: int, sample_rate: int) -> str:
+    """One line saying that ``name`` holds ``frames`` of the ``header_frames`` its header declares."""
+    return (f"{name}: the file is truncated: its header declares {header_frames / sample_rate:.2f} s, it holds "
+            f"{frames / sample_rate:.2f} s ({100 * frames / header_frames:.0f}%); encoding the readable part")
 
 
 def encode_waveform(

@@ -376,3 +376,86 @@ def test_stdin_errors_do_not_show_object_reprs(cli, models):
     result = cli("encode", "-", "-o", "-", "--model", str(models[0]), "--device", "cpu", stdin=b"not audio at all")
     assert result.code == 1 and "<stdin>" in result.stderr and "object at 0x" not in result.stderr, result.stderr
 
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_decode_into_a_closed_pipe_is_an_error(cli, models, tmp_path: Path, unbuffered: str):
+    """`pyramid decode X.pyr -o - | head -c 100`: exit 1 and one line saying the output is incomplete.
+
+    A real pipe whose reader leaves after 100 bytes; the WAV (20 s, 880 KB) is far larger than a pipe's
+    buffer. With PYTHONUNBUFFERED=1 stdout is a raw file whose write() took only what the pipe held and
+    returned the count, so the rest was dropped, and decode said it had succeeded.
+    """
+    import os
+    import subprocess
+
+    sf.write(tmp_path / "long.wav", tone(20.0), RATE)
+    assert cli("encode", str(tmp_path / "long.wav"), "--model", str(models[0]), "--device", "cpu").code == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyramid_cli", "decode", str(tmp_path / "long.pyr"), "-o", "-", "--model",
+         str(models[0]), "--device", "cpu", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    head = process.stdout.read(100)
+    process.stdout.close()  # what `head -c 100` does once it has its bytes
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1, err
+    assert head[:4] == b"RIFF"
+    assert err.strip().splitlines() == ["error: stdout was closed before all the data was written; the output is "
+                                        "incomplete"], err
+    assert "→ stdout" not in err
+
+
+def test_stdout_writes_survive_partial_writes_and_report_a_full_disk(monkeypatch: pytest.MonkeyPatch):
+    """A raw stdout that takes 1,000 bytes per call gets all the data; a full one gives one clean error."""
+    import errno
+
+    from pyramid_cli.cli._shared import write_output
+    from pyramid_cli.errors import InputError
+
+    class Raw(io.RawIOBase):
+        def __init__(self, room: int) -> None:
+            self.data, self.room = bytearray(), room
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk) -> int:  # type: ignore[no-untyped-def, override]
+            if len(self.data) >= self.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            taken = bytes(chunk[:1000])
+            self.data += taken
+            return len(taken)
+
+    payload = bytes(range(256)) * 40
+    roomy = Raw(room=10**6)
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(roomy, write_through=True))  # type: ignore[arg-type]
+    write_output("-", payload)
+    assert bytes(roomy.data) == payload
+
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(Raw(room=3000), write_through=True))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"^stdout: cannot write \(No space left on device\); the output is "
+                       r"incomplete$"):
+        write_output("-", payload)
+
+
+@pytest.mark.parametrize("stdin", [False, True])
+def test_a_truncated_wav_encodes_with_a_warning(cli, models, tmp_path: Path, stdin: bool):
+    """A WAV cut at half its data: encoded (what is there), with one warning saying how much was readable."""
+    sf.write(tmp_path / "whole.wav", tone(4.0), RATE)
+    whole = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[: 44 + (len(whole) - 44) // 2])
+    args = ("-", "-o", str(tmp_path / "cut.pyr")) if stdin else (str(tmp_path / "cut.wav"),)
+    result = cli("encode", *args, "--model", str(models[0]), "--device", "cpu",
+                 stdin=(tmp_path / "cut.wav").read_bytes() if stdin else None)
+    assert result.code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    name = "<stdin>" if stdin else str(tmp_path / "cut.wav")
+    assert warnings == [f"warning: {name}: the file is truncated: its header declares 4.00 s, it holds 2.00 s "
+                        "(50%); encoding the readable part"], result.stderr
+    assert "→" in result.stderr  # and it still reports the encode
+
+    result = cli("encode", str(tmp_path / "whole.wav"), "--model", str(models[0]), "--device", "cpu", "--json")
+    assert result.code == 0 and "warning" not in result.stderr
+    assert json.loads(result.stdout)["files"][0]["warnings"] == []
