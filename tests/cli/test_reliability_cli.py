@@ -459,3 +459,84 @@ def test_a_truncated_wav_encodes_with_a_warning(cli, models, tmp_path: Path, std
     result = cli("encode", str(tmp_path / "whole.wav"), "--model", str(models[0]), "--device", "cpu", "--json")
     assert result.code == 0 and "warning" not in result.stderr
     assert json.loads(result.stdout)["files"][0]["warnings"] == []
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    (["encode"], ["Missing folders are created", "(created if missing)"]),
+    (["decode"], ["Missing folders are created"]),
+    (["generate"], ["Missing folders are created", "missing folders are created"]),
+    (["plot"], ["Missing folders are created"]),
+    (["eval", "music"], ["missing folders are created"]),
+    (["train", "codec"], ["created if missing"]),
+    (["train", "lm"], ["created if missing"]),
+])
+def test_help_says_missing_output_folders_are_created(cli, command: list[str], expected: list[str]):
+    """Every option naming an output file or folder says that missing folders are made for it."""
+    import re
+
+    result = cli(*command, "--help")
+    assert result.code == 0, result.stderr
+    # Rich wraps the help in a box: drop the borders and join the wrapped lines.
+    text = re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", result.stdout.decode()))
+    for phrase in expected:
+        assert phrase in text, text
+
+
+def _python(script: str, *args: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def test_ctrl_c_during_a_command_prints_the_interrupted_line(tmp_path: Path):
+    """A real SIGINT in a running command: exit 130, the 'interrupted' line, the partial output removed."""
+    import signal
+
+    script = (
+        "import sys, time\n"
+        "from pyramid_cli.cli import main\n"
+        "import pyramid_cli.cli as cli\n"
+        "from pyramid_cli.fileio import atomic_write\n"
+        "def slow():\n"
+        "    with atomic_write(sys.argv[1]) as handle:\n"
+        "        handle.write(b'part'); handle.flush(); print('writing', flush=True); time.sleep(60)\n"
+        "cli.app.command('slow')(slow)\n"
+        "main(['slow'])\n"
+    )
+    process = _python(script, str(tmp_path / "out.wav"))
+    assert process.stdout is not None and process.stdout.readline().strip() == "writing"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.splitlines() == ["interrupted: finished outputs are kept, partial ones removed"], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_starting_up_is_one_line():
+    """Ctrl-C while `pyramid` imports its commands (before main() runs): no import traceback.
+
+    The interrupt is raised by an import hook at a fixed point, which a timed signal could not hit reliably.
+    """
+    script = (
+        "import sys, importlib.abc\n"
+        "class Interrupt(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'pyramid_cli.cli.train':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from pyramid_cli.cli import main\n"
+        "main(['--help'])\n"
+    )
+    process = _python(script)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and out == "", err
+    assert err.splitlines() == ["interrupted: nothing was written"], err
+
+
+def test_starting_the_cli_does_not_import_torch():
+    """`pyramid --help`, usage errors and the start of every command skip torch's 1+ s import (which also
+    made Ctrl-C at startup likely to land in an import)."""
+    process = _python("import sys, pyramid_cli.cli; print('torch' in sys.modules)")
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and out.strip() == "False", err
