@@ -226,6 +226,19 @@ def _read_pyr(source: str | None) -> tuple[Any, str, int]:
     return pyr, source, Path(source).stat().st_size
 
 
+def _read_pyr_header(source: str | None) -> tuple[Any, str, int]:
+    """(PyrHeader, name for messages, size in bytes): the header alone, so any size of file is quick."""
+    from pyramid_cli.pyrfile import PyrHeader
+
+    if source is None and not stdin_is_piped():
+        raise UsageError("no input: give a .pyr file, or pipe one on stdin")
+    if source is None or is_stdio(source):
+        data = read_stdin_bytes()
+        return PyrHeader.from_bytes(data, name="<stdin>"), "<stdin>", len(data)
+    header = PyrHeader.read(source)
+    return header, source, Path(source).stat().st_size
+
+
 def decode(
     source: Annotated[str | None, typer.Argument(
         metavar="INPUT", help="A .pyr file; '-' (or nothing, with a .pyr piped in) reads stdin.",
@@ -321,11 +334,13 @@ def info(
 ) -> None:
     """Show a .pyr's codec, length, and exact tokens/s, bits/s and compression per level.
 
+    Reads and checks the header only, so it is instant at any size; decode verifies the codes.
+
     Example: pyramid info song.pyr --json
     """
-    from pyramid_cli.codec.api import pyr_summary
+    from pyramid_cli.pyrfile import pyr_summary
 
-    pyr, name, size = _read_pyr(source)
+    pyr, name, size = _read_pyr_header(source)
     summary = pyr_summary(pyr, size, name)
     if json_output:
         print_json(summary)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from pyramid_cli.codec.inference import (
 from pyramid_cli.errors import CodecMismatchError, InputError, UsageError
 from pyramid_cli.hub import LoadedCodec
 from pyramid_cli.pyrfile import PyrFile, PyrLevel, check_codec
+from pyramid_cli.pyrfile import pyr_summary as pyr_summary  # moved beside the header reader; kept here too
 
 SILENCE_DB = -80.0  # a peak below this (about 3 LSB of 16-bit audio) holds nothing to encode
 
@@ -223,48 +224,3 @@ def decode_pyr(
     pieces = list(iter_decode_pyr(pyr, codec, levels, name=name, chunk_seconds=chunk_seconds,
                                   overlap_seconds=overlap_seconds, progress=progress))
     return np.concatenate(pieces, axis=-1) if pieces else np.zeros((1, 0), dtype=np.float32)
-
-
-def pyr_summary(pyr: PyrFile, file_bytes: int, name: str = "the .pyr file") -> dict[str, Any]:
-    """The figures ``pyramid info`` shows: exact rates per level, alone and cumulative (UX §2).
-
-    Compression ratios compare with 16-bit PCM at the input's original rate and channel count:
-    per level from the bit rates, for the whole file from its size in bytes.
-    """
-    pcm_bits_per_second = pyr.original_sample_rate * pyr.original_channels * 16
-    pcm_bytes = round(pyr.duration_seconds * pyr.original_sample_rate) * pyr.original_channels * 2
-    levels = []
-    for i, level in enumerate(pyr.levels):
-        cumulative_bits = pyr.cumulative_bits_per_second[i]
-        levels.append({
-            "level": i,
-            "hop_length": level.hop_length,
-            "frame_rate": pyr.frame_rates[i],
-            "n_codebooks": level.n_codebooks,
-            "frames": level.frames,
-            "tokens_per_second": pyr.tokens_per_second[i],
-            "cumulative_tokens_per_second": pyr.cumulative_tokens_per_second[i],
-            "bits_per_second": pyr.bits_per_second[i],
-            "cumulative_bits_per_second": cumulative_bits,
-            "payload_bytes": pyr.level_payload_bytes[i],
-            "compression_ratio": pcm_bits_per_second / cumulative_bits if cumulative_bits else None,
-        })
-    return {
-        "file": name,
-        "bytes": file_bytes,
-        "codec": {"name": pyr.codec_name, "hash": pyr.codec_hash},
-        "pyramid_version": pyr.pyramid_version,
-        "sample_rate": pyr.sample_rate,
-        "num_samples": pyr.num_samples,
-        "duration_seconds": pyr.duration_seconds,
-        "original_sample_rate": pyr.original_sample_rate,
-        "original_channels": pyr.original_channels,
-        "codebook_size": pyr.codebook_size,
-        "bits_per_code": pyr.bits_per_code,
-        "levels": levels,
-        "tokens_per_second": pyr.cumulative_tokens_per_second[-1],
-        "bits_per_second": pyr.cumulative_bits_per_second[-1],
-        "pcm_bits_per_second": pcm_bits_per_second,
-        "compression_ratio": pcm_bytes / file_bytes if file_bytes else None,
-        "provenance": dict(pyr.provenance),
-    }
