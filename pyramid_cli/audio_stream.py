@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,12 +28,52 @@ from pyramid_cli.errors import InputError
 SCAN_FRAMES = 1 << 18  # frames per block when scanning the whole file (about 6 s at 44.1 kHz)
 
 
+def wav_header_frames(handle: BinaryIO) -> int | None:
+    """Frames the header of a RIFF or RF64 WAV declares, whatever the file really holds.
+
+    Reads the chunk headers from the start of the seekable ``handle`` and restores its position.
+    None for other formats, for a header that cannot be walked, and for the lengths a writer to a
+    pipe leaves unknown (0 or 0xFFFFFFFF): those promise nothing.
+    """
+    position = handle.tell()
+    try:
+        handle.seek(0)
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return None
+        block_align, data_size, ds64_size = 0, None, None
+        for _ in range(1000):  # files with more chunks before "data" than this are not worth walking
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                break
+            kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            body_start = handle.tell()
+            if kind == b"fmt " and size >= 14:
+                block_align = struct.unpack("<H", handle.read(14)[12:14])[0]
+            elif kind == b"ds64" and size >= 16:
+                ds64_size = struct.unpack("<Q", handle.read(16)[8:16])[0]
+            elif kind == b"data":
+                data_size = ds64_size if size == 0xFFFFFFFF and head[:4] == b"RF64" else size
+                break
+            handle.seek(body_start + size + (size & 1))  # chunks are padded to an even length
+    except (OSError, struct.error):
+        return None
+    finally:
+        handle.seek(position)
+    if not block_align or not data_size or data_size == 0xFFFFFFFF:
+        return None
+    return data_size // block_align
+
+
 class AudioReader:
     """A seekable audio file (or in-memory stream), read as mono float32 at ``sample_rate``.
 
     Attributes:
         sample_rate: the rate ``read`` returns samples at.
         original_sample_rate, channels: the file's own.
+        frames: the frames the file holds, at the original rate.
+        header_frames: the frames a WAV header declares (None for other formats or unknown lengths).
+        truncated: the header declares more frames than the file holds; only ``frames`` are read.
         num_samples: the length at ``sample_rate`` (julius's: floor(frames * new / old)).
     """
 
@@ -45,6 +86,11 @@ class AudioReader:
                 raise InputError(f"{self.name}: is a directory, not an audio file")
         elif not source.seekable():
             source = io.BytesIO(source.read())  # libsndfile needs to seek; a pipe cannot
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as handle:
+                self.header_frames = wav_header_frames(handle)
+        else:
+            self.header_frames = wav_header_frames(source)
         try:
             self._file = sf.SoundFile(source)
         except (sf.LibsndfileError, RuntimeError, TypeError) as error:
@@ -57,6 +103,9 @@ class AudioReader:
         if self.frames <= 0:
             self.close()
             raise InputError(f"{self.name}: the file holds no audio samples")
+        # libsndfile quietly shortens a WAV whose data ends before its header says (a copy cut short,
+        # a crashed recorder) to what the file holds; keep the promise so the caller can say so.
+        self.truncated = self.header_frames is not None and self.header_frames > self.frames
         self.sample_rate = sample_rate
         gcd = math.gcd(self.original_sample_rate, sample_rate)
         self._old, self._new = self.original_sample_rate // gcd, sample_rate // gcd

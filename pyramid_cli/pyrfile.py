@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import operator
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -150,53 +151,22 @@ class PyrLevel:
         )
 
 
-def _current_version() -> str:
-    from pyramid_cli import __version__  # imported late: pyramid_cli/__init__ may re-export PyrFile
+@dataclasses.dataclass(frozen=True)
+class PyrLevelInfo:
+    """One level as the header describes it, without its codes (``PyrHeader``)."""
 
-    return __version__
+    hop_length: int
+    n_codebooks: int
+    frames: int
 
 
-@dataclasses.dataclass(kw_only=True)
-class PyrFile:
-    """A `.pyr` file in memory. Fields mirror the JSON header (docs/pyr-format.md)."""
+class _Figures:
+    """Rates and sizes computed from the level shapes alone: ``PyrFile`` and ``PyrHeader`` share them."""
 
-    codec_name: str  # e.g. "pyramid-22k-p111"
-    codec_hash: str  # lowercase hex hash of the codec weights/config: its identity
-    sample_rate: int  # the codec's rate
-    num_samples: int  # encoded length at the codec rate, so decode restores it exactly (dac#37)
-    original_sample_rate: int  # of the input before resampling
-    original_channels: int  # of the input before mix-down
-    levels: list[PyrLevel]  # level 0 is the coarsest
-    codebook_size: int = 1024
-    pyramid_version: str = dataclasses.field(default_factory=_current_version)
-    provenance: dict[str, ProvenanceValue] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check and normalise every field (numpy scalars → int); raises ValueError on the first defect.
-
-        Runs on construction and again before writing, since fields may be edited in between.
-        """
-        self.codec_name = _text("codec_name", self.codec_name, 200)
-        self.codec_hash = _text("codec_hash", self.codec_hash, 128, hex_only=True)
-        self.sample_rate = _int("sample_rate", self.sample_rate, 1, MAX_RATE)
-        self.num_samples = _int("num_samples", self.num_samples, 0, MAX_SAMPLES)
-        self.original_sample_rate = _int("original_sample_rate", self.original_sample_rate, 1, MAX_RATE)
-        self.original_channels = _int("original_channels", self.original_channels, 1, 1024)
-        self.codebook_size = _int("codebook_size", self.codebook_size, 2, MAX_CODEBOOK_SIZE)
-        self.pyramid_version = _text("pyramid_version", self.pyramid_version, 64)
-        self.provenance = _check_provenance(self.provenance)
-        if not isinstance(self.levels, (list, tuple)) or not 1 <= len(self.levels) <= MAX_LEVELS:
-            raise ValueError(f"a .pyr holds 1 to {MAX_LEVELS} levels")
-        self.levels = list(self.levels)
-        for i, level in enumerate(self.levels):
-            if not isinstance(level, PyrLevel):
-                raise ValueError(f"levels[{i}] must be a PyrLevel")
-            if level.codes.size and (level.codes.min() < 0 or level.codes.max() >= self.codebook_size):
-                bad = level.codes.min() if level.codes.min() < 0 else level.codes.max()
-                raise ValueError(f"level {i} holds code {bad}, outside [0, {self.codebook_size})")
+    levels: list[Any]  # PyrLevel or PyrLevelInfo: hop_length, n_codebooks, frames
+    sample_rate: int
+    num_samples: int
+    codebook_size: int
 
     # -- figures for `pyramid info` (UX §2: always the exact rates, never the nominal ones) --
 
@@ -242,7 +212,7 @@ class PyrFile:
 
     @property
     def level_payload_bytes(self) -> list[int]:
-        return [-(-level.codes.size * self.bits_per_code // 8) for level in self.levels]
+        return [-(-level.n_codebooks * level.frames * self.bits_per_code // 8) for level in self.levels]
 
     @property
     def payload_size(self) -> int:
@@ -252,6 +222,47 @@ class PyrFile:
     def frame_time(self, level: int, frame: int) -> float:
         """Start time in seconds of `frame` of `level`: frame * hop_length / sample_rate."""
         return frame * self.levels[level].hop_length / self.sample_rate
+
+
+def _current_version() -> str:
+    from pyramid_cli import __version__  # imported late: pyramid_cli/__init__ may re-export PyrFile
+
+    return __version__
+
+
+@dataclasses.dataclass(kw_only=True)
+class PyrFile(_Figures):
+    """A `.pyr` file in memory. Fields mirror the JSON header (docs/pyr-format.md)."""
+
+    codec_name: str  # e.g. "pyramid-22k-p111"
+    codec_hash: str  # lowercase hex hash of the codec weights/config: its identity
+    sample_rate: int  # the codec's rate
+    num_samples: int  # encoded length at the codec rate, so decode restores it exactly (dac#37)
+    original_sample_rate: int  # of the input before resampling
+    original_channels: int  # of the input before mix-down
+    levels: list[PyrLevel]  # level 0 is the coarsest
+    codebook_size: int = 1024
+    pyramid_version: str = dataclasses.field(default_factory=_current_version)
+    provenance: dict[str, ProvenanceValue] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check and normalise every field (numpy scalars → int); raises ValueError on the first defect.
+
+        Runs on construction and again before writing, since fields may be edited in between.
+        """
+        _validate_scalars(self)
+        if not isinstance(self.levels, (list, tuple)) or not 1 <= len(self.levels) <= MAX_LEVELS:
+            raise ValueError(f"a .pyr holds 1 to {MAX_LEVELS} levels")
+        self.levels = list(self.levels)
+        for i, level in enumerate(self.levels):
+            if not isinstance(level, PyrLevel):
+                raise ValueError(f"levels[{i}] must be a PyrLevel")
+            if level.codes.size and (level.codes.min() < 0 or level.codes.max() >= self.codebook_size):
+                bad = level.codes.min() if level.codes.min() < 0 else level.codes.max()
+                raise ValueError(f"level {i} holds code {bad}, outside [0, {self.codebook_size})")
 
     # -- serialisation --
 
@@ -364,6 +375,123 @@ class PyrFile:
         )
 
 
+def pyr_summary(pyr: PyrFile | PyrHeader, file_bytes: int, name: str = "the .pyr file") -> dict[str, Any]:
+    """The figures ``pyramid info`` shows: exact rates per level, alone and cumulative (UX §2).
+
+    They come from the header alone: a ``PyrHeader`` (no codes unpacked) gives what the file gives.
+    It lives here, not beside the codec, so that ``pyramid info`` never imports torch (2 s, 600 MB).
+
+    Compression ratios compare with 16-bit PCM at the input's original rate and channel count:
+    per level from the bit rates, for the whole file from its size in bytes.
+    """
+    pcm_bits_per_second = pyr.original_sample_rate * pyr.original_channels * 16
+    pcm_bytes = round(pyr.duration_seconds * pyr.original_sample_rate) * pyr.original_channels * 2
+    levels = []
+    shapes: list[PyrLevel | PyrLevelInfo] = list(pyr.levels)
+    for i, level in enumerate(shapes):
+        cumulative_bits = pyr.cumulative_bits_per_second[i]
+        levels.append({
+            "level": i,
+            "hop_length": level.hop_length,
+            "frame_rate": pyr.frame_rates[i],
+            "n_codebooks": level.n_codebooks,
+            "frames": level.frames,
+            "tokens_per_second": pyr.tokens_per_second[i],
+            "cumulative_tokens_per_second": pyr.cumulative_tokens_per_second[i],
+            "bits_per_second": pyr.bits_per_second[i],
+            "cumulative_bits_per_second": cumulative_bits,
+            "payload_bytes": pyr.level_payload_bytes[i],
+            "compression_ratio": pcm_bits_per_second / cumulative_bits if cumulative_bits else None,
+        })
+    return {
+        "file": name,
+        "bytes": file_bytes,
+        "codec": {"name": pyr.codec_name, "hash": pyr.codec_hash},
+        "pyramid_version": pyr.pyramid_version,
+        "sample_rate": pyr.sample_rate,
+        "num_samples": pyr.num_samples,
+        "duration_seconds": pyr.duration_seconds,
+        "original_sample_rate": pyr.original_sample_rate,
+        "original_channels": pyr.original_channels,
+        "codebook_size": pyr.codebook_size,
+        "bits_per_code": pyr.bits_per_code,
+        "levels": levels,
+        "tokens_per_second": pyr.cumulative_tokens_per_second[-1],
+        "bits_per_second": pyr.cumulative_bits_per_second[-1],
+        "pcm_bits_per_second": pcm_bits_per_second,
+        "compression_ratio": pcm_bytes / file_bytes if file_bytes else None,
+        "provenance": dict(pyr.provenance),
+    }
+
+
+def _validate_scalars(pyr: PyrFile | PyrHeader) -> None:
+    """Check and normalise the fields besides the levels (shared by ``PyrFile`` and ``PyrHeader``)."""
+    pyr.codec_name = _text("codec_name", pyr.codec_name, 200)
+    pyr.codec_hash = _text("codec_hash", pyr.codec_hash, 128, hex_only=True)
+    pyr.sample_rate = _int("sample_rate", pyr.sample_rate, 1, MAX_RATE)
+    pyr.num_samples = _int("num_samples", pyr.num_samples, 0, MAX_SAMPLES)
+    pyr.original_sample_rate = _int("original_sample_rate", pyr.original_sample_rate, 1, MAX_RATE)
+    pyr.original_channels = _int("original_channels", pyr.original_channels, 1, 1024)
+    pyr.codebook_size = _int("codebook_size", pyr.codebook_size, 2, MAX_CODEBOOK_SIZE)
+    pyr.pyramid_version = _text("pyramid_version", pyr.pyramid_version, 64)
+    pyr.provenance = _check_provenance(pyr.provenance)
+
+
+@dataclasses.dataclass(kw_only=True)
+class PyrHeader(_Figures):
+    """What a `.pyr` header says, read without its payload: ``pyramid info`` of any size of file.
+
+    Every header check of ``PyrFile.from_bytes`` runs, and the payload's length must match the
+    file's; the payload itself (its checksum, its codes) is neither read nor verified.
+    """
+
+    codec_name: str
+    codec_hash: str
+    sample_rate: int
+    num_samples: int
+    original_sample_rate: int
+    original_channels: int
+    levels: list[PyrLevelInfo]
+    codebook_size: int
+    pyramid_version: str
+    provenance: dict[str, ProvenanceValue]
+    payload_crc32: int
+
+    def __post_init__(self) -> None:
+        _validate_scalars(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, name: str = "<stdin>") -> PyrHeader:
+        """The header of a whole `.pyr` held in memory; a defect raises FormatError("NAME: reason")."""
+        try:
+            return _parse_header(bytes(data[:_PREAMBLE.size + MAX_HEADER_BYTES]), len(data))[0]
+        except ValueError as error:
+            raise FormatError(f"{name}: {error}") from error
+
+    @classmethod
+    def read(cls, path: str | Path) -> PyrHeader:
+        """Read the preamble and the header of the file at ``path`` (at most 16 MiB), not its payload."""
+        try:
+            with open(path, "rb") as handle:
+                total = os.fstat(handle.fileno()).st_size
+                prefix = handle.read(_PREAMBLE.size)
+                if len(prefix) == _PREAMBLE.size:
+                    header_length = _PREAMBLE.unpack(prefix)[2]
+                    # Only a length the checks will accept is worth reading; the others fail on the preamble.
+                    if header_length <= min(total - _PREAMBLE.size, MAX_HEADER_BYTES):
+                        prefix += handle.read(header_length)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path}: is a directory, not a .pyr file") from None
+        except OSError as error:
+            raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+        try:
+            return _parse_header(prefix, total)[0]
+        except ValueError as error:
+            raise FormatError(f"{path}: {error}") from error
+
+
 def check_codec(pyr: PyrFile, codec_name: str, codec_hash: str, *, name: str = "the .pyr file",
                 aliases: tuple[str, ...] = ()) -> None:
     """Refuse to decode tokens with a codec other than the one that made them.
@@ -430,19 +558,44 @@ _JSON_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: 
 
 
 def _parse(data: bytes) -> PyrFile:
+    header, shapes = _parse_header(data, len(data))
+    payload = memoryview(data)[len(data) - header.payload_size :]
+    if zlib.crc32(payload) != header.payload_crc32:
+        raise ValueError("payload checksum mismatch: the codes are corrupted")
+    bits = header.bits_per_code
+    levels, offset = [], 0
+    for info, (n_codebooks, frames, n_bytes) in zip(header.levels, shapes, strict=True):
+        codes = unpack_codes(payload[offset : offset + n_bytes], n_codebooks * frames, bits)
+        levels.append(PyrLevel(info.hop_length, codes.reshape(n_codebooks, frames)))
+        offset += n_bytes
+    fields = {field.name: getattr(header, field.name) for field in dataclasses.fields(PyrHeader)
+              if field.name not in ("levels", "payload_crc32")}
+    return PyrFile(levels=levels, **fields)
+
+
+def _parse_header(data: bytes, total: int) -> tuple[PyrHeader, list[tuple[int, int, int]]]:
+    """Check everything but the payload's content.
+
+    Args:
+        data: the file's first bytes: at least the preamble and the header when the file has them.
+        total: the file's length in bytes, which must be the preamble, header and payload exactly.
+
+    Returns:
+        The header, and per level (n_codebooks, frames, payload bytes).
+    """
     if data[:4] != MAGIC:
-        if not data:
+        if not total:
             raise ValueError("empty input, not a .pyr file")
         if MAGIC.startswith(data):
-            raise ValueError(f"truncated .pyr file ({len(data)} bytes)")
+            raise ValueError(f"truncated .pyr file ({total} bytes)")
         raise ValueError(f"not a .pyr file (it starts with {data[:4]!r}, not {MAGIC!r})")
-    if len(data) < _PREAMBLE.size:
-        raise ValueError(f"truncated .pyr file ({len(data)} bytes; the fixed preamble is {_PREAMBLE.size})")
+    if total < _PREAMBLE.size:
+        raise ValueError(f"truncated .pyr file ({total} bytes; the fixed preamble is {_PREAMBLE.size})")
     _, version, header_length, header_crc = _PREAMBLE.unpack_from(data)
     if version != FORMAT_VERSION:
         newer = "; it was written by a newer pyramid, upgrade to read it" if version > FORMAT_VERSION else ""
         raise ValueError(f"unsupported .pyr format version {version} (this reads {FORMAT_VERSION}){newer}")
-    available = len(data) - _PREAMBLE.size
+    available = total - _PREAMBLE.size
     if header_length > available:
         raise ValueError(f"truncated .pyr file: the header is {header_length} bytes, only {available} follow")
     if header_length > MAX_HEADER_BYTES:
@@ -468,22 +621,17 @@ def _parse(data: bytes) -> PyrFile:
         if entry["bytes"] != -(-n_codebooks * frames * bits // 8):
             raise ValueError(f"{where}.bytes is {entry['bytes']}, not the {n_codebooks}x{frames} codes' size")
         shapes.append((n_codebooks, frames, entry["bytes"]))
-    payload = memoryview(data)[_PREAMBLE.size + header_length :]
+    payload_length = available - header_length
     expected = sum(n_bytes for _, _, n_bytes in shapes)
-    if len(payload) < expected:
-        raise ValueError(f"truncated .pyr file: {len(payload)} payload bytes, the header says {expected}")
-    if len(payload) > expected:
-        extra = len(payload) - expected
+    if payload_length < expected:
+        raise ValueError(f"truncated .pyr file: {payload_length} payload bytes, the header says {expected}")
+    if payload_length > expected:
+        extra = payload_length - expected
         raise ValueError(f"{extra} unexpected trailing byte{'s' * (extra > 1)} after the payload")
-    if zlib.crc32(payload) != header["payload_crc32"]:
-        raise ValueError("payload checksum mismatch: the codes are corrupted")
-    levels, offset = [], 0
-    for entry, (n_codebooks, frames, n_bytes) in zip(header["levels"], shapes, strict=True):
-        codes = unpack_codes(payload[offset : offset + n_bytes], n_codebooks * frames, bits)
-        levels.append(PyrLevel(entry["hop_length"], codes.reshape(n_codebooks, frames)))
-        offset += n_bytes
-    fields = {key: header[key] for key in _HEADER_FIELDS if key not in ("levels", "payload_crc32")}
-    return PyrFile(levels=levels, **fields)
+    levels = [PyrLevelInfo(entry["hop_length"], n_codebooks, frames)
+              for entry, (n_codebooks, frames, _) in zip(header["levels"], shapes, strict=True)]
+    fields = {key: header[key] for key in _HEADER_FIELDS if key != "levels"}
+    return PyrHeader(levels=levels, **fields), shapes
 
 
 def _load_json(raw: bytes) -> Any:

@@ -76,3 +76,36 @@ def test_pieces_written_as_they_come_make_the_same_file_and_an_interruption_leav
     with pytest.raises(KeyboardInterrupt), atomic_write(tmp_path / "cut.wav") as handle:
         write_audio_pieces(handle, failing(), CODEC_RATE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
+
+
+def _wav_bytes(fmt: str = "WAV", subtype: str = "PCM_16", frames: int = 8000, channels: int = 2) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((frames, channels), np.float32), CODEC_RATE, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "subtype"), [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("WAV", "PCM_24"),
+                                              ("RF64", "PCM_16")])
+def test_a_cut_wav_is_flagged_as_truncated(fmt: str, subtype: str):
+    """libsndfile shortens a cut WAV to what it holds without a word; the header's promise tells."""
+    whole = _wav_bytes(fmt, subtype)
+    with AudioReader(io.BytesIO(whole), CODEC_RATE) as reader:
+        assert (reader.frames, reader.header_frames, reader.truncated) == (8000, 8000, False)
+    with AudioReader(io.BytesIO(whole[: len(whole) // 2]), CODEC_RATE) as reader:
+        assert reader.header_frames == 8000 and reader.truncated and 3900 < reader.frames < 4100
+        assert reader.read(0, reader.num_samples).shape == (1, reader.frames)  # the readable part reads
+
+
+def test_unknown_lengths_and_other_formats_promise_nothing():
+    """A WAV streamed to a pipe leaves its sizes 0xFFFFFFFF; FLAC, AIFF, W64 are not WAV headers."""
+    from pyramid_cli.audio_stream import wav_header_frames
+
+    streamed = bytearray(_wav_bytes())
+    data = streamed.index(b"data")
+    streamed[4:8] = streamed[data + 4: data + 8] = b"\xff\xff\xff\xff"
+    assert wav_header_frames(io.BytesIO(bytes(streamed))) is None
+    for fmt in ("FLAC", "AIFF", "W64"):
+        assert wav_header_frames(io.BytesIO(_wav_bytes(fmt))) is None
+    handle = io.BytesIO(_wav_bytes())
+    handle.seek(5)
+    assert wav_header_frames(handle) == 8000 and handle.tell() == 5  # the position is restored

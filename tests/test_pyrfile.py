@@ -378,3 +378,68 @@ def test_checksummed_but_wrong_headers_raise_format_error(data: st.DataObject) -
         target[key] = data.draw(json_values)
     result = _parses_or_format_error(build(header, payload))
     assert result is None or isinstance(result, PyrFile)
+
+
+# -- the header alone (`pyramid info`) ----------------------------------------------------------------------
+
+
+def test_header_reader_checks_the_header_and_the_payload_length_not_the_codes(tmp_path):
+    from pyramid_cli.pyrfile import PyrHeader, pyr_summary
+
+    pyr = make_pyr(frames=(6, 12, 24), codebook_size=1000, seed=4)
+    data = pyr.to_bytes()
+    (tmp_path / "a.pyr").write_bytes(data)
+    header = PyrHeader.read(tmp_path / "a.pyr")
+    assert header == PyrHeader.from_bytes(data)
+    assert pyr_summary(header, len(data)) == pyr_summary(pyr, len(data))
+    assert [(lv.hop_length, lv.n_codebooks, lv.frames) for lv in header.levels] == [
+        (lv.hop_length, lv.n_codebooks, lv.frames) for lv in pyr.levels]
+
+    flipped = bytearray(data)
+    flipped[-1] ^= 0x40  # a code changes: only the payload's checksum knows
+    (tmp_path / "codes.pyr").write_bytes(flipped)
+    with pytest.raises(FormatError, match="payload checksum mismatch"):
+        PyrFile.read(tmp_path / "codes.pyr")
+    assert PyrHeader.read(tmp_path / "codes.pyr") == header
+
+    header_flip = bytearray(data)
+    header_flip[20] ^= 1
+    for name, content, message in [
+        ("cut.pyr", data[:-3], f"truncated .pyr file: {pyr.payload_size - 3} payload bytes, the header says "
+                               f"{pyr.payload_size}"),
+        ("long.pyr", data + b"\0", "1 unexpected trailing byte after the payload"),
+        ("header.pyr", bytes(header_flip), "header checksum mismatch"),
+        ("preamble.pyr", data[:10], "truncated .pyr file (10 bytes; the fixed preamble is 14)"),
+        ("empty.pyr", b"", "empty input"),
+        ("wav.pyr", b"RIFF" + bytes(40), "not a .pyr file"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(FormatError, match=re_escape(f"{tmp_path / name}: {message}")):
+            PyrHeader.read(tmp_path / name)
+        with pytest.raises(FormatError, match=re_escape(message)):
+            PyrFile.read(tmp_path / name)  # the same words as the whole-file reader
+    with pytest.raises(InputError, match="no such file"):
+        PyrHeader.read(tmp_path / "missing.pyr")
+
+
+def test_the_header_of_a_large_file_is_read_without_its_payload(tmp_path):
+    """A header announcing 2**28 codes (320 MB) over a sparse payload: read in milliseconds."""
+    from pyramid_cli.pyrfile import PyrHeader
+
+    header, _ = split(make_pyr(frames=(1,), hops=(512,)).to_bytes())
+    frames = 2**28
+    header["levels"][0].update(frames=frames, bytes=frames * 10 // 8)
+    header["num_samples"] = frames * 512
+    path = tmp_path / "large.pyr"
+    with open(path, "wb") as handle:
+        handle.write(build(header, b""))
+        handle.truncate(handle.tell() + frames * 10 // 8)  # sparse: no payload written
+    start = time.perf_counter()
+    assert PyrHeader.read(path).frames == [frames]
+    assert time.perf_counter() - start < 0.5
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)

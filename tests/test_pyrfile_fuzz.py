@@ -17,7 +17,7 @@ import pytest
 from test_pyrfile import make_pyr
 
 from pyramid_cli.errors import FormatError
-from pyramid_cli.pyrfile import PyrFile, pack_codes, unpack_codes
+from pyramid_cli.pyrfile import PyrFile, PyrHeader, pack_codes, unpack_codes
 
 PREAMBLE = struct.Struct("<4sHII")  # magic, version, header length, header CRC (pyrfile._PREAMBLE)
 
@@ -54,11 +54,20 @@ def _rewrite_header(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def _check(data: bytes) -> bool:
-    """True when the reader accepted ``data`` (and what it returned is well-formed)."""
+    """True when the reader accepted ``data`` (and what it returned is well-formed).
+
+    The header-only reader (`pyramid info`) must refuse cleanly too, and agree with the whole-file
+    reader on every file that one accepts.
+    """
+    try:
+        header: PyrHeader | None = PyrHeader.from_bytes(data, name="fuzz")
+    except FormatError:
+        header = None
     try:
         pyr = PyrFile.from_bytes(data, name="fuzz")
     except FormatError:
         return False
+    assert header is not None and header.frames == pyr.frames and header.codec_hash == pyr.codec_hash
     pyr.validate()
     for level in pyr.levels:
         assert level.codes.min(initial=0) >= 0 and level.codes.max(initial=0) < pyr.codebook_size

@@ -6,15 +6,20 @@ import os
 import sys
 from typing import Annotated
 
-import click
-import typer
-from rich.markup import escape
+try:
+    import click
+    import typer
+    from rich.markup import escape
 
-from pyramid_cli import __version__
-from pyramid_cli.allocator import keep_freed_memory
-from pyramid_cli.cli import bench, codec, dataset, doctor, evaluate, generate, models, train
-from pyramid_cli.cli._shared import console
-from pyramid_cli.errors import PyramidError
+    from pyramid_cli import __version__
+    from pyramid_cli.allocator import keep_freed_memory
+    from pyramid_cli.cli import bench, codec, dataset, doctor, evaluate, generate, models, train
+    from pyramid_cli.cli._shared import console
+    from pyramid_cli.errors import PyramidError
+except KeyboardInterrupt:
+    # Ctrl-C while `pyramid` starts up (before main() can catch it) would print an import traceback.
+    sys.stderr.write("interrupted: nothing was written\n")
+    sys.exit(130)
 
 app = typer.Typer(
     name="pyramid",

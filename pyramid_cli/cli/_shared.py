@@ -99,6 +99,27 @@ def check_output(path: str | Path, force: bool, inputs: tuple[Path, ...] = ()) -
         raise InputError(f"{target} already exists; pass --force to overwrite it")
 
 
+def _write_all(stream: Any, data: bytes) -> None:
+    """Write all of ``data`` to a binary stream, however many calls it takes.
+
+    With ``PYTHONUNBUFFERED=1`` or ``python -u``, ``sys.stdout.buffer`` is a raw ``FileIO`` whose
+    ``write`` may write only part of the data and return the count: when the reader of a pipe exits
+    (`| head -c 100`) the kernel returns the bytes the pipe took instead of an error. Only the next
+    write fails with ``BrokenPipeError``, so without this loop the loss went unnoticed (exit 0).
+    """
+    view = memoryview(data)
+    while view:
+        written = stream.write(view)
+        if written is None:  # a non-blocking stream that would block: wait until it can take more
+            import select
+
+            select.select([], [stream], [])
+            continue
+        if written <= 0:  # no progress and no error: give up rather than spin
+            raise BrokenPipeError("stdout accepted no more data")
+        view = view[written:]
+
+
 def write_output(path: str | Path, data: bytes, force: bool = True) -> None:
     """Write ``data`` to stdout for "-", else atomically (temporary file + rename) to ``path``.
 
@@ -110,14 +131,18 @@ def write_output(path: str | Path, data: bytes, force: bool = True) -> None:
         if stream is None:
             raise InputError("stdout does not accept binary data")
         try:
-            stream.write(data)
+            _write_all(stream, data)
             stream.flush()
-        except BrokenPipeError:
-            # The reader went away (`| head -c 100`): say the output is incomplete, and point stdout
-            # at /dev/null so that Python's own flush at exit does not fail again.
-            with contextlib.suppress(OSError, ValueError):
+        except OSError as error:
+            # The reader went away (`| head -c 100`) or the disk behind `> file` is full: say the output
+            # is incomplete, and point stdout at /dev/null so that Python's own flush at exit does not
+            # fail again (a second message and exit code 120).
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout may have no descriptor
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise InputError("stdout was closed before all the data was written; the output is incomplete") from None
+            if isinstance(error, BrokenPipeError):
+                raise InputError("stdout was closed before all the data was written; "
+                                 "the output is incomplete") from None
+            raise InputError(f"stdout: cannot write ({error.strerror or error}); the output is incomplete") from None
         return
     try:
         write_bytes_atomic(path, data, exclusive=not force)

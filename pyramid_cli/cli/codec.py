@@ -171,22 +171,29 @@ def encode(
             def report(done: int, total: int, task: Any = task) -> None:
                 progress.update(task, completed=done // rate, total=-(-total // rate))
 
+            warnings: list[str] = []
+
+            def warn(message: str, warnings: list[str] = warnings) -> None:
+                warnings.append(message)
+                if not json_output:
+                    progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
             try:
                 check_output(job.output, force, () if job.source is None else (job.source,))
                 source = io.BytesIO(read_stdin_bytes()) if job.source is None else job.source
                 pyr = encode_file(source, codec, name=job.label, levels=levels, chunk_seconds=chunk_seconds,
-                                  progress=report)
+                                  progress=report, warn=warn)
                 data = pyr.to_bytes()
                 write_output(job.output, data, force)
             except PyramidError as error:
                 errors.append(error)
-                results.append({"input": job.label, "ok": False, "error": str(error)})
+                results.append({"input": job.label, "ok": False, "error": str(error), "warnings": warnings})
                 if len(jobs) > 1 and not json_output:
                     progress.console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
             else:
                 results.append({"input": job.label, "output": job.output, "ok": True, "bytes": len(data),
                                 "seconds": pyr.duration_seconds, "levels": pyr.n_levels,
-                                "tokens_per_second": pyr.cumulative_tokens_per_second[-1]})
+                                "tokens_per_second": pyr.cumulative_tokens_per_second[-1], "warnings": warnings})
                 if not json_output:
                     progress.console.print(
                         f"{job.label} → {'stdout' if is_stdio(job.output) else job.output}: "
@@ -217,6 +224,19 @@ def _read_pyr(source: str | None) -> tuple[Any, str, int]:
         return PyrFile.from_bytes(data, name="<stdin>"), "<stdin>", len(data)
     pyr = PyrFile.read(source)
     return pyr, source, Path(source).stat().st_size
+
+
+def _read_pyr_header(source: str | None) -> tuple[Any, str, int]:
+    """(PyrHeader, name for messages, size in bytes): the header alone, so any size of file is quick."""
+    from pyramid_cli.pyrfile import PyrHeader
+
+    if source is None and not stdin_is_piped():
+        raise UsageError("no input: give a .pyr file, or pipe one on stdin")
+    if source is None or is_stdio(source):
+        data = read_stdin_bytes()
+        return PyrHeader.from_bytes(data, name="<stdin>"), "<stdin>", len(data)
+    header = PyrHeader.read(source)
+    return header, source, Path(source).stat().st_size
 
 
 def decode(
@@ -314,11 +334,13 @@ def info(
 ) -> None:
     """Show a .pyr's codec, length, and exact tokens/s, bits/s and compression per level.
 
+    Reads and checks the header only, so it is instant at any size; decode verifies the codes.
+
     Example: pyramid info song.pyr --json
     """
-    from pyramid_cli.codec.api import pyr_summary
+    from pyramid_cli.pyrfile import pyr_summary
 
-    pyr, name, size = _read_pyr(source)
+    pyr, name, size = _read_pyr_header(source)
     summary = pyr_summary(pyr, size, name)
     if json_output:
         print_json(summary)

@@ -89,7 +89,8 @@ def eval_codec(
 
 def plot(
     audio: Annotated[Path, typer.Argument(help="Audio file to encode and decode.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG to write [default: <stem>.mel.png].")]
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG to write [default: <stem>.mel.png]. "
+                                                                    "Missing folders are created.")]
     = None,
     model: Annotated[str | None, typer.Option(help="Codec name or folder [default: the bundled default].")] = None,
     seconds: Annotated[float, typer.Option(help="Plot at most this many seconds from the start.")] = 10.0,
@@ -183,7 +184,8 @@ def eval_music(
         help="Audio files, or folders searched (recursively) for .wav and .flac files.")],
     window: Annotated[float, typer.Option(help="Window length in seconds for the statistics.")] = 30.0,
     plot_output: Annotated[Path | None, typer.Option(
-        "--plot", help="Also write a PNG of the statistics over time (needs matplotlib).")] = None,
+        "--plot", help="Also write a PNG of the statistics over time (needs matplotlib); missing folders are "
+        "created.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite the PNG if it exists.")] = False,
     json_output: JsonOption = False,
 ) -> None:

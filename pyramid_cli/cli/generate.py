@@ -22,7 +22,6 @@ from pyramid_cli.cli._shared import (
     print_json,
 )
 from pyramid_cli.errors import UsageError
-from pyramid_cli.threads import SAMPLING_THREADS
 
 AUDIO_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
 
@@ -50,9 +49,11 @@ def generate(
                                                          "(the paper's continuation task: 10).")] = None,
     levels: Annotated[int | None, typer.Option(help="Generate and decode only the first K levels: 1 is a quick "
                                                "sketch of the 10.8 tokens/s skeleton. Default: all.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Audio to write (.wav or .flac).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Audio to write (.wav or .flac). Missing "
+                                                "folders are created.")] = None,
     save_tokens: Annotated[Path | None, typer.Option(help="Also write the tokens as a .pyr (with the seed and "
-                                                     "settings) to decode or continue later.")] = None,
+                                                     "settings) to decode or continue later; missing "
+                                                     "folders are created.")] = None,
     lm: Annotated[str | None, typer.Option("--lm", help="Language model: a bundled name or a folder "
                                            "[default: the bundled default LM].")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Codec [default: the one the LM was trained "
@@ -93,6 +94,7 @@ def generate(
     from pyramid_cli.lm.decode import DecodeSettings, dtype_name
     from pyramid_cli.lm.sampling import SamplingSettings
     from pyramid_cli.pyrfile import PyrFile
+    from pyramid_cli.threads import SAMPLING_THREADS  # imports torch: only when a command runs
 
     if (minutes is None) == (seconds is None):
         raise UsageError("give the length with one of --minutes or --seconds")

@@ -167,9 +167,9 @@ def codec(
     data: Annotated[Path, typer.Option("--data", help="Corpus folder from `pyramid dataset build`: crops come "
                                        "from its train split, validation clips from its valid split.")],
     run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder (config.json, metrics.jsonl, "
-                                      "checkpoints/, export/). If it holds a checkpoint, training resumes from "
-                                      "it. Under torchrun spell it --run-dir (torchrun takes --run for its "
-                                      "own --run-path).")],
+                                      "checkpoints/, export/), created if missing. If it holds a checkpoint, "
+                                      "training resumes from it. Under torchrun spell it --run-dir (torchrun "
+                                      "takes --run for its own --run-path).")],
     preset: Annotated[str | None, typer.Option(help="Model preset: p111_small (CPU-sized), p111 (paper), "
                                                "p555, dac_n2, dac_n9, p111_spectral (frame-domain, experimental) "
                                                "(default p111_small, or the run's).")] = None,
@@ -253,7 +253,8 @@ def lm(
     tokens: Annotated[Path, typer.Option("--tokens", help="Token folder from `pyramid dataset tokenize`: windows "
                                          "come from its train split, validation from its valid split.")],
     run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder (config.json, metrics.jsonl, "
-                                      "checkpoints/, export/); a run with a checkpoint resumes.")],
+                                      "checkpoints/, export/), created if missing; a run with a checkpoint "
+                                      "resumes.")],
     preset: Annotated[str | None, typer.Option(help="Model preset: small (CPU-sized default), tiny, paper "
                                                "(6 x 8 heads x 768, the paper's).")] = None,
     layout: Annotated[str | None, typer.Option(help="time_aligned (windowed, seamless on long pieces) or flat "

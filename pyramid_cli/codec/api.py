@@ -8,9 +8,9 @@ and exit codes (EnCodec's split). Shapes: audio is numpy float32 (channels, samp
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from pyramid_cli.codec.inference import (
 from pyramid_cli.errors import CodecMismatchError, InputError, UsageError
 from pyramid_cli.hub import LoadedCodec
 from pyramid_cli.pyrfile import PyrFile, PyrLevel, check_codec
+from pyramid_cli.pyrfile import pyr_summary as pyr_summary  # moved beside the header reader; kept here too
 
 SILENCE_DB = -80.0  # a peak below this (about 3 LSB of 16-bit audio) holds nothing to encode
 
@@ -40,6 +41,7 @@ def encode_file(
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float | None = None,
     progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> PyrFile:
     """Read an audio file or stream chunk by chunk and encode it (see ``encode_waveform``).
 
@@ -50,15 +52,25 @@ def encode_file(
         source: a path, or a binary stream holding a whole WAV/FLAC/OGG file (e.g. stdin).
         codec: from ``pyramid_cli.hub.load_codec``.
         name: how to call the input in messages and provenance (default: the path; ``<stdin>``).
+        warn: called with a one-line message about input that is encoded but deserves a word (a
+            truncated WAV: only the part the file holds is encoded).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<stdin>")
     kept = _check_levels(codec, levels)
     with AudioReader(source, codec.model.config.sample_rate, name=label) as reader:
+        if reader.truncated and warn is not None:
+            warn(truncation_message(label, reader.frames, reader.header_frames or 0, reader.original_sample_rate))
         _check_signal(label, reader.peak(), reader.num_samples, codec)
         codes = encode_audio(codec.model, reader, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
                              progress=progress)
         return _pyr(codec, codes[:kept], reader.num_samples, reader.original_sample_rate, reader.channels, label,
                     chunk_seconds, overlap_seconds)
+
+
+def truncation_message(name: str, frames: int, header_frames: int, sample_rate: int) -> str:
+    """One line saying that ``name`` holds ``frames`` of the ``header_frames`` its header declares."""
+    return (f"{name}: the file is truncated: its header declares {header_frames / sample_rate:.2f} s, it holds "
+            f"{frames / sample_rate:.2f} s ({100 * frames / header_frames:.0f}%); encoding the readable part")
 
 
 def encode_waveform(
@@ -212,48 +224,3 @@ def decode_pyr(
     pieces = list(iter_decode_pyr(pyr, codec, levels, name=name, chunk_seconds=chunk_seconds,
                                   overlap_seconds=overlap_seconds, progress=progress))
     return np.concatenate(pieces, axis=-1) if pieces else np.zeros((1, 0), dtype=np.float32)
-
-
-def pyr_summary(pyr: PyrFile, file_bytes: int, name: str = "the .pyr file") -> dict[str, Any]:
-    """The figures ``pyramid info`` shows: exact rates per level, alone and cumulative (UX §2).
-
-    Compression ratios compare with 16-bit PCM at the input's original rate and channel count:
-    per level from the bit rates, for the whole file from its size in bytes.
-    """
-    pcm_bits_per_second = pyr.original_sample_rate * pyr.original_channels * 16
-    pcm_bytes = round(pyr.duration_seconds * pyr.original_sample_rate) * pyr.original_channels * 2
-    levels = []
-    for i, level in enumerate(pyr.levels):
-        cumulative_bits = pyr.cumulative_bits_per_second[i]
-        levels.append({
-            "level": i,
-            "hop_length": level.hop_length,
-            "frame_rate": pyr.frame_rates[i],
-            "n_codebooks": level.n_codebooks,
-            "frames": level.frames,
-            "tokens_per_second": pyr.tokens_per_second[i],
-            "cumulative_tokens_per_second": pyr.cumulative_tokens_per_second[i],
-            "bits_per_second": pyr.bits_per_second[i],
-            "cumulative_bits_per_second": cumulative_bits,
-            "payload_bytes": pyr.level_payload_bytes[i],
-            "compression_ratio": pcm_bits_per_second / cumulative_bits if cumulative_bits else None,
-        })
-    return {
-        "file": name,
-        "bytes": file_bytes,
-        "codec": {"name": pyr.codec_name, "hash": pyr.codec_hash},
-        "pyramid_version": pyr.pyramid_version,
-        "sample_rate": pyr.sample_rate,
-        "num_samples": pyr.num_samples,
-        "duration_seconds": pyr.duration_seconds,
-        "original_sample_rate": pyr.original_sample_rate,
-        "original_channels": pyr.original_channels,
-        "codebook_size": pyr.codebook_size,
-        "bits_per_code": pyr.bits_per_code,
-        "levels": levels,
-        "tokens_per_second": pyr.cumulative_tokens_per_second[-1],
-        "bits_per_second": pyr.cumulative_bits_per_second[-1],
-        "pcm_bits_per_second": pcm_bits_per_second,
-        "compression_ratio": pcm_bytes / file_bytes if file_bytes else None,
-        "provenance": dict(pyr.provenance),
-    }
