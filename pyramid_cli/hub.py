@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # torch is heavy: imported only when a model is actually load
 
     from pyramid_cli.codec.model import PyramidCodec
 
-DEFAULT_CODEC = "pyramid-22k-p111-small"
+DEFAULT_CODEC = "pyramid-22k-p111-notes"
 DEFAULT_LM = "pyramid-lm-small"
 README_NAME = "README.md"
 HASH_DIGITS = 16

@@ -145,7 +145,7 @@ def test_missing_default_says_so(bundled: Path):
     with pytest.raises(InputError) as error:
         hub.resolve_model(hub.DEFAULT_CODEC)
     message = str(error.value)
-    assert "pyramid-22k-p111-small is not installed" in message and "--model DIR" in message
+    assert "pyramid-22k-p111-notes is not installed" in message and "--model DIR" in message
     assert "no models are bundled" in message
     with pytest.raises(InputError, match="default language model pyramid-lm-small is not installed"):
         hub.resolve_model(hub.DEFAULT_LM)

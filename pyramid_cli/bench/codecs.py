@@ -32,8 +32,8 @@ from pyramid_cli.bench.peers import PEERS, PeerCodec, build_peer
 from pyramid_cli.codec.inference import DEFAULT_CHUNK_SECONDS
 from pyramid_cli.errors import PyramidError, UsageError
 
-DEFAULT_KEY = "default"  # the bundled default codec (a random p111_small when it is not installed)
-FALLBACK_PRESET = "p111_small"
+DEFAULT_KEY = "default"  # the bundled default codec (a random p111_notes when it is not installed)
+FALLBACK_PRESET = "p111_notes"
 RANDOM_HASH = "0" * 16  # the identity a random-weight model reports (nothing is written with it)
 
 
@@ -175,7 +175,7 @@ def load_bench_codec(key: str, device: torch.device | str = "cpu",
                      chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> BenchCodec:
     """The model that ``--models`` calls ``key``, ready to time on ``device``.
 
-    ``key`` is ``default`` (the bundled default codec; a random-weight ``p111_small``, with a note,
+    ``key`` is ``default`` (the bundled default codec; a random-weight ``p111_notes``, with a note,
     when it is not installed), a codec preset (``p111``, ``dac_n2``, ... with random weights), a peer
     of ``peers.PEERS`` (random weights), or any reference ``hub.load_codec`` accepts.
 

@@ -39,7 +39,7 @@ def model_keys() -> dict[str, str]:
     from pyramid_cli.codec.config import PRESETS
     from pyramid_cli.hub import DEFAULT_CODEC
 
-    keys = {DEFAULT_KEY: f"the bundled default codec {DEFAULT_CODEC} (random-weight p111_small if not installed)"}
+    keys = {DEFAULT_KEY: f"the bundled default codec {DEFAULT_CODEC} (random-weight p111_notes if not installed)"}
     keys.update({name: f"codec preset {name}, random weights" for name in PRESETS})
     keys.update({name: f"{spec.name} ({spec.package}), random weights" for name, spec in PEERS.items()})
     return keys
