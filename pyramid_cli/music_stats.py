@@ -117,7 +117,11 @@ def _same(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> bool:
 
 def window_stats(notes: list[Note], duration: float, window: float = 30.0, segment: float = 1.0,
                  min_lag: float = 2.0) -> list[WindowStats]:
-    """Statistics of every ``window``-second window of a piece of ``duration`` seconds (last one may be shorter)."""
+    """Statistics of every ``window``-second window of a piece of ``duration`` seconds.
+
+    A remainder shorter than half a window joins the last window (a 180.001 s piece has six
+    windows, not a seventh, silent one of 1 ms); a longer one is a shorter last window.
+    """
     if duration <= 0 or window <= 0:
         raise ValueError("duration and window must be positive")
     segments = _segments(notes, duration, segment)
@@ -125,8 +129,9 @@ def window_stats(notes: list[Note], duration: float, window: float = 30.0, segme
     repeated = [any(_same(seg, other) for other in segments[: max(0, i - lag + 1)])
                 for i, seg in enumerate(segments)]
     stats = []
-    for w in range(int(math.ceil(duration / window - 1e-9))):
-        start, end = w * window, min((w + 1) * window, duration)
+    count = max(1, int(math.floor(duration / window + 0.5)))
+    for w in range(count):
+        start, end = w * window, (w + 1) * window if w < count - 1 else duration
         inside = [n for n in notes if start <= n.start < end]
         histogram = pitch_class_histogram(notes, start, end)
         key, clarity = best_key(histogram)

@@ -73,3 +73,14 @@ def test_eval_music_cli_on_the_example(tmp_path: Path) -> None:
     summary = record["pieces"][0]["summary"]
     assert summary["notes_per_second"] > 5 and summary["distinct_pitches"] > 12 and summary["key_clarity"] > 0.6
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_a_sliver_past_the_last_window_joins_it() -> None:
+    notes = melody(C_MAJOR_SCALE, 0.125, repeats=23)  # 8 notes/s for 23 s
+    sliver = music_stats.window_stats(notes, 20.001, window=10.0)
+    assert [(s.start, s.end) for s in sliver] == [(0.0, 10.0), (10.0, 20.001)]  # no 1 ms silent window
+    assert min(s.notes_per_second for s in sliver) > 7.9
+    longer = music_stats.window_stats(notes, 23.0, window=10.0)  # 3 s: more than a sliver, still joined
+    assert [(s.start, s.end) for s in longer] == [(0.0, 10.0), (10.0, 23.0)]
+    assert [(s.start, s.end) for s in music_stats.window_stats(notes, 27.0, window=10.0)][-1] == (20.0, 27.0)
+    assert len(music_stats.window_stats(notes, 4.0, window=10.0)) == 1  # a short piece is one window
