@@ -213,30 +213,18 @@ def encode(
         raise typer.Exit(1)
 
 
-def _read_pyr(source: str | None) -> tuple[Any, str, int]:
-    """(PyrFile, name for messages, size in bytes) from a path or stdin."""
-    from pyramid_cli.pyrfile import PyrFile
+def _read_pyr(source: str | None, header_only: bool = False) -> tuple[Any, str, int]:
+    """(PyrFile, name for messages, size in bytes) from a path or stdin; ``header_only``: a
+    PyrHeader instead (the payload is not unpacked, so any size of file is quick)."""
+    from pyramid_cli.pyrfile import PyrFile, PyrHeader
 
+    reader: Any = PyrHeader if header_only else PyrFile
     if source is None and not stdin_is_piped():
         raise UsageError("no input: give a .pyr file, or pipe one on stdin")
     if source is None or is_stdio(source):
         data = read_stdin_bytes()
-        return PyrFile.from_bytes(data, name="<stdin>"), "<stdin>", len(data)
-    pyr = PyrFile.read(source)
-    return pyr, source, Path(source).stat().st_size
-
-
-def _read_pyr_header(source: str | None) -> tuple[Any, str, int]:
-    """(PyrHeader, name for messages, size in bytes): the header alone, so any size of file is quick."""
-    from pyramid_cli.pyrfile import PyrHeader
-
-    if source is None and not stdin_is_piped():
-        raise UsageError("no input: give a .pyr file, or pipe one on stdin")
-    if source is None or is_stdio(source):
-        data = read_stdin_bytes()
-        return PyrHeader.from_bytes(data, name="<stdin>"), "<stdin>", len(data)
-    header = PyrHeader.read(source)
-    return header, source, Path(source).stat().st_size
+        return reader.from_bytes(data, name="<stdin>"), "<stdin>", len(data)
+    return reader.read(source), source, Path(source).stat().st_size
 
 
 def decode(
@@ -340,7 +328,7 @@ def info(
     """
     from pyramid_cli.pyrfile import pyr_summary
 
-    pyr, name, size = _read_pyr_header(source)
+    pyr, name, size = _read_pyr(source, header_only=True)
     summary = pyr_summary(pyr, size, name)
     if json_output:
         print_json(summary)

@@ -118,18 +118,24 @@ class RandomCropDataset(Dataset[torch.Tensor]):
             mono = np.pad(mono, (0, self.crop_samples - mono.shape[0]))
         return mono
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """Crop number ``index``: (1, T) float32, redrawn while near-silent (at most max_tries draws)."""
+    def draw(self, index: int) -> tuple[int, int, np.ndarray]:
+        """(song, offset, (T,) samples) of crop ``index``: redrawn while near-silent (at most
+        max_tries draws; the loudest is kept when all are quiet)."""
         best, best_db = None, -math.inf
         for attempt in range(self.max_tries):
-            crop = self.read(*self.locate(index, attempt))
+            song, offset = self.locate(index, attempt)
+            crop = self.read(song, offset)
             level = rms_db(crop)
             if level >= self.silence_db:
-                return torch.from_numpy(crop).unsqueeze(0)
+                return song, offset, crop
             if best is None or level > best_db:
-                best, best_db = crop, level
+                best, best_db = (song, offset, crop), level
         assert best is not None
-        return torch.from_numpy(best).unsqueeze(0)
+        return best
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Crop number ``index``: (1, T) float32 (see ``draw``)."""
+        return torch.from_numpy(self.draw(index)[2]).unsqueeze(0)
 
 
 class CropSampler(Sampler[int]):
@@ -207,16 +213,6 @@ class NoteCropDataset(RandomCropDataset):
         return self._notes[song]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        best, best_db = None, -math.inf
-        for attempt in range(self.max_tries):
-            song, offset = self.locate(index, attempt)
-            crop = self.read(song, offset)
-            level = rms_db(crop)
-            if best is None or level > best_db:
-                best, best_db = (song, offset, crop), level
-            if level >= self.silence_db:
-                break
-        assert best is not None
-        song, offset, crop = best
+        song, offset, crop = self.draw(index)
         roll = piano_roll(self.notes(song), offset, self.crop_samples // self.hop, self.hop, self.sample_rate)
         return torch.from_numpy(crop).unsqueeze(0), torch.from_numpy(roll)

@@ -212,9 +212,7 @@ class _Trainer:
         wanted = self.config.codec_config()
         if init_from is not None:
             source = parts_.read_model_config(Path(init_from))
-            # Growing a note head on a trained spectral codec: everything else must be the same.
-            grows_note_head = bool(wanted.harmonics) and source == replace(wanted, harmonics=0, name=source.name)
-            return wanted if grows_note_head else source
+            return wanted if parts_.grows_note_head(source, wanted) else source
         return wanted
 
     def run(self, init_from: str | Path | None, max_steps: int | None,

@@ -340,6 +340,12 @@ def read_model_config(directory: Path) -> CodecConfig:
         raise FormatError(f"{path}: unreadable codec config ({exc})") from exc
 
 
+def grows_note_head(source: CodecConfig, target: CodecConfig) -> bool:
+    """True when ``target`` is ``source`` plus a note head (fine-tuning may add one, nothing else)."""
+    return bool(target.harmonics) and not source.harmonics and source == replace(target, harmonics=0,
+                                                                                  name=source.name)
+
+
 def load_init_weights(model: PyramidCodec, directory: Path) -> None:
     """Copy the weights of a model folder into ``model`` (fine-tuning start; optimizer stays fresh).
 
@@ -348,8 +354,7 @@ def load_init_weights(model: PyramidCodec, directory: Path) -> None:
     recovers magnitude and direction, so training keeps its weight-norm parametrization.
     """
     source = PyramidCodec.from_pretrained(directory)
-    grown = (bool(model.config.harmonics) and not source.config.harmonics
-             and source.config == replace(model.config, harmonics=0, name=source.config.name))
+    grown = grows_note_head(source.config, model.config)
     if source.config != model.config and not grown:
         raise UsageError(f"{directory}: holds a {source.config.name!r} model, not the one being trained")
     state = source.state_dict()

@@ -328,24 +328,25 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.wav", live.name])
 
 
+# A `pyramid slow` command that starts an atomic write, says so, and waits to be signalled.
+SLOW_WRITER = (
+    "import sys, time\n"
+    "from pyramid_cli.cli import main\n"
+    "import pyramid_cli.cli as cli\n"
+    "from pyramid_cli.fileio import atomic_write\n"
+    "def slow():\n"
+    "    with atomic_write(sys.argv[1]) as handle:\n"
+    "        handle.write(b'part'); handle.flush(); print('writing', flush=True); time.sleep(60)\n"
+    "cli.app.command('slow')(slow)\n"
+    "main(['slow'])\n"
+)
+
+
 def test_sigterm_removes_the_partial_output(tmp_path: Path):
     import signal
-    import subprocess
     import time
 
-    script = (
-        "import sys, time\n"
-        "from pyramid_cli.cli import main\n"
-        "import pyramid_cli.cli as cli\n"
-        "from pyramid_cli.fileio import atomic_write\n"
-        "def slow():\n"
-        "    with atomic_write(sys.argv[1]) as handle:\n"
-        "        handle.write(b'part'); handle.flush(); print('writing', flush=True); time.sleep(60)\n"
-        "cli.app.command('slow')(slow)\n"
-        "main(['slow'])\n"
-    )
-    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out.wav")], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = _python(SLOW_WRITER, str(tmp_path / "out.wav"))
     assert process.stdout is not None and process.stdout.readline().strip() == "writing"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -493,18 +494,7 @@ def test_ctrl_c_during_a_command_prints_the_interrupted_line(tmp_path: Path):
     """A real SIGINT in a running command: exit 130, the 'interrupted' line, the partial output removed."""
     import signal
 
-    script = (
-        "import sys, time\n"
-        "from pyramid_cli.cli import main\n"
-        "import pyramid_cli.cli as cli\n"
-        "from pyramid_cli.fileio import atomic_write\n"
-        "def slow():\n"
-        "    with atomic_write(sys.argv[1]) as handle:\n"
-        "        handle.write(b'part'); handle.flush(); print('writing', flush=True); time.sleep(60)\n"
-        "cli.app.command('slow')(slow)\n"
-        "main(['slow'])\n"
-    )
-    process = _python(script, str(tmp_path / "out.wav"))
+    process = _python(SLOW_WRITER, str(tmp_path / "out.wav"))
     assert process.stdout is not None and process.stdout.readline().strip() == "writing"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
