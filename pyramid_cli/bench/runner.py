@@ -260,6 +260,30 @@ def run_bench(settings: BenchSettings, on_progress: Progress | None = None) -> B
         job = {**job, "device": device, "threads": settings.threads}
         return _run_isolated(job, _environment(allocator, library)) if settings.isolate else _run_in_process(job)
 
+    _measure_codecs(settings, models, allocators, run, report, on_progress)
+    if not settings.skip_lm:
+        if on_progress is not None:
+            on_progress(f"LM: a {settings.lm_seconds:g} s piece, cached and naive sampling")
+        answer = run({"kind": "lm", "model": settings.lm, "seconds": settings.lm_seconds,
+                      "naive_tokens": settings.naive_tokens, "dtype": settings.lm_dtype,
+                      "compile": settings.lm_compile}, "system")
+        if "result" in answer:
+            report.lm = LMResult.from_dict(answer["result"])
+            if report.lm.note:
+                notes.append(report.lm.note)
+        else:
+            skipped.append(Skipped("lm", "failed", answer.get("error") or answer.get("unavailable", "")))
+    if not settings.skip_memory:
+        _measure_memory(settings, device, report, on_progress)
+    report.wall_seconds = time.perf_counter() - started
+    return report
+
+
+def _measure_codecs(settings: BenchSettings, models: list[str], allocators: list[str],
+                    run: Callable[[dict[str, Any], str], dict[str, Any]], report: BenchReport,
+                    on_progress: Progress | None) -> None:
+    """Every model on every input length and allocator; a model that cannot run here is skipped once."""
+    notes, skipped = report.notes, report.skipped
     unavailable: set[str] = set()
     for key in models:
         for seconds in settings.seconds:
@@ -284,29 +308,18 @@ def run_bench(settings: BenchSettings, on_progress: Progress | None = None) -> B
                     skipped.append(Skipped(key, "unavailable", answer["unavailable"]))
                 else:
                     skipped.append(Skipped(f"{key} ({seconds:g} s, {allocator})", "failed", answer["error"]))
-    if not settings.skip_lm:
+
+
+def _measure_memory(settings: BenchSettings, device: str, report: BenchReport, on_progress: Progress | None) -> None:
+    """``pyramid encode`` / ``decode`` peak memory for each of ``settings.memory_seconds``."""
+    for seconds in settings.memory_seconds:
         if on_progress is not None:
-            on_progress(f"LM: a {settings.lm_seconds:g} s piece, cached and naive sampling")
-        answer = run({"kind": "lm", "model": settings.lm, "seconds": settings.lm_seconds,
-                      "naive_tokens": settings.naive_tokens, "dtype": settings.lm_dtype,
-                      "compile": settings.lm_compile}, "system")
-        if "result" in answer:
-            report.lm = LMResult.from_dict(answer["result"])
-            if report.lm.note:
-                notes.append(report.lm.note)
-        else:
-            skipped.append(Skipped("lm", "failed", answer.get("error") or answer.get("unavailable", "")))
-    if not settings.skip_memory:
-        for seconds in settings.memory_seconds:
-            if on_progress is not None:
-                on_progress(f"memory: pyramid encode and decode of a {seconds:g} s WAV")
-            try:
-                report.memory.append(measure_memory(seconds, device=device, threads=settings.threads,
-                                                    env=_environment("system", None)))
-            except PyramidError as error:
-                skipped.append(Skipped(f"memory ({seconds:g} s)", "failed", str(error)))
-    report.wall_seconds = time.perf_counter() - started
-    return report
+            on_progress(f"memory: pyramid encode and decode of a {seconds:g} s WAV")
+        try:
+            report.memory.append(measure_memory(seconds, device=device, threads=settings.threads,
+                                                env=_environment("system", None)))
+        except PyramidError as error:
+            report.skipped.append(Skipped(f"memory ({seconds:g} s)", "failed", str(error)))
 
 
 def check_peers() -> dict[str, str | None]:

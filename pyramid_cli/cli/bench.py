@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,9 @@ from rich.table import Table
 
 from pyramid_cli.cli._shared import DeviceOption, JsonOption, console, print_json
 from pyramid_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from pyramid_cli.bench.runner import BenchReport
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -85,17 +88,7 @@ def bench(
     Example: pyramid bench --seconds 10 --models default,dac_44k --threads 2 --skip-lm
     """
     from pyramid_cli.bench import BenchSettings, run_bench
-    from pyramid_cli.bench.report import (
-        LM_COLUMNS,
-        MEMORY_COLUMNS,
-        codec_columns,
-        codec_rows,
-        lm_row,
-        machine_line,
-        memory_rows,
-        memory_spread,
-        to_markdown,
-    )
+    from pyramid_cli.bench.report import to_markdown
 
     if list_models:
         _show_list(json_output)
@@ -111,6 +104,35 @@ def bench(
         isolate=not in_process, memory_seconds=_floats(memory_seconds, "--memory-seconds"), skip_memory=skip_memory,
     )
     report = run_bench(settings, on_progress=lambda line: console.print(f"[dim]measuring {escape(line)}[/dim]"))
+    _print_tables(report)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+    for skipped in report.skipped:
+        colour = "red" if skipped.status == "failed" else "yellow"
+        console.print(f"[{colour}]{skipped.status}:[/{colour}] {escape(skipped.model)}: {escape(skipped.reason)}",
+                      soft_wrap=True)
+    if json_output:
+        print_json(report.to_dict())
+    elif markdown:
+        sys.stdout.write(to_markdown(report))
+        sys.stdout.flush()
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+def _print_tables(report: BenchReport) -> None:
+    """The machine line and the codec, LM and memory tables, on stderr."""
+    from pyramid_cli.bench.report import (
+        LM_COLUMNS,
+        MEMORY_COLUMNS,
+        codec_columns,
+        codec_rows,
+        lm_row,
+        machine_line,
+        memory_rows,
+        memory_spread,
+    )
+
     # In logs (stderr not a terminal) rich would squeeze the tables into 80 columns.
     tables = console if console.is_terminal else Console(stderr=True, highlight=False, width=160)
     console.print(f"[bold]{machine_line(report)}[/bold]", soft_wrap=True)
@@ -140,16 +162,3 @@ def bench(
         spread = memory_spread(report)
         if spread:
             console.print(spread)
-    for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
-    for skipped in report.skipped:
-        colour = "red" if skipped.status == "failed" else "yellow"
-        console.print(f"[{colour}]{skipped.status}:[/{colour}] {escape(skipped.model)}: {escape(skipped.reason)}",
-                      soft_wrap=True)
-    if json_output:
-        print_json(report.to_dict())
-    elif markdown:
-        sys.stdout.write(to_markdown(report))
-        sys.stdout.flush()
-    if report.failed:
-        raise typer.Exit(code=1)

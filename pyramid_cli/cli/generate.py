@@ -31,7 +31,7 @@ def _numbered(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}-{index + 1}{path.suffix}")
 
 
-def generate(
+def generate(  # noqa: C901 (issue 12 part 4 moves its work into the library)
     minutes: Annotated[float | None, typer.Option(help="Length of the piece in minutes.")] = None,
     seconds: Annotated[float | None, typer.Option(help="Length in seconds (instead of --minutes).")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; the paper uses 0.8, 1.0 and 1.3 "

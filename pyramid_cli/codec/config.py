@@ -96,6 +96,10 @@ class CodecConfig:
         if self.fsq_levels and (math.prod(self.fsq_levels) != self.codebook_size or min(self.fsq_levels) < 2):
             raise UsageError(f"codec config: fsq_levels {self.fsq_levels} must each be >= 2 and multiply to "
                              f"codebook_size ({self.codebook_size})")
+        self._check_architecture()
+
+    def _check_architecture(self) -> None:
+        """The fields that only some architectures use (split from __post_init__ to keep each check short)."""
         if self.architecture not in ARCHITECTURES:
             raise UsageError(f"codec config: architecture must be one of {', '.join(ARCHITECTURES)}, "
                              f"got {self.architecture!r}")

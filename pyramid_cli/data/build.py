@@ -33,7 +33,7 @@ from pyramid_cli.data.manifest import (
     repair_jsonl,
 )
 from pyramid_cli.data.sources import Source, shard_of, split_of
-from pyramid_cli.errors import DependencyError, FormatError, ResourceError, UsageError
+from pyramid_cli.errors import DependencyError, ResourceError, UsageError
 from pyramid_cli.fileio import write_text_atomic
 
 AUDIO_FORMATS = ("flac", "wav")
@@ -343,25 +343,8 @@ def build_corpus(sources: list[Source], options: BuildOptions,
                 process.start()
                 child_end.close()
                 running[parent_end] = (source, process, time.monotonic())
-            for ready in wait(list(running), timeout=0.5):
-                conn = cast(Connection, ready)
-                source, process, _ = running.pop(conn)
-                try:
-                    status, payload = conn.recv()
-                except EOFError:
-                    process.join()
-                    status, payload = "error", f"worker died (exit code {process.exitcode}; out of memory?)"
-                conn.close()
-                process.join()
-                finish(source, status, payload)
-            now = time.monotonic()
-            for conn, (source, process, started) in list(running.items()):
-                if now - started > options.timeout_seconds:
-                    process.kill()
-                    process.join()
-                    conn.close()
-                    del running[conn]
-                    finish(source, "error", f"timeout after {options.timeout_seconds:.0f} s")
+            _collect_finished(running, finish)
+            _kill_overdue(running, options.timeout_seconds, finish)
     finally:
         for conn, (_, process, _) in running.items():
             process.kill()
@@ -370,6 +353,35 @@ def build_corpus(sources: list[Source], options: BuildOptions,
         _remove_stale_temporaries(options.out_dir)
         summary.wall_seconds = time.monotonic() - start
     return summary
+
+
+def _collect_finished(running: dict[Connection, tuple[Source, Any, float]],
+                      finish: Callable[[Source, Any, Any], None]) -> None:
+    """Wait up to 0.5 s for workers to answer; hand each answer (or a dead worker's error) to ``finish``."""
+    for ready in wait(list(running), timeout=0.5):
+        conn = cast(Connection, ready)
+        source, process, _ = running.pop(conn)
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            process.join()
+            status, payload = "error", f"worker died (exit code {process.exitcode}; out of memory?)"
+        conn.close()
+        process.join()
+        finish(source, status, payload)
+
+
+def _kill_overdue(running: dict[Connection, tuple[Source, Any, float]], timeout_seconds: float,
+                  finish: Callable[[Source, Any, Any], None]) -> None:
+    """Kill the workers that have run longer than ``timeout_seconds`` and record each as a failure."""
+    now = time.monotonic()
+    for conn, (source, process, started) in list(running.items()):
+        if now - started > timeout_seconds:
+            process.kill()
+            process.join()
+            conn.close()
+            del running[conn]
+            finish(source, "error", f"timeout after {timeout_seconds:.0f} s")
 
 
 def default_workers() -> int:

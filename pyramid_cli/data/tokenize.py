@@ -329,28 +329,36 @@ def merge_token_sets(out: str | Path, parts: Sequence[str | Path]) -> MergeSumma
                     summary.skipped += 1
                 else:
                     new[record["id"]] = (record, arrays)
-        lines = []
-        try:
-            for level in range(meta.levels):
-                with open(folder / level_name(level), "ab") as handle:
-                    for item_id in sorted(new):
-                        record, arrays = new[item_id]
-                        start, count = record["offsets"][level], record["frames"][level]
-                        handle.write(np.ascontiguousarray(arrays[level][start:start + count], dtype=DTYPE).tobytes())
-                    handle.flush()
-                    os.fsync(handle.fileno())  # the tokens reach the disk before the index names them
-            for item_id in sorted(new):
-                record = new[item_id][0]
-                lines.append(json.dumps({"id": item_id, "source": record["source"], "duration": record["duration"],
-                                         "frames": record["frames"], "offsets": list(ends)}, sort_keys=True) + "\n")
-                ends = [e + f for e, f in zip(ends, record["frames"], strict=True)]
-            with open(folder / INDEX_NAME, "a", encoding="utf-8") as handle:
-                handle.write("".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as error:
-            raise InputError(f"{folder}: cannot write tokens ({error.strerror or error})") from None
+        ends = _append_items(folder, meta, new, ends)
         summary.merged += len(new)
         summary.items[split] = len(done) + len(new)
         summary.frames[split] = list(ends)
     return summary
+
+
+def _append_items(folder: Path, meta: TokenMeta, new: dict[str, tuple[dict[str, Any], list[np.ndarray]]],
+                  ends: list[int]) -> list[int]:
+    """Append ``new`` items (id → (index record, the part's level arrays)) to one split folder, sorted by id;
+    return the level ends after them. All level data first (fsynced), then the index lines."""
+    lines = []
+    try:
+        for level in range(meta.levels):
+            with open(folder / level_name(level), "ab") as handle:
+                for item_id in sorted(new):
+                    record, arrays = new[item_id]
+                    start, count = record["offsets"][level], record["frames"][level]
+                    handle.write(np.ascontiguousarray(arrays[level][start:start + count], dtype=DTYPE).tobytes())
+                handle.flush()
+                os.fsync(handle.fileno())  # the tokens reach the disk before the index names them
+        for item_id in sorted(new):
+            record = new[item_id][0]
+            lines.append(json.dumps({"id": item_id, "source": record["source"], "duration": record["duration"],
+                                     "frames": record["frames"], "offsets": list(ends)}, sort_keys=True) + "\n")
+            ends = [e + f for e, f in zip(ends, record["frames"], strict=True)]
+        with open(folder / INDEX_NAME, "a", encoding="utf-8") as handle:
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise InputError(f"{folder}: cannot write tokens ({error.strerror or error})") from None
+    return ends

@@ -215,7 +215,7 @@ class _Trainer:
             return wanted if parts_.grows_note_head(source, wanted) else source
         return wanted
 
-    def run(self, init_from: str | Path | None, max_steps: int | None,
+    def run(self, init_from: str | Path | None, max_steps: int | None,  # noqa: C901 (issue 12 part 1)
             stop: Callable[[], bool] | None) -> TrainResult:
         cfg, info = self.config, self.info
         resume = latest_checkpoint(self.ckpt_root)

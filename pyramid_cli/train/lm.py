@@ -199,7 +199,7 @@ def evaluate_lm(model: PyramidLM, tokens: TokenSet, split: str, windows: int, se
 # ---- the loop -----------------------------------------------------------------------------------
 
 
-def train_lm(run_dir: str | Path, config: LMTrainConfig, tokens_dir: str | Path, on_log: LogCallback | None = None,
+def train_lm(run_dir: str | Path, config: LMTrainConfig, tokens_dir: str | Path, on_log: LogCallback | None = None,  # noqa: C901 (issue 12 part 1)
              init_from: str | Path | None = None, max_steps_this_call: int | None = None,
              stop: Callable[[], bool] | None = None) -> LMTrainResult:
     """Train (or resume) a pyramid LM on token shards; see the module docstring.
