@@ -30,7 +30,7 @@ from typing import Any
 
 from pyramid_cli import hub
 from pyramid_cli.errors import FormatError, InputError, PyramidError, UsageError
-from pyramid_cli.fileio import write_text_atomic
+from pyramid_cli.fileio import read_json_object, write_text_atomic
 
 CHECKSUMS_NAME = "checksums.json"
 CHECKSUMS_FORMAT = "pyramid-checksums"
@@ -64,11 +64,8 @@ def read_checksums(folder: Path) -> dict[str, str] | None:
     path = folder / CHECKSUMS_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"{path}: unreadable checksums ({error})") from None
-    if not isinstance(data, dict) or data.get("format") != CHECKSUMS_FORMAT:
+    data = read_json_object(path, "checksums file")
+    if data.get("format") != CHECKSUMS_FORMAT:
         raise FormatError(f"{path}: not a pyramid checksums file")
     if data.get("version") != CHECKSUMS_VERSION or data.get("algorithm") != "sha256":
         raise FormatError(f"{path}: unsupported checksums version {data.get('version')!r} "

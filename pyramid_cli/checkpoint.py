@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pyramid_cli.errors import FormatError
-from pyramid_cli.fileio import write_bytes_atomic, write_text_atomic
+from pyramid_cli.fileio import read_json_object, write_bytes_atomic, write_text_atomic
 
 STATE_FORMAT = "pyramid-training-state"
 STATE_VERSION = 1
@@ -244,14 +244,14 @@ def save_training_state(
 def read_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The checked ``training.json`` and ``training.safetensors`` of a checkpoint folder."""
     folder = Path(folder)
+    meta = read_json_object(folder / STATE_FILE, "training state")
     try:
-        meta = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         tensors = safetensors.torch.load_file(folder / TENSORS_FILE)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise FormatError(f"{folder}: unreadable training state ({exc})") from exc
     except Exception as exc:  # safetensors' own error types for corrupt files
         raise FormatError(f"{folder}: corrupt {TENSORS_FILE} ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+    if meta.get("format") != STATE_FORMAT:
         raise FormatError(f"{folder / STATE_FILE}: not a pyramid training state")
     if meta.get("version") != STATE_VERSION:
         raise FormatError(f"{folder / STATE_FILE}: version {meta.get('version')}, this pyramid reads {STATE_VERSION}")

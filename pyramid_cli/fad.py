@@ -82,7 +82,8 @@ def mel_statistics(wav: np.ndarray, sample_rate: int) -> np.ndarray:
         (n_windows, 132) float64 array.
     """
     import torch
-    import torchaudio
+
+    from pyramid_cli.spectra import mel_magnitude, stft_magnitude
 
     mono = np.asarray(wav, dtype=np.float32)
     if mono.ndim == 2 and mono.shape[0] == 1:
@@ -95,9 +96,8 @@ def mel_statistics(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     if mono.size < MEL_N_FFT:  # reflect padding needs at least half an FFT frame
         mono = np.pad(mono, (0, MEL_N_FFT - mono.size))
     signal = torch.from_numpy(mono)
-    mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=MEL_SAMPLE_RATE, n_fft=MEL_N_FFT, hop_length=MEL_HOP, n_mels=MEL_BANDS, power=2.0,
-    )(signal)  # (bands, frames), frame i centred on sample i * hop
+    power = stft_magnitude(signal[None], MEL_N_FFT, MEL_HOP)[0] ** 2  # (F, frames), frame i centred on i * hop
+    mel = mel_magnitude(power, MEL_BANDS, MEL_SAMPLE_RATE, mel_scale="htk").T  # (bands, frames)
     log_mel = (10.0 * torch.log10(mel.clamp_min(POWER_FLOOR))).double().numpy()
     frames = log_mel.shape[1]
 

@@ -1,13 +1,17 @@
-"""Atomic file writes: an interrupted run never leaves a half-written output behind."""
+"""Atomic file writes (an interrupted run never leaves a half-written output behind) and the one
+strict reader of JSON objects (configs, checksums, training state)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from pyramid_cli.errors import FormatError, InputError, PyramidError
 
 
 @contextlib.contextmanager
@@ -104,3 +108,26 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, exclusive: bool = False
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def read_json_object(path: str | Path, what: str, error: type[PyramidError] = FormatError) -> dict[str, Any]:
+    """The JSON object in ``path`` (only JSON is ever parsed).
+
+    Args:
+        what: what the file is, for messages ("model config": "unreadable model config (...)").
+        error: the error type for a file that is unreadable, not JSON or not an object.
+
+    Raises:
+        InputError: no such file. ``error``: anything else wrong with it.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise error(f"{path}: unreadable {what} ({reason})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: a {what} must be a JSON object")
+    return data

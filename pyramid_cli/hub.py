@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyramid_cli
 from pyramid_cli.errors import FormatError, InputError, UsageError
+from pyramid_cli.fileio import read_json_object
 from pyramid_cli.model_files import CONFIG_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:  # torch is heavy: imported only when a model is actually loaded
@@ -133,17 +134,7 @@ def cached_models() -> dict[str, Path]:
 
 def read_config(folder: str | Path) -> dict[str, Any]:
     """The JSON object in ``folder/config.json`` (never anything but JSON is parsed)."""
-    path = Path(folder) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        reason = "nested too deeply" if isinstance(error, RecursionError) else error
-        raise FormatError(f"{path}: unreadable model config ({reason})") from None
-    if not isinstance(config, dict):
-        raise FormatError(f"{path}: a model config must be a JSON object")
-    return config
+    return read_json_object(Path(folder) / CONFIG_NAME, "model config")
 
 
 def model_kind(folder: str | Path) -> ModelKind:

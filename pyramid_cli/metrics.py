@@ -21,17 +21,12 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torchaudio.functional as AF
 
-MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)
-MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)
-STFT_WINDOWS = (2048, 512)
-CLAMP_EPS = 1e-5  # floor under magnitudes before log10 (DAC's clamp_eps)
+from pyramid_cli.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, STFT_WINDOWS, mel_magnitude, stft_magnitude
 
 Reduction = Literal["mean", "none"]
 
@@ -52,29 +47,6 @@ def _reduce(per_item: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     if reduction == "none":
         return per_item
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-
-
-def _magnitude(x: torch.Tensor, window_length: int) -> torch.Tensor:
-    """(N, T) → (N, F, frames) STFT magnitude: Hann window, hop window/4, centred frames."""
-    window = torch.hann_window(window_length, dtype=x.dtype, device=x.device)
-    # Reflect padding needs more than half a window of signal; zero-pad very short clips instead.
-    pad_mode = "reflect" if x.shape[-1] > window_length // 2 else "constant"
-    spec = torch.stft(x, window_length, window_length // 4, window=window, center=True,
-                      pad_mode=pad_mode, return_complex=True)
-    return spec.abs()
-
-
-@functools.lru_cache(maxsize=64)
-def mel_filterbank(window_length: int, n_mels: int, sample_rate: int) -> torch.Tensor:
-    """(F, n_mels) float32 on the CPU; keyed on ints only, so the cache holds no caller state."""
-    # Built outside inference mode: the cached tensor may later take part in a training loss,
-    # and an inference tensor cannot be saved for backward.
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        # At 32-sample windows or 320 bands some triangles cover no FFT bin; torchaudio warns. Such
-        # a band reads CLAMP_EPS in both signals and adds exactly 0 to the distance, as in DAC.
-        warnings.simplefilter("ignore", UserWarning)
-        return AF.melscale_fbanks(window_length // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate,
-                                  norm="slaney", mel_scale="slaney")  # librosa's defaults, which DAC uses
 
 
 def _log_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -98,9 +70,8 @@ def mel_distance(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: i
     x, y = _items(estimate, reference)
     total = x.new_zeros(x.shape[0])
     for window_length, n_mels in zip(MEL_WINDOWS, MEL_BANDS, strict=True):
-        fbank = mel_filterbank(window_length, n_mels, int(sample_rate)).to(x.device, x.dtype)
-        mel_x = _magnitude(x, window_length).transpose(1, 2) @ fbank  # (N, frames, n_mels)
-        mel_y = _magnitude(y, window_length).transpose(1, 2) @ fbank
+        mel_x = mel_magnitude(stft_magnitude(x, window_length), n_mels, sample_rate)  # (N, frames, n_mels)
+        mel_y = mel_magnitude(stft_magnitude(y, window_length), n_mels, sample_rate)
         total = total + _log_l1(mel_x, mel_y)
     return _reduce(total, reduction)
 
@@ -115,7 +86,7 @@ def stft_distance(estimate: torch.Tensor, reference: torch.Tensor,
     x, y = _items(estimate, reference)
     total = x.new_zeros(x.shape[0])
     for window_length in STFT_WINDOWS:
-        mag_x, mag_y = _magnitude(x, window_length), _magnitude(y, window_length)
+        mag_x, mag_y = stft_magnitude(x, window_length), stft_magnitude(y, window_length)
         total = total + _log_l1(mag_x, mag_y) + (mag_x - mag_y).abs().flatten(1).mean(dim=1)
     return _reduce(total, reduction)
 
@@ -141,7 +112,7 @@ def chroma(audio: torch.Tensor, sample_rate: int, window_length: int = CHROMA_WI
     Frames are window/4 apart (46 ms at 22,050 Hz for the default window).
     """
     x = audio.reshape(-1, audio.shape[-1]).to(torch.float64)
-    power = _magnitude(x, window_length) ** 2  # (N, F, frames)
+    power = stft_magnitude(x, window_length) ** 2  # (N, F, frames)
     return _chroma_map(window_length, int(sample_rate)).to(x) @ power
 
 

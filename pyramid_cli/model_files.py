@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyramid_cli.errors import FormatError, InputError, UsageError
-from pyramid_cli.fileio import write_bytes_atomic, write_text_atomic
+from pyramid_cli.fileio import read_json_object, write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -196,14 +196,7 @@ def read_model_config(folder: str | Path, what: str) -> dict[str, Any]:
     config_path = Path(folder) / CONFIG_NAME
     if not config_path.is_file():
         raise InputError(f"{config_path}: no such file (a {what} folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise FormatError(f"{config_path}: unreadable {what} config ({reason})") from None
-    if not isinstance(config, dict):
-        raise FormatError(f"{config_path}: a {what} config must be a JSON object")
-    return config
+    return read_json_object(config_path, f"{what} config")
 
 
 def read_weights(folder: str | Path, what: str) -> dict[str, torch.Tensor]:
@@ -236,10 +229,7 @@ def read_model_folder(folder: str | Path, what: str) -> tuple[dict[str, Any], di
     for path in (config_path, weights_path):
         if not path.is_file():
             raise InputError(f"{path}: no such file (a {what} folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{config_path}: unreadable {what} config ({exc})") from None
+    config = read_json_object(config_path, f"{what} config")
     try:
         state = safetensors.torch.load_file(weights_path)
     except Exception as exc:  # safetensors raises its own error types for corrupt files

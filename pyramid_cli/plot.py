@@ -8,19 +8,9 @@ from __future__ import annotations
 import io
 
 import torch
-import torchaudio.functional as AF
 
 from pyramid_cli.errors import DependencyError
-
-
-def log_mel(wav: torch.Tensor, sample_rate: int, n_fft: int = 1024, n_mels: int = 80) -> torch.Tensor:
-    """(1, T) → (n_mels, frames) log10 mel magnitudes, floored at 1e-5 as in the mel distance."""
-    window = torch.hann_window(n_fft)
-    spectrum = torch.stft(wav.reshape(1, -1), n_fft, hop_length=n_fft // 4, window=window,
-                          return_complex=True).abs()[0]  # (F, frames)
-    bank = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate,
-                              norm="slaney", mel_scale="slaney")  # (F, n_mels)
-    return torch.log10(torch.clamp(bank.T @ spectrum, min=1e-5))
+from pyramid_cli.spectra import log_mel
 
 
 def spectrogram_png(rows: list[tuple[str, torch.Tensor]], sample_rate: int) -> bytes:

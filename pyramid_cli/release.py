@@ -18,6 +18,7 @@ from typing import Any
 
 from pyramid_cli import bundle, hf, hub
 from pyramid_cli.errors import FormatError, InputError, UsageError
+from pyramid_cli.fileio import read_json_object
 
 EXPORT_DIR = "export"
 METRICS_NAME = "metrics.jsonl"
@@ -63,13 +64,7 @@ def read_training_config(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / hub.CONFIG_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"{path}: unreadable training config ({error})") from None
-    if not isinstance(data, dict):
-        raise FormatError(f"{path}: a training config must be a JSON object")
-    return data
+    return read_json_object(path, "training config")
 
 
 def _number(value: Any) -> str:

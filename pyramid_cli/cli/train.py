@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -16,6 +15,7 @@ from rich.progress import TextColumn
 
 from pyramid_cli.cli._shared import JsonOption, console, make_progress, print_json
 from pyramid_cli.errors import InputError, UsageError
+from pyramid_cli.fileio import read_json_object
 from pyramid_cli.locking import folder_lock
 
 app = typer.Typer(help="Train models on a corpus built by `pyramid dataset build`.", no_args_is_help=True)
@@ -32,13 +32,7 @@ def _settings(run: Path, config: Path | None, explicit: dict[str, Any], override
 
     settings: dict[str, Any] = {}
     for path in ([run / "config.json"] if (run / "config.json").is_file() else []) + ([config] if config else []):
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: unreadable JSON config ({exc})") from exc
-        if not isinstance(loaded, dict):
-            raise InputError(f"{path}: a training config must be a JSON object")
-        settings.update(loaded)
+        settings.update(read_json_object(path, "training config", error=InputError))
     settings.update({key: value for key, value in explicit.items() if value is not None})
     nested = {"model": preset_dict} if preset_dict else {"model": _codec_preset_dict,
                                                           "discriminator": _discriminator_preset_dict}

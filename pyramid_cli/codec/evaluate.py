@@ -13,7 +13,6 @@ note F1.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import soundfile as sf
 import torch
 
 from pyramid_cli.codec.model import PyramidCodec
+from pyramid_cli.codec.quantize import codebook_usage
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.manifest import load_manifest
 from pyramid_cli.errors import InputError
@@ -54,7 +54,9 @@ class LevelScores:
 
 
 @dataclass
-class CodebookUsage:
+class CodebookReport:
+    """``quantize.codebook_usage`` of one codebook over the evaluation clips, with where it sits."""
+
     level: int
     codebook: int
     used: int  # distinct codes seen
@@ -67,7 +69,7 @@ class CodecEvaluation:
     clips: int
     clip_seconds: float
     levels: list[LevelScores]
-    codebooks: list[CodebookUsage]
+    codebooks: list[CodebookReport]
     input_notes_per_second: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,25 +175,14 @@ def evaluate_codec(
         clips=len(clips),
         clip_seconds=max(c.shape[-1] for c in clips) / config.sample_rate,
         levels=levels,
-        codebooks=codebook_usage(histograms, config.codebook_size),
+        codebooks=codebook_reports(histograms, config.codebook_size),
         input_notes_per_second=None if input_rate is None else input_rate / counts[0]["notes_per_second"],
     )
 
 
-def codebook_usage(histograms: list[list[torch.Tensor]], size: int) -> list[CodebookUsage]:
-    usage = []
-    for level, books in enumerate(histograms):
-        for book, counts in enumerate(books):
-            total = int(counts.sum())
-            probabilities = counts[counts > 0].double() / max(total, 1)
-            entropy = float(-(probabilities * probabilities.log()).sum())
-            usage.append(
-                CodebookUsage(
-                    level=level,
-                    codebook=book,
-                    used=int((counts > 0).sum()),
-                    size=size,
-                    perplexity=math.exp(entropy),
-                )
-            )
-    return usage
+def codebook_reports(histograms: list[list[torch.Tensor]], size: int) -> list[CodebookReport]:
+    """Per level, per codebook: the usage of its code histogram (``histograms[level][codebook]``, (K,))."""
+    return [CodebookReport(level=level, codebook=book, used=usage.used, size=size, perplexity=usage.perplexity)
+            for level, books in enumerate(histograms)
+            for book, counts in enumerate(books)
+            for usage in codebook_usage(counts)]

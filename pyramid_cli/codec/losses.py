@@ -3,8 +3,8 @@
 
 Differences from DAC, on purpose: magnitudes (not powers) go into log10, and the scales are
 *averaged* rather than summed (the training weights were tuned on that scale). The reported
-distances (``pyramid_cli.metrics``, DESIGN §7) sum them, as DAC and the paper do: 7x and 2x these. The
-STFT windows and mel filter banks are built once and kept as buffers (they follow ``.to()``).
+distances (``pyramid_cli.metrics``, DESIGN §7) sum them, as DAC and the paper do: 7x and 2x these. Both
+compute their spectra with ``pyramid_cli.spectra``.
 Inputs are (B, 1, T) or (B, T) audio; every loss returns a scalar.
 
 The GAN losses take discriminator outputs (``pyramid_cli.codec.discriminators.Features``: per
@@ -17,52 +17,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torchaudio.functional as AF
 from torch import nn
 
 from pyramid_cli.codec.discriminators import Features
-
-MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)
-MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)
-STFT_WINDOWS = (2048, 512)
-
-
-class Spectrogram(nn.Module):
-    """STFT magnitude with a Hann window of ``window_length`` and hop window_length / 4."""
-
-    window: torch.Tensor
-
-    def __init__(self, window_length: int) -> None:
-        super().__init__()
-        self.window_length = window_length
-        self.hop_length = window_length // 4
-        self.register_buffer("window", torch.hann_window(window_length), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, [1,] T) → (B', F, frames) magnitudes, F = window_length / 2 + 1."""
-        x = x.reshape(-1, x.shape[-1])
-        # Reflect padding needs more samples than half a window; zero-pad very short clips instead.
-        pad_mode = "reflect" if x.shape[-1] > self.window_length // 2 else "constant"
-        spec = torch.stft(
-            x,
-            self.window_length,
-            self.hop_length,
-            window=self.window,
-            center=True,
-            pad_mode=pad_mode,
-            return_complex=True,
-        )
-        return spec.abs()
+from pyramid_cli.spectra import MEL_BANDS, MEL_WINDOWS, STFT_WINDOWS, mel_magnitude, stft_magnitude
 
 
 def _log_l1(x: torch.Tensor, y: torch.Tensor, clamp_eps: float) -> torch.Tensor:
     return (x.clamp(min=clamp_eps).log10() - y.clamp(min=clamp_eps).log10()).abs().mean()
 
 
+def _items(x: torch.Tensor) -> torch.Tensor:
+    """(B, [1,] T) → (B', T)."""
+    return x.reshape(-1, x.shape[-1])
+
+
 class MultiScaleMelLoss(nn.Module):
     """Mel distance: mean over resolutions of L1(log10(max(mel, eps))) (+ optional mel-magnitude L1).
 
-    Defaults are DESIGN §7 (DAC's mel loss): windows 32…2048, hop window/4, 5…320 mel bands.
+    Defaults are DESIGN §7 (DAC's mel loss): windows 32…2048, hop window/4, 5…320 Slaney mel bands
+    (``pyramid_cli.spectra``, shared with the reported distances).
     """
 
     def __init__(
@@ -73,34 +47,25 @@ class MultiScaleMelLoss(nn.Module):
         clamp_eps: float = 1e-5,
         log_weight: float = 1.0,
         mag_weight: float = 0.0,
-        f_min: float = 0.0,
-        f_max: float | None = None,
     ) -> None:
         super().__init__()
         if len(window_lengths) != len(n_mels):
             raise ValueError("window_lengths and n_mels need one entry per resolution")
         self.clamp_eps, self.log_weight, self.mag_weight = clamp_eps, log_weight, mag_weight
         self.sample_rate = sample_rate
-        self.spectrograms = nn.ModuleList(Spectrogram(w) for w in window_lengths)
-        f_max = sample_rate / 2 if f_max is None else f_max
-        for i, (window, bands) in enumerate(zip(window_lengths, n_mels, strict=True)):
-            # Slaney mel scale and area normalisation, as librosa (which DAC uses) defaults to.
-            fbank = AF.melscale_fbanks(
-                window // 2 + 1, f_min, f_max, bands, sample_rate, norm="slaney", mel_scale="slaney"
-            )  # (F, n_mels)
-            self.register_buffer(f"fbank_{i}", fbank, persistent=False)
+        self.window_lengths, self.n_mels = tuple(window_lengths), tuple(n_mels)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance between estimate ``x`` and reference ``y`` (same shape); 0 when equal."""
         total = x.new_zeros(())
-        for i, spectrogram in enumerate(self.spectrograms):
-            fbank = getattr(self, f"fbank_{i}")
-            mel_x = spectrogram(x).transpose(1, 2) @ fbank  # (B, frames, n_mels)
-            mel_y = spectrogram(y).transpose(1, 2) @ fbank
+        x, y = _items(x), _items(y)
+        for window, bands in zip(self.window_lengths, self.n_mels, strict=True):
+            mel_x = mel_magnitude(stft_magnitude(x, window), bands, self.sample_rate)  # (B, frames, n_mels)
+            mel_y = mel_magnitude(stft_magnitude(y, window), bands, self.sample_rate)
             total = total + self.log_weight * _log_l1(mel_x, mel_y, self.clamp_eps)
             if self.mag_weight:
                 total = total + self.mag_weight * (mel_x - mel_y).abs().mean()
-        return total / len(self.spectrograms)
+        return total / len(self.window_lengths)
 
 
 class MultiScaleSTFTLoss(nn.Module):
@@ -115,16 +80,17 @@ class MultiScaleSTFTLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.clamp_eps, self.log_weight, self.mag_weight = clamp_eps, log_weight, mag_weight
-        self.spectrograms = nn.ModuleList(Spectrogram(w) for w in window_lengths)
+        self.window_lengths = tuple(window_lengths)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance between estimate ``x`` and reference ``y`` (same shape); 0 when equal."""
         total = x.new_zeros(())
-        for spectrogram in self.spectrograms:
-            mag_x, mag_y = spectrogram(x), spectrogram(y)
+        x, y = _items(x), _items(y)
+        for window in self.window_lengths:
+            mag_x, mag_y = stft_magnitude(x, window), stft_magnitude(y, window)
             total = total + self.log_weight * _log_l1(mag_x, mag_y, self.clamp_eps)
             total = total + self.mag_weight * (mag_x - mag_y).abs().mean()
-        return total / len(self.spectrograms)
+        return total / len(self.window_lengths)
 
 
 def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -56,11 +56,23 @@ class StageOutput(NamedTuple):
 
 @dataclass(frozen=True)
 class CodebookUsage:
-    """Usage of one codebook since its last reseed: distinct codes used, perplexity, code count."""
+    """Use of one codebook over some span (since its last reseed, a logging window, an evaluation)."""
 
-    used: int
-    perplexity: float
-    total: int
+    used: int  # distinct codes seen
+    perplexity: float  # exp of the usage entropy: the codebook's size when use is uniform, 0 when none counted
+    total: int  # codes counted
+
+
+def codebook_usage(counts: torch.Tensor) -> list[CodebookUsage]:
+    """(n, K) (or (K,)) counts of each of K codes in n codebooks → each codebook's usage."""
+    counts = counts.detach().double().reshape(-1, counts.shape[-1])
+    totals = counts.sum(dim=1)
+    p = counts / totals.clamp(min=1)[:, None]
+    entropy = -(p * p.clamp(min=1e-300).log()).sum(dim=1)  # 0 log 0 = 0
+    perplexity = torch.where(totals > 0, entropy.exp(), torch.zeros_like(entropy))
+    used = (counts > 0).sum(dim=1)
+    return [CodebookUsage(int(u), float(q), int(t))
+            for u, q, t in zip(used.tolist(), perplexity.tolist(), totals.tolist(), strict=True)]
 
 
 class VectorQuantize(nn.Module):
@@ -133,14 +145,7 @@ class VectorQuantize(nn.Module):
 
     def usage_stats(self) -> CodebookUsage:
         """Distinct codes used and perplexity (exp of the usage entropy) since the last reseed."""
-        total = float(self.code_counts.sum())
-        if total == 0:
-            return CodebookUsage(used=0, perplexity=0.0, total=0)
-        p = self.code_counts / total
-        entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        return CodebookUsage(
-            used=int((self.code_counts > 0).sum()), perplexity=float(entropy.exp()), total=int(total)
-        )
+        return codebook_usage(self.code_counts)[0]
 
     @torch.no_grad()
     def reseed_dead_codes(self, recent_inputs: torch.Tensor, generator: torch.Generator | None = None) -> int:

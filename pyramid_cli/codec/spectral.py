@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyramid_cli import spectra
+
 LOG_FLOOR = 1e-2  # magnitude floor before the log: -94 dB below a full-scale sine's 2,048-point peak
 MAX_LOG_MAGNITUDE = 12.0  # exp(12) ≈ 1.6e5, far above any real magnitude; keeps exp() finite
 
@@ -103,10 +105,7 @@ class Project(nn.Module):
 def stft_magnitude(wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     """(B, 1, T) audio, T a multiple of ``hop`` → (B, n_fft/2+1, T/hop) magnitudes; frame t centred at t*hop."""
     x = wav.reshape(-1, wav.shape[-1]).float()
-    window = torch.hann_window(n_fft, device=x.device)
-    pad_mode = "reflect" if x.shape[-1] > n_fft // 2 else "constant"
-    spec = torch.stft(x, n_fft, hop, window=window, center=True, pad_mode=pad_mode, return_complex=True)
-    return spec[..., : x.shape[-1] // hop].abs()  # center=True adds one frame past the end
+    return spectra.stft_magnitude(x, n_fft, hop)[..., : x.shape[-1] // hop]  # centred frames: one past the end
 
 
 def log_magnitude(magnitude: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from pyramid_cli.data.manifest import (
 )
 from pyramid_cli.data.sources import Source, shard_of, split_of
 from pyramid_cli.errors import DependencyError, ResourceError, UsageError
-from pyramid_cli.fileio import write_text_atomic
+from pyramid_cli.fileio import read_json_object, write_text_atomic
 
 AUDIO_FORMATS = ("flac", "wav")
 
@@ -244,10 +244,7 @@ def _check_settings(options: BuildOptions) -> None:
                 "soundfont": options.soundfont.name, "procedural_seconds": options.procedural_seconds}
     path = options.out_dir / SETTINGS_FILE
     if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise FormatError(f"{path}: corrupt corpus settings file") from None
+        previous = read_json_object(path, "corpus settings file")
         changed = [key for key, value in settings.items() if previous.get(key) != value]
         if changed:
             details = ", ".join(f"{key} {previous.get(key)!r} → {settings[key]!r}" for key in changed)

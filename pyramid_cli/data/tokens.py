@@ -46,7 +46,6 @@ dealt to shards and merged back is documented in ``pyramid_cli.data.tokenize``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ import numpy as np
 
 from pyramid_cli.data.manifest import SPLITS, read_jsonl
 from pyramid_cli.errors import FormatError, InputError, UsageError
+from pyramid_cli.fileio import read_json_object
 from pyramid_cli.hub import LoadedCodec
 
 FORMAT = "pyramid-tokens"
@@ -132,13 +132,9 @@ class TokenMeta:
 def read_meta(folder: Path) -> TokenMeta:
     """A token folder's ``tokens.json``, validated (also read by ``tokenize`` when it appends or merges)."""
     path = folder / META_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{folder}: not a token folder (no {META_NAME}; made by `pyramid dataset tokenize`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"{path}: unreadable ({error})") from None
-    return TokenMeta.from_dict(data, str(path))
+    if not path.exists():
+        raise InputError(f"{folder}: not a token folder (no {META_NAME}; made by `pyramid dataset tokenize`)")
+    return TokenMeta.from_dict(read_json_object(path, "token metadata"), str(path))
 
 
 def read_index(path: Path, meta: TokenMeta) -> tuple[list[dict[str, Any]], list[int]]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from pyramid_cli.errors import DependencyError, UsageError
-from pyramid_cli.lm.layout import TokenSequence
+from pyramid_cli.lm.layout import TokenSequence, padded_key_slots
 from pyramid_cli.lm.model import KVCache, PyramidLM
 from pyramid_cli.threads import SAMPLING_THREADS
 
@@ -148,14 +148,7 @@ class DecodeStep(nn.Module):
     def forward(self, token: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Feed ``token`` (B, 1) at slot ``index`` (1,); returns float32 code logits (B, codebook_size)
         for the token after it."""
-        low, high, low2, high2 = self.ranges[index][0].unbind()
-        first = high - low
-        j = self.offsets
-        # Slots of the first range, then of the second; the padding repeats the query's own slot
-        # (always a real, written slot) and is masked out.
-        slots = torch.where(j < first, low + j, low2 + j - first)
-        visible = j < first + (high2 - low2).clamp(min=0)
-        slots = torch.where(visible, slots, index)
+        slots, visible = padded_key_slots(self.ranges[index][0], self.offsets, index)
         cache = KVCache([getattr(self, f"keys_{i}") for i in range(self.n_layer)],
                         [getattr(self, f"values_{i}") for i in range(self.n_layer)])
         with autocast(index.device, self.dtype):

@@ -45,6 +45,25 @@ def special_tokens(codebook_size: int) -> dict[str, int]:
     return {"PAD": codebook_size, "BOS": codebook_size + 1, "EOS": codebook_size + 2, "SEP": codebook_size + 3}
 
 
+def key_mask(ranges: np.ndarray | torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The one translation of layout ranges into attention: (Q, 4) ranges (each query sees keys
+    [r0, r1) and [r2, r3)) and (K,) key indices → (Q, K) bool, True where the query may attend."""
+    r = torch.as_tensor(ranges, device=keys.device)
+    j = keys[None, :]
+    return ((j >= r[:, :1]) & (j < r[:, 1:2])) | ((j >= r[:, 2:3]) & (j < r[:, 3:4]))
+
+
+def padded_key_slots(row: torch.Tensor, offsets: torch.Tensor, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query's ranges ``row`` (4,) as a fixed number of cache slots: (W,) slot indices (the keys
+    of the first range, then of the second) and (W,) bool, True for a real slot. ``offsets`` is
+    ``arange(W)``; padding repeats the query's own slot ``own`` (always written) and is masked out."""
+    low, high, low2, high2 = row.unbind()
+    first = high - low
+    slots = torch.where(offsets < first, low + offsets, low2 + offsets - first)
+    visible = offsets < first + (high2 - low2).clamp(min=0)
+    return torch.where(visible, slots, own), visible
+
+
 @dataclass
 class TokenSequence:
     """One laid-out sequence; every field is (L,) except ``ranges`` (L, 4).
@@ -74,9 +93,7 @@ class TokenSequence:
 
     def attention_mask(self) -> torch.Tensor:
         """(L, L) bool, True where query i may attend to key j."""
-        j = torch.arange(len(self))[None, :]
-        r = torch.from_numpy(self.ranges)
-        return ((j >= r[:, :1]) & (j < r[:, 1:2])) | ((j >= r[:, 2:3]) & (j < r[:, 3:4]))
+        return key_mask(self.ranges, torch.arange(len(self)))
 
     def slice(self, start: int, end: int) -> TokenSequence:
         """Tokens start:end with ranges re-based (a range clipped at ``start``)."""

@@ -22,7 +22,7 @@ import torch
 
 from pyramid_cli.errors import UsageError
 from pyramid_cli.lm.decode import DecodeSettings, autocast, make_step
-from pyramid_cli.lm.layout import TokenSequence
+from pyramid_cli.lm.layout import TokenSequence, key_mask
 from pyramid_cli.lm.model import KVCache, PyramidLM
 from pyramid_cli.threads import torch_threads
 
@@ -73,13 +73,6 @@ class SamplingSettings:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
-def _chunk_mask(ranges: np.ndarray, low: int, high: int) -> torch.Tensor:
-    """(T, high-low) bool mask of a chunk of queries against slots low:high."""
-    j = torch.arange(low, high)[None, :]
-    r = torch.from_numpy(ranges)
-    return ((j >= r[:, :1]) & (j < r[:, 1:2])) | ((j >= r[:, 2:3]) & (j < r[:, 3:4]))
-
-
 @torch.inference_mode()
 def generate(model: PyramidLM, plan: TokenSequence, *, num_samples: int = 1,
              sampling: SamplingSettings | None = None, generator: torch.Generator | None = None,
@@ -128,7 +121,7 @@ def _generate(model: PyramidLM, plan: TokenSequence, num_samples: int, sampling:
         else:  # a run of known tokens (BOS + prompt, SEP + prompt) in one eager pass
             ranges = plan.ranges[start:end]
             low = int(min(ranges[:, 0].min(), np.where(ranges[:, 3] > ranges[:, 2], ranges[:, 2], end).min()))
-            mask = _chunk_mask(ranges, low, end).to(device)
+            mask = key_mask(ranges, torch.arange(low, end)).to(device)
             with autocast(device, dtype):
                 chunk_logits, cache = model(tokens[:, start:end], positions[start:end], streams[start:end], mask=mask,
                                             cache=cache, start=start, key_slots=slots[low:end])

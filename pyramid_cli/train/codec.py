@@ -34,7 +34,7 @@ from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss
 from pyramid_cli.data.audio_dataset import CropSampler, NoteCropDataset, RandomCropDataset
 from pyramid_cli.data.manifest import append_jsonl, read_jsonl, write_jsonl
 from pyramid_cli.errors import FormatError, PyramidError, UsageError
-from pyramid_cli.fileio import write_text_atomic
+from pyramid_cli.fileio import read_json_object, write_text_atomic
 from pyramid_cli.train import codec_parts as parts_
 from pyramid_cli.train.codec_gan import Adversary, autocast
 from pyramid_cli.train.common import (
@@ -204,7 +204,7 @@ class _Trainer:
 
     def _codec_config(self, resume: Path | None, init_from: str | Path | None) -> CodecConfig:
         if resume is not None:
-            saved = CodecConfig.from_dict(json.loads((resume / "config.json").read_text(encoding="utf-8")))
+            saved = CodecConfig.from_dict(read_json_object(resume / "config.json", "codec config"))
             if init_from is None and saved != self.config.codec_config():
                 raise UsageError(f"{self.run_dir} holds a {saved.name!r} run with another model config; "
                                  "pass a new --run folder, or --init-from to start from its weights")

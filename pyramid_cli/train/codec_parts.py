@@ -7,7 +7,6 @@ itself reads top to bottom.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,12 +20,15 @@ from torch.nn.utils import parametrize
 from pyramid_cli.checkpoint import LoadedState, save_training_state, step_dir_name
 from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
+from pyramid_cli.codec.quantize import codebook_usage
 from pyramid_cli.codec.spectral import LOG_FLOOR, stft_magnitude
 from pyramid_cli.codec.spectral import log_magnitude as log_magnitude_of
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.audio_dataset import RandomCropDataset, fixed_clips
 from pyramid_cli.errors import FormatError, InputError, UsageError
-from pyramid_cli.metrics import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, mel_distance, mel_filterbank
+from pyramid_cli.fileio import read_json_object
+from pyramid_cli.metrics import mel_distance
+from pyramid_cli.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, mel_magnitude
 from pyramid_cli.train.codec_gan import Adversary
 from pyramid_cli.train.common import DistInfo, check_replicas_in_sync, gather_tensor, seed_everything
 
@@ -137,9 +139,9 @@ def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_ra
     target = F.pad(target, (0, frames * hop - target.shape[-1]))
     magnitude = stft_magnitude(target, n_fft, hop)
     estimate = log_magnitude.exp()
-    fbank = mel_filterbank(n_fft, MEL_BANDS[MEL_WINDOWS.index(n_fft)], sample_rate).to(magnitude.device)
-    mel_estimate = (estimate.transpose(1, 2) @ fbank).clamp(min=CLAMP_EPS).log10()
-    mel_target = (magnitude.transpose(1, 2) @ fbank).clamp(min=CLAMP_EPS).log10()
+    n_mels = MEL_BANDS[MEL_WINDOWS.index(n_fft)]
+    mel_estimate = mel_magnitude(estimate, n_mels, sample_rate).clamp(min=CLAMP_EPS).log10()
+    mel_target = mel_magnitude(magnitude, n_mels, sample_rate).clamp(min=CLAMP_EPS).log10()
     bands = semitone_filterbank(n_fft, sample_rate).to(magnitude.device)
     pitch_estimate = (bands @ estimate).clamp(min=LOG_FLOOR).log10()
     pitch_target = (bands @ magnitude).clamp(min=LOG_FLOOR).log10()
@@ -174,10 +176,9 @@ class CodeCounter:
         for level, counts in enumerate(self.counts):
             if counts is None:
                 continue
-            p = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
-            entropy = -(p * p.clamp(min=1e-30).log()).sum(dim=1)
-            result[f"codes_used_l{level}"] = (counts > 0).sum(dim=1).tolist()
-            result[f"perplexity_l{level}"] = [round(v, 2) for v in entropy.exp().tolist()]
+            usage = codebook_usage(counts)
+            result[f"codes_used_l{level}"] = [u.used for u in usage]
+            result[f"perplexity_l{level}"] = [round(u.perplexity, 2) for u in usage]
         self.counts = [None] * len(self.counts)
         return result
 
@@ -334,10 +335,7 @@ def read_model_config(directory: Path) -> CodecConfig:
     path = directory / "config.json"
     if not path.is_file():
         raise InputError(f"{path}: no such file (--init-from wants a model folder with config.json)")
-    try:
-        return CodecConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: unreadable codec config ({exc})") from exc
+    return CodecConfig.from_dict(read_json_object(path, "codec config"))
 
 
 def grows_note_head(source: CodecConfig, target: CodecConfig) -> bool:

@@ -27,7 +27,7 @@ from pyramid_cli.checkpoint import latest_checkpoint, load_training_state, save_
 from pyramid_cli.data.manifest import append_jsonl, read_jsonl, write_jsonl
 from pyramid_cli.data.tokens import TokenItem, TokenSet
 from pyramid_cli.errors import FormatError, PyramidError, UsageError
-from pyramid_cli.fileio import write_text_atomic
+from pyramid_cli.fileio import read_json_object, write_text_atomic
 from pyramid_cli.lm.config import LAYOUTS, LMConfig, preset
 from pyramid_cli.lm.layout import Layout, TokenSequence, make_layout, special_tokens
 from pyramid_cli.lm.model import PyramidLM
@@ -216,7 +216,7 @@ def train_lm(run_dir: str | Path, config: LMTrainConfig, tokens_dir: str | Path,
         meta = tokens.meta
         resume = latest_checkpoint(run_dir / "checkpoints")
         if resume is not None:
-            lm_config = LMConfig.from_dict(json.loads((resume / "config.json").read_text(encoding="utf-8")))
+            lm_config = LMConfig.from_dict(read_json_object(resume / "config.json", "LM config"))
         elif init_from is not None:
             lm_config = PyramidLM.from_pretrained(init_from).config
         else:

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from pyramid_cli.codec.config import CodecConfig
-from pyramid_cli.codec.evaluate import codebook_usage, evaluate_codec, load_clips
+from pyramid_cli.codec.evaluate import codebook_reports, evaluate_codec, load_clips
 from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.errors import InputError
 
@@ -53,9 +53,9 @@ def test_evaluate_scores_every_level(tmp_path: Path) -> None:
 def test_codebook_usage_perplexity() -> None:
     uniform = [[torch.full((8,), 5)]]
     single = [[torch.tensor([10, 0, 0, 0, 0, 0, 0, 0])]]
-    assert codebook_usage(uniform, 8)[0].perplexity == pytest.approx(8.0)
-    assert codebook_usage(single, 8)[0].perplexity == pytest.approx(1.0)
-    assert codebook_usage(single, 8)[0].used == 1
+    assert codebook_reports(uniform, 8)[0].perplexity == pytest.approx(8.0)
+    assert codebook_reports(single, 8)[0].perplexity == pytest.approx(1.0)
+    assert codebook_reports(single, 8)[0].used == 1
 
 
 def test_eval_codec_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ import torch
 from pyramid_cli.errors import DependencyError, UsageError
 from pyramid_cli.lm.config import tiny
 from pyramid_cli.lm.decode import DecodeSettings, DecodeStep, resolve_dtype, slot_width
-from pyramid_cli.lm.layout import TokenSequence, make_layout
+from pyramid_cli.lm.layout import TokenSequence, key_mask, make_layout
 from pyramid_cli.lm.model import KVCache, PyramidLM
 from pyramid_cli.lm.sampling import SamplingSettings, generate, sample_next
 
@@ -65,9 +65,7 @@ def reference_generate(model: PyramidLM, plan: TokenSequence, sampling: Sampling
             mask = None
         else:
             slots = torch.arange(0, end)
-            j = torch.arange(0, end)[None]
-            rt = torch.from_numpy(r)
-            mask = ((j >= rt[:, :1]) & (j < rt[:, 1:2])) | ((j >= rt[:, 2:3]) & (j < rt[:, 3:4]))
+            mask = key_mask(r, slots)
         logits, cache = model(torch.from_numpy(tokens[:, start:end]), positions[start:end], streams[start:end],
                               mask=mask, cache=cache, start=start, key_slots=slots)
         if end == length:
