@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pyramid_cli.audio import load_mono, save_audio
-from pyramid_cli.codec.api import decode_pyr, encode_file
+from pyramid_cli.codec.api import decode_pyr, encode_file, load_codec
 from pyramid_cli.codec.targets import band_limited_targets
-from pyramid_cli.hub import DEFAULT_CODEC, load_codec
+from pyramid_cli.hub.registry import DEFAULT_CODEC
 from pyramid_cli.metrics import chroma_similarity, mel_distance
 from pyramid_cli.transcribe import Transcriber, available, onset_f1
 

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pyramid_cli.audio import save_audio
-from pyramid_cli.codec.api import decode_pyr
-from pyramid_cli.hub import DEFAULT_CODEC, DEFAULT_LM, load_codec, resolve_model
+from pyramid_cli.codec.api import decode_pyr, load_codec
+from pyramid_cli.hub.registry import DEFAULT_CODEC, DEFAULT_LM
 from pyramid_cli.lm.api import generate_pieces, load_lm
 from pyramid_cli.lm.sampling import SamplingSettings
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("demo"))
     args = parser.parse_args()
     console = Console(stderr=True)
-    lm = load_lm(resolve_model(args.lm, kind="lm"), "cpu")
+    lm = load_lm(args.lm, "cpu")
     codec = load_codec(args.model or lm.model.config.codec_name or DEFAULT_CODEC, "cpu")
     result = generate_pieces(lm, codec, args.seconds, sampling=SamplingSettings(args.temperature, 100),
                              seed=args.seed)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pyramid_cli.errors import CodecMismatchError, FormatError, InputError
+from pyramid_cli.errors import FormatError, InputError
 from pyramid_cli.fileio import write_bytes_atomic
 
 MAGIC = b"PYRM"
@@ -490,27 +490,6 @@ class PyrHeader(_Figures):
             return _parse_header(prefix, total)[0]
         except ValueError as error:
             raise FormatError(f"{path}: {error}") from error
-
-
-def check_codec(pyr: PyrFile, codec_name: str, codec_hash: str, *, name: str = "the .pyr file",
-                aliases: tuple[str, ...] = ()) -> None:
-    """Refuse to decode tokens with a codec other than the one that made them.
-
-    ``aliases``: other hashes of the given codec's weights (``hub.LoadedCodec.aliases``) also accepted.
-
-    Raises:
-        CodecMismatchError: "song.pyr was made with NAME@HASH8; the codec given is NAME2@HASH8b".
-    """
-    made, given = pyr.codec_hash, codec_hash.lower()
-    if pyr.codec_name == codec_name and (made == given or made in aliases):
-        return
-    shown = 8  # widen the shown hash prefixes until they differ, so the message never reads X@a = X@a
-    while made != given and made[:shown] == given[:shown] and shown < max(len(made), len(given)):
-        shown += 1
-    raise CodecMismatchError(
-        f"{name} was made with {pyr.codec_name}@{made[:shown]}; "
-        f"the codec given is {codec_name}@{given[:shown]}"
-    )
 
 
 def _check_provenance(provenance: Any) -> dict[str, ProvenanceValue]:

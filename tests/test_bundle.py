@@ -12,9 +12,10 @@ import safetensors.torch
 import torch
 from test_hub import LM_CONFIG, lay_out_hub_cache  # the Hub cache layout huggingface_hub writes; an LM config
 
-from pyramid_cli import bundle, hf, hub, release
 from pyramid_cli.codec import CodecConfig, PyramidCodec
+from pyramid_cli.codec.api import load_codec
 from pyramid_cli.errors import FormatError, InputError, UsageError
+from pyramid_cli.hub import bundle, hf, identity, registry, release
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)
 
@@ -42,7 +43,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = tmp_path / "bundled"
     root.mkdir()
-    monkeypatch.setattr(hub, "model_roots", lambda: [root])
+    monkeypatch.setattr(registry, "model_roots", lambda: [root])
     return root
 
 
@@ -73,7 +74,7 @@ def test_safetensors_header_check(tmp_path: Path):
     data = path.read_bytes()
     for broken, message in [(data[:-1], "truncated"), (data + b"\0", "trailing bytes"),
                             (b"\x05" + data[1:], "bad header length|unreadable header"),
-                            (b"not a safetensors file at all", "not a safetensors file")]:
+                            (b"not a safetensors file at all", "unreadable safetensors file")]:
         path.write_bytes(broken)
         with pytest.raises(FormatError, match=message):
             bundle.check_safetensors(path)
@@ -140,11 +141,11 @@ def test_export_round_trip(tmp_path: Path):
     result = release.export_run(tmp_path / "run", tmp_path / "out")
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "checksums.json", "config.json", "model.safetensors"]
-    assert result.sha256 == hub.file_sha256(out / "model.safetensors") and bundle.verify(out).ok
+    assert result.sha256 == identity.file_sha256(out / "model.safetensors") and bundle.verify(out).ok
     assert result.log.step == 20 and result.log.last_eval is not None and result.log.last_eval["mel"] == 1.25
     assert result.parameters == sum(p.numel() for p in model.state_dict().values())
-    loaded, name, digest = hub.load_codec(out)
-    reference, _, reference_digest = hub.load_codec(tmp_path / "run" / "export")
+    loaded, name, digest = load_codec(out)
+    reference, _, reference_digest = load_codec(tmp_path / "run" / "export")
     # The same tensors written by another process: the identity is the same (issue 13).
     assert (name, digest) == ("tiny-p111", reference_digest)
     wav = 0.1 * torch.randn(1, 1, 2048, generator=torch.Generator().manual_seed(0))
@@ -163,10 +164,10 @@ def test_export_refuses_to_overwrite_and_guards_other_folders(tmp_path: Path, ex
     run = tmp_path / "run"
     with pytest.raises(InputError, match="already exists; pass --force"):
         release.export_run(run, exported)
-    before = hub.file_sha256(exported / "model.safetensors")
+    before = identity.file_sha256(exported / "model.safetensors")
     make_run(tmp_path / "run2", seed=1, evals=False)
     release.export_run(tmp_path / "run2", exported, force=True)
-    assert hub.file_sha256(exported / "model.safetensors") != before and bundle.verify(exported).ok
+    assert identity.file_sha256(exported / "model.safetensors") != before and bundle.verify(exported).ok
     assert "No validation record" in (exported / "README.md").read_text()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
@@ -196,7 +197,7 @@ def test_an_interrupted_export_leaves_nothing(tmp_path: Path, monkeypatch: pytes
     def interrupted(folder: Path) -> dict[str, str]:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bundle, "write_checksums", interrupted)
+    monkeypatch.setattr(release, "write_checksums", interrupted)
     with pytest.raises(KeyboardInterrupt):
         release.export_run(tmp_path / "run", tmp_path / "out")
     assert not (tmp_path / "out").exists() and no_temporaries(tmp_path)
@@ -213,7 +214,7 @@ def test_language_model_bundles(tmp_path: Path):
     assert result.summary.kind == "lm" and structure.startswith("2 layers, width 64") and structure.endswith(
         "on tiny-p111")
     assert "| kind | language model |" in (tmp_path / "out" / "README.md").read_text()
-    assert hub.resolve_model(tmp_path / "out", kind="lm") == tmp_path / "out"
+    assert registry.resolve_model(tmp_path / "out", kind="lm") == tmp_path / "out"
     (run / "export" / "config.json").write_text(json.dumps({**config, "codec_hash": 7}))
     with pytest.raises(FormatError, match="codec_hash must be a string"):
         release.export_run(run, tmp_path / "out2")
@@ -224,8 +225,8 @@ def test_language_model_bundles(tmp_path: Path):
 
 def test_install_list_and_remove(exported: Path, isolated: Path):
     installed = bundle.install(exported, "tiny", force=False)
-    assert installed == hub.cache_root() / "tiny" and bundle.verify(installed).ok
-    assert hub.locate_model("tiny").origin == "cache"
+    assert installed == registry.cache_root() / "tiny" and bundle.verify(installed).ok
+    assert registry.locate_model("tiny").origin == "cache"
     with pytest.raises(InputError, match="already exists"):
         bundle.install(exported, "tiny", force=False)
     bundle.install(exported, "tiny", force=True)
@@ -241,7 +242,7 @@ def test_install_list_and_remove(exported: Path, isolated: Path):
         bundle.remove("bundled-one")
     with pytest.raises(InputError, match="a folder, not a cached model"):
         bundle.remove(str(exported))
-    assert bundle.remove("tiny").endswith("tiny") and not (hub.cache_root() / "tiny").exists()
+    assert bundle.remove("tiny").endswith("tiny") and not (registry.cache_root() / "tiny").exists()
     assert "hf://org/tiny" in bundle.remove("hf://org/tiny")
     assert bundle.list_models()[0].name == "bundled-one" and len(bundle.list_models()) == 1
 
@@ -250,12 +251,12 @@ def test_install_refuses_a_copy_that_fails_verification(exported: Path):
     flip_byte(exported / "model.safetensors")
     with pytest.raises(FormatError, match="fails verification before copying"):
         bundle.install(exported, "tiny", force=False)
-    assert not (hub.cache_root() / "tiny").exists()
+    assert not (registry.cache_root() / "tiny").exists()
 
 
 def test_a_broken_folder_does_not_hide_the_others(exported: Path, isolated: Path):
     bundle.install(exported, "good", force=False)
-    broken = hub.cache_root() / "broken"
+    broken = registry.cache_root() / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{")
     (broken / "model.safetensors").write_bytes(b"")

@@ -1,4 +1,4 @@
-"""Finding, identifying and loading models (hub.py, hf.py), and choosing the device (devices.py).
+"""Finding, identifying and loading models (pyramid_cli.hub), and choosing the device (devices.py).
 
 Hugging Face tests run the real ``huggingface_hub`` code against a Hub cache laid out here, offline,
 with sockets disabled: a cached model must resolve without touching the network.
@@ -20,11 +20,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from pyramid_cli import hf, hub
+import pyramid_cli
 from pyramid_cli.codec import CodecConfig, PyramidCodec
+from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.layers import is_weight_norm_folded
 from pyramid_cli.devices import resolve_device
 from pyramid_cli.errors import FormatError, InputError, UsageError
+from pyramid_cli.hub import files, hf, identity, registry
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -109,117 +111,117 @@ def bundled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty bundled-models folder standing in for the checkout's models/."""
     root = tmp_path / "models"
     root.mkdir()
-    monkeypatch.setattr(hub, "model_roots", lambda: [root, tmp_path / "absent"])
+    monkeypatch.setattr(registry, "model_roots", lambda: [root, tmp_path / "absent"])
     return root
 
 
 def test_resolve_a_folder(codec_dir: Path):
-    assert hub.resolve_model(codec_dir) == codec_dir
-    assert hub.resolve_model(str(codec_dir)) == codec_dir
-    assert hub.locate_model(str(codec_dir)).origin == "path"
+    assert registry.resolve_model(codec_dir) == codec_dir
+    assert registry.resolve_model(str(codec_dir)) == codec_dir
+    assert registry.locate_model(str(codec_dir)).origin == "path"
 
 
 def test_resolve_refuses_incomplete_or_missing_folders(tmp_path: Path, codec_dir: Path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(InputError, match="not a model folder \\(missing model.safetensors\\)"):
-        hub.resolve_model(tmp_path / "half")
+        registry.resolve_model(tmp_path / "half")
     with pytest.raises(InputError, match="not a codec folder \\(missing model.safetensors\\)"):
-        hub.resolve_model(tmp_path / "half", kind="codec")
+        registry.resolve_model(tmp_path / "half", kind="codec")
     with pytest.raises(InputError, match="no such folder"):
-        hub.resolve_model(str(tmp_path / "nope"))
+        registry.resolve_model(str(tmp_path / "nope"))
     with pytest.raises(InputError, match="a file, not a folder"):
-        hub.resolve_model(str(codec_dir / "config.json"))
+        registry.resolve_model(str(codec_dir / "config.json"))
 
 
 def test_bundled_names(bundled: Path):
     save(bundled / "pyramid-test")
     (bundled / "incomplete").mkdir()  # a model still being trained: not listed
-    assert hub.bundled_models() == {"pyramid-test": bundled / "pyramid-test"}
-    assert hub.resolve_model("pyramid-test") == bundled / "pyramid-test"
+    assert registry.bundled_models() == {"pyramid-test": bundled / "pyramid-test"}
+    assert registry.resolve_model("pyramid-test") == bundled / "pyramid-test"
     with pytest.raises(InputError, match="unknown model 'other'.*bundled models: pyramid-test.*hf://org/repo"):
-        hub.resolve_model("other")
+        registry.resolve_model("other")
 
 
 def test_missing_default_says_so(bundled: Path):
     with pytest.raises(InputError) as error:
-        hub.resolve_model(hub.DEFAULT_CODEC)
+        registry.resolve_model(registry.DEFAULT_CODEC)
     message = str(error.value)
     assert "pyramid-22k-p111-notes is not installed" in message and "--model DIR" in message
     assert "no models are bundled" in message
     with pytest.raises(InputError, match="default language model pyramid-lm-small is not installed"):
-        hub.resolve_model(hub.DEFAULT_LM)
+        registry.resolve_model(registry.DEFAULT_LM)
 
 
 def test_default_roots_are_the_checkout_then_the_wheel():
-    package = Path(hub.__file__).resolve().parent
-    assert hub.model_roots() == [package.parent / "models", package / "models"]
+    package = Path(pyramid_cli.__file__).resolve().parent
+    assert registry.model_roots() == [package.parent / "models", package / "models"]
 
 
 def test_pyramid_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    assert hub.cache_root() == tmp_path / "pyramid-home" / "models"
+    assert registry.cache_root() == tmp_path / "pyramid-home" / "models"
     monkeypatch.delenv("PYRAMID_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert hub.pyramid_home() == tmp_path / "xdg" / "pyramid"
+    assert registry.pyramid_home() == tmp_path / "xdg" / "pyramid"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert hub.pyramid_home() == tmp_path / "home" / ".cache" / "pyramid"
+    assert registry.pyramid_home() == tmp_path / "home" / ".cache" / "pyramid"
 
 
 def test_resolution_order(bundled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An explicit folder, then bundled, then the user cache; hidden folders (copies in flight) never count."""
-    cache = hub.cache_root()
+    cache = registry.cache_root()
     save(bundled / "both")
     save(cache / "both", seed=1)
     save(cache / "cached-only")
     save(cache / ".cached-only.x.tmp")
-    assert hub.locate_model("both") == hub.ModelLocation("both", bundled / "both", "bundled")
-    assert hub.locate_model("cached-only") == hub.ModelLocation("cached-only", cache / "cached-only", "cache")
-    assert hub.cached_models() == {"both": cache / "both", "cached-only": cache / "cached-only"}
+    assert registry.locate_model("both") == registry.ModelLocation("both", bundled / "both", "bundled")
+    assert registry.locate_model("cached-only") == registry.ModelLocation("cached-only", cache / "cached-only", "cache")
+    assert registry.cached_models() == {"both": cache / "both", "cached-only": cache / "cached-only"}
     work = tmp_path / "work"
     save(work / "both", seed=2)
     monkeypatch.chdir(work)
-    assert hub.locate_model("both").origin == "path"
+    assert registry.locate_model("both").origin == "path"
     with pytest.raises(InputError, match="unknown model.*cached: both, cached-only"):
-        hub.resolve_model("absent")
+        registry.resolve_model("absent")
 
 
 def test_kinds(codec_dir: Path, tmp_path: Path):
     lm = save_lm(tmp_path / "lm")
-    assert hub.model_kind(codec_dir) == "codec" and hub.model_kind(lm) == "lm"
-    assert hub.resolve_model(lm, kind="lm") == lm
+    assert files.model_kind(codec_dir) == "codec" and files.model_kind(lm) == "lm"
+    assert registry.resolve_model(lm, kind="lm") == lm
     with pytest.raises(InputError, match="is a language model, but a codec is needed"):
-        hub.resolve_model(lm, kind="codec")
+        registry.resolve_model(lm, kind="codec")
     with pytest.raises(InputError, match="is a language model, but a codec is needed"):
-        hub.load_codec(lm)
+        load_codec(lm)
     with pytest.raises(InputError, match="is a codec, but a language model is needed"):
-        hub.resolve_model(codec_dir, kind="lm")
+        registry.resolve_model(codec_dir, kind="lm")
     (lm / "config.json").write_text('{"name": "x"}')
     with pytest.raises(FormatError, match="neither a codec config"):
-        hub.model_kind(lm)
+        files.model_kind(lm)
     (lm / "config.json").write_text("{not json")
     with pytest.raises(FormatError, match="unreadable model config"):
-        hub.resolve_model(lm, kind="lm")
+        registry.resolve_model(lm, kind="lm")
     (lm / "config.json").write_text("[1, 2]")
     with pytest.raises(FormatError, match="must be a JSON object"):
-        hub.model_kind(lm)
+        files.model_kind(lm)
 
 
 def test_identity_is_name_and_weights_hash(codec_dir: Path, tmp_path: Path):
-    name, digest = hub.codec_identity(codec_dir)
+    name, digest = identity.codec_identity(codec_dir)
     full = hashlib.sha256((codec_dir / "model.safetensors").read_bytes()).hexdigest()
-    assert (name, digest) == ("tiny-p111", hub.weights_hash(codec_dir / "model.safetensors"))
+    assert (name, digest) == ("tiny-p111", identity.weights_hash(codec_dir / "model.safetensors"))
     assert len(digest) == 16 and digest != full[:16]  # the tensors' hash, not the file's (issue 13)
-    assert hub.legacy_weights_hash(codec_dir / "model.safetensors") == full[:16]
-    assert hub.file_sha256(codec_dir / "model.safetensors") == full
+    assert identity.legacy_weights_hash(codec_dir / "model.safetensors") == full[:16]
+    assert identity.file_sha256(codec_dir / "model.safetensors") == full
     save(tmp_path / "other", seed=1)
-    assert hub.codec_identity(tmp_path / "other")[1] != digest  # same name, other weights
+    assert identity.codec_identity(tmp_path / "other")[1] != digest  # same name, other weights
 
 
 def test_load_codec_is_ready_for_inference(codec_dir: Path):
     reference = PyramidCodec.from_pretrained(codec_dir)
-    model, name, digest = hub.load_codec(str(codec_dir), device="cpu")
-    assert (name, digest) == hub.codec_identity(codec_dir)
+    model, name, digest = load_codec(str(codec_dir), device="cpu")
+    assert (name, digest) == identity.codec_identity(codec_dir)
     assert not model.training and is_weight_norm_folded(model)
     assert not any(p.requires_grad for p in model.parameters())
     wav = 0.1 * torch.randn(1, 1, 4096, generator=torch.Generator().manual_seed(0))
@@ -235,7 +237,7 @@ def test_corrupt_weights_are_a_format_error(codec_dir: Path, tmp_path: Path):
     (folder / "config.json").write_bytes((codec_dir / "config.json").read_bytes())
     (folder / "model.safetensors").write_bytes((codec_dir / "model.safetensors").read_bytes()[:100])
     with pytest.raises(FormatError, match="unreadable safetensors"):
-        hub.load_codec(folder)
+        load_codec(folder)
 
 
 # ---- Hugging Face Hub references and cache ------------------------------------------------------------
@@ -277,20 +279,20 @@ def test_offline_hub_hits_resolve_through_huggingface_hub(codec_dir: Path, no_ne
     cache = hf.hub_cache_dir()
     snapshot = lay_out_hub_cache(cache, "org/tiny", codec_dir, refs=("main", "v1"))
     for ref in ("hf://org/tiny", "hf://org/tiny@v1", f"hf://org/tiny@{COMMIT}"):
-        location = hub.locate_model(ref, kind="codec")
+        location = registry.locate_model(ref, kind="codec")
         assert location.path.resolve() == snapshot.resolve() and location.origin == "hf"
-    assert hub.locate_model("hf://org/tiny").name == "hf://org/tiny"
-    model, name, digest = hub.load_codec("hf://org/tiny")
-    assert (name, digest) == hub.codec_identity(codec_dir)
+    assert registry.locate_model("hf://org/tiny").name == "hf://org/tiny"
+    model, name, digest = load_codec("hf://org/tiny")
+    assert (name, digest) == identity.codec_identity(codec_dir)
     assert no_network == []
 
 
 def test_offline_miss_names_the_command_to_run(codec_dir: Path, no_network: list[object]):
     lay_out_hub_cache(hf.hub_cache_dir(), "org/tiny", codec_dir)
     with pytest.raises(InputError, match="HF_HUB_OFFLINE=1.*run `pyramid download hf://org/other` with network"):
-        hub.resolve_model("hf://org/other")
+        registry.resolve_model("hf://org/other")
     with pytest.raises(InputError, match="run `pyramid download hf://org/tiny@v9`"):
-        hub.resolve_model("hf://org/tiny@v9")
+        registry.resolve_model("hf://org/tiny@v9")
     assert no_network == []
 
 
@@ -298,7 +300,7 @@ def test_an_interrupted_download_is_not_a_model(codec_dir: Path, no_network: lis
     """config.json linked but the weights never arrived: a miss, not a half model."""
     lay_out_hub_cache(hf.hub_cache_dir(), "org/tiny", codec_dir, skip=("model.safetensors",))
     with pytest.raises(InputError, match="is not in the Hugging Face cache"):
-        hub.resolve_model("hf://org/tiny")
+        registry.resolve_model("hf://org/tiny")
 
 
 def test_online_a_cache_hit_does_not_download(codec_dir: Path, monkeypatch: pytest.MonkeyPatch,
@@ -312,7 +314,7 @@ def test_online_a_cache_hit_does_not_download(codec_dir: Path, monkeypatch: pyte
 
     monkeypatch.setattr(hf, "_download", fake_download)
     with pytest.raises(InputError, match="is not downloaded.*run `pyramid download hf://org/tiny`"):
-        hub.resolve_model("hf://org/tiny", download=False)
+        registry.resolve_model("hf://org/tiny", download=False)
     first = hf.fetch(hf.parse_hub_ref("hf://org/tiny"))
     again = hf.fetch(hf.parse_hub_ref("hf://org/tiny"))
     assert first.downloaded and not again.downloaded and first.path == again.path
@@ -342,7 +344,7 @@ def test_the_wheel_ships_models_as_package_data(tmp_path: Path):
     """Build the wheel from a copy of the project (with and without models/) and use the bundled model
     from the unpacked wheel, outside the checkout. Needs hatchling importable (no download is made)."""
     builder = pytest.importorskip("hatchling.builders.wheel", reason="building offline needs hatchling installed")
-    checkout = Path(hub.__file__).resolve().parents[1]
+    checkout = Path(pyramid_cli.__file__).resolve().parents[1]
     project = tmp_path / "project"
     shutil.copytree(checkout / "pyramid_cli", project / "pyramid_cli", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -360,7 +362,8 @@ def test_the_wheel_ships_models_as_package_data(tmp_path: Path):
     names = build(tmp_path / "dist1")
     assert {"pyramid_cli/models/tiny-bundled/config.json", "pyramid_cli/models/tiny-bundled/model.safetensors"} <= set(
         names)
-    code = ("import pyramid_cli, json; from pyramid_cli import hub; location = hub.locate_model('tiny-bundled'); "
+    code = ("import pyramid_cli, json; from pyramid_cli.hub import registry; "
+            "location = registry.locate_model('tiny-bundled'); "
             "print(json.dumps([pyramid_cli.__file__, str(location.path), location.origin]))")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYRAMID_HOME": str(tmp_path / "home")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,

@@ -15,13 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyramid_cli.errors import CodecMismatchError, FormatError, InputError
+from pyramid_cli.errors import FormatError, InputError
 from pyramid_cli.pyrfile import (
     MAGIC,
     PyrFile,
     PyrLevel,
     bits_per_code,
-    check_codec,
     pack_codes,
     unpack_codes,
 )
@@ -227,23 +226,6 @@ def test_constructor_refuses_inconsistent_fields() -> None:
         make_pyr(provenance={"t": math.nan})
     with pytest.raises(ValueError, match="2-D integer"):
         PyrLevel(512, np.zeros((1, 3), dtype=np.float32))
-
-
-# -- codec identity ------------------------------------------------------------------------------
-
-
-def test_check_codec() -> None:
-    pyr = make_pyr(codec_hash="abc12345" + "0" * 56)
-    check_codec(pyr, "pyramid-22k-p111", "ABC12345" + "0" * 56)  # hex case does not matter
-    with pytest.raises(CodecMismatchError) as info:
-        check_codec(pyr, "dac-22k-n2", "def67890" * 8, name="song.pyr")
-    assert str(info.value) == (
-        "song.pyr was made with pyramid-22k-p111@abc12345; the codec given is dac-22k-n2@def67890"
-    )
-    with pytest.raises(CodecMismatchError, match="@abc123450; .*@abc123451"):  # same name, other weights
-        check_codec(pyr, "pyramid-22k-p111", "abc123451" + "0" * 55, name="song.pyr")
-    with pytest.raises(CodecMismatchError, match="p111@abc12345; the codec given is p555@abc12345$"):
-        check_codec(pyr, "p555", pyr.codec_hash, name="song.pyr")
 
 
 # -- readers: one clear FormatError for each defect ----------------------------------------------

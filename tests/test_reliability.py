@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from pyramid_cli import hf, hub
 from pyramid_cli.codec import CodecConfig, PyramidCodec
-from pyramid_cli.codec.api import check_pyr_codec, encode_waveform
+from pyramid_cli.codec.api import check_pyr_codec, encode_waveform, load_codec
 from pyramid_cli.errors import FormatError, InputError
+from pyramid_cli.hub import hf, identity, registry
 from pyramid_cli.lm.api import load_lm
 from pyramid_cli.lm.config import tiny
 from pyramid_cli.lm.model import PyramidLM
@@ -54,30 +54,33 @@ def rewrite_header(path: Path, out: Path) -> None:
 def test_canonical_hash_ignores_the_header_layout(codec_dir: Path, tmp_path: Path):
     shutil.copytree(codec_dir, tmp_path / "other")
     rewrite_header(codec_dir / "model.safetensors", tmp_path / "other" / "model.safetensors")
-    assert hub.file_sha256(tmp_path / "other" / "model.safetensors") != hub.file_sha256(codec_dir / "model.safetensors")
-    assert hub.codec_identity(tmp_path / "other") == hub.codec_identity(codec_dir)
+    sha256 = identity.file_sha256
+    assert sha256(tmp_path / "other" / "model.safetensors") != sha256(codec_dir / "model.safetensors")
+    assert identity.codec_identity(tmp_path / "other") == identity.codec_identity(codec_dir)
     assert PyramidCodec.from_pretrained(tmp_path / "other") is not None  # still a valid file
 
 
 def test_canonical_hash_is_the_same_in_two_processes(codec_dir: Path, tmp_path: Path):
     """Another process saves the same weights and hashes them; both identities agree."""
     script = (
-        "import sys, torch; from pyramid_cli import hub; from pyramid_cli.codec import CodecConfig, PyramidCodec\n"
+        "import sys, torch; from pyramid_cli.hub import identity\n"
+        "from pyramid_cli.codec import CodecConfig, PyramidCodec\n"
         "torch.manual_seed(0)\n"
         "PyramidCodec(CodecConfig(name='tiny-p111', encoder_dim=8, latent_dim=16, decoder_dim=32))"
         ".save_pretrained(sys.argv[1])\n"
-        "print(hub.codec_identity(sys.argv[1])[1])\n"
+        "print(identity.codec_identity(sys.argv[1])[1])\n"
     )
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "again")], capture_output=True, text=True,
                             timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == hub.codec_identity(codec_dir)[1] == hub.codec_identity(tmp_path / "again")[1]
+    digest = identity.codec_identity(codec_dir)[1]
+    assert result.stdout.strip() == digest == identity.codec_identity(tmp_path / "again")[1]
 
 
 def test_bundled_models_accept_their_existing_identities():
     """.pyr files and the bundled LM recorded the whole-file hash; the bundled codec still accepts it."""
-    codec = hub.load_codec(hub.DEFAULT_CODEC)
-    legacy = hub.file_sha256(hub.resolve_model(hub.DEFAULT_CODEC) / "model.safetensors")[:16]
+    codec = load_codec(registry.DEFAULT_CODEC)
+    legacy = identity.file_sha256(registry.resolve_model(registry.DEFAULT_CODEC) / "model.safetensors")[:16]
     assert codec.hash != legacy and legacy in codec.aliases
     wav = (0.3 * np.sin(np.arange(22050) / 10)).astype(np.float32)[None]
     pyr = encode_waveform(wav, 22050, codec)
@@ -85,8 +88,8 @@ def test_bundled_models_accept_their_existing_identities():
     check_pyr_codec(dataclasses.replace(pyr, codec_hash=legacy), codec)  # an old .pyr: accepted
     with pytest.raises(Exception, match="was made with"):
         check_pyr_codec(dataclasses.replace(pyr, codec_hash="0" * 16), codec)
-    lm = load_lm(hub.resolve_model(hub.DEFAULT_LM, kind="lm"))
-    check_lm_codec(lm.model.config, codec.name, codec.hash, codec.aliases)
+    lm = load_lm(registry.DEFAULT_LM)
+    check_lm_codec(lm.model.config, codec.identity)
 
 
 # ---- 5. a name read from a file never downloads ------------------------------------------------------
@@ -101,13 +104,13 @@ def test_recorded_names_resolve_only_to_local_models(codec_dir: Path, monkeypatc
 
     monkeypatch.setattr(hf, "fetch", fake_fetch)
     with pytest.raises(InputError, match="pyramid download"):
-        hub.resolve_recorded("hf://evil/codec", "codec")
+        registry.resolve_recorded("hf://evil/codec", "codec")
     assert calls == [False]
     with pytest.raises(InputError, match="is a path"):
-        hub.resolve_recorded(str(codec_dir), "codec")  # a real folder, but named by the file
+        registry.resolve_recorded(str(codec_dir), "codec")  # a real folder, but named by the file
     with pytest.raises(InputError, match="is a path"):
-        hub.resolve_recorded("../" + codec_dir.name, "codec")
-    assert hub.resolve_recorded(hub.DEFAULT_CODEC, "codec") == hub.resolve_model(hub.DEFAULT_CODEC)
+        registry.resolve_recorded("../" + codec_dir.name, "codec")
+    assert registry.resolve_recorded(registry.DEFAULT_CODEC, "codec") == registry.resolve_model(registry.DEFAULT_CODEC)
 
 
 # ---- 6. checksums.json is checked on load -------------------------------------------------------------
@@ -115,11 +118,11 @@ def test_recorded_names_resolve_only_to_local_models(codec_dir: Path, monkeypatc
 
 @pytest.mark.parametrize("kind", ["codec", "lm"])
 def test_tampered_weights_are_refused(tmp_path: Path, kind: str):
-    from pyramid_cli.bundle import write_checksums
+    from pyramid_cli.hub.bundle import write_checksums
 
     folder = tmp_path / kind
-    shutil.copytree(hub.resolve_model(hub.DEFAULT_CODEC if kind == "codec" else hub.DEFAULT_LM), folder)
-    load = hub.load_codec if kind == "codec" else load_lm
+    shutil.copytree(registry.resolve_model(registry.DEFAULT_CODEC if kind == "codec" else registry.DEFAULT_LM), folder)
+    load = load_codec if kind == "codec" else load_lm
     write_checksums(folder)
     load(folder)  # intact: loads
     weights = folder / "model.safetensors"
@@ -132,12 +135,12 @@ def test_tampered_weights_are_refused(tmp_path: Path, kind: str):
 
 def test_checksums_are_hashed_once_per_file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     folder = tmp_path / "codec"
-    shutil.copytree(hub.resolve_model(hub.DEFAULT_CODEC), folder)
-    hub.check_checksums(folder)
-    monkeypatch.setattr(hub.hashlib, "sha256", None)  # a second check must not hash the weights again
-    monkeypatch.setattr(hub, "file_sha256", lambda path: json.loads((folder / "checksums.json").read_text())
+    shutil.copytree(registry.resolve_model(registry.DEFAULT_CODEC), folder)
+    identity.check_checksums(folder)
+    monkeypatch.setattr(identity.hashlib, "sha256", None)  # a second check must not hash the weights again
+    monkeypatch.setattr(identity, "file_sha256", lambda path: json.loads((folder / "checksums.json").read_text())
                         ["files"][path.name])
-    hub.check_checksums(folder)
+    identity.check_checksums(folder)
 
 
 # ---- 7. bounded configs; shapes checked against the header before anything is allocated -------------
@@ -167,7 +170,7 @@ def test_bad_codec_configs_are_refused_in_one_line(tmp_path: Path, codec_dir: Pa
     folder = _codec_folder(tmp_path, codec_dir, **changes)
     started = time.perf_counter()
     with pytest.raises(FormatError, match=message) as error:
-        hub.load_codec(folder)
+        load_codec(folder)
     assert "\n" not in str(error.value) and len(str(error.value)) < 400
     assert time.perf_counter() - started < 10  # nothing big was built
 
@@ -177,7 +180,7 @@ def test_deeply_nested_config_is_a_format_error(tmp_path: Path, codec_dir: Path)
     shutil.copytree(codec_dir, folder)
     (folder / "config.json").write_text('{"name": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(FormatError, match="nested too deeply"):
-        hub.load_codec(folder)
+        load_codec(folder)
 
 
 def test_mismatched_lm_is_refused_before_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

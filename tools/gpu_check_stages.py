@@ -188,9 +188,10 @@ def stage_data(ctx: Context) -> Result:
     import torch
 
     import pyramid_cli
+    from pyramid_cli.codec.api import load_codec
     from pyramid_cli.data.tokenize import tokenize_corpus
     from pyramid_cli.data.tokens import TokenSet
-    from pyramid_cli.hub import DEFAULT_CODEC, load_codec
+    from pyramid_cli.hub.registry import DEFAULT_CODEC
     from pyramid_cli.lm.config import preset
     from pyramid_cli.lm.model import PyramidLM
 
@@ -332,7 +333,7 @@ def stage_generate_paper_compiled(ctx: Context) -> Result:
         raise Skip("the CPU dry run does not compile (tens of seconds; tests/lm covers the compiled step on the CPU)")
     import numpy as np
 
-    from pyramid_cli.hub import load_codec
+    from pyramid_cli.codec.api import load_codec
     from pyramid_cli.lm.api import generate_pieces, load_lm
     from pyramid_cli.lm.decode import DecodeSettings
     from pyramid_cli.lm.sampling import SamplingSettings

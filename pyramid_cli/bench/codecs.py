@@ -134,9 +134,9 @@ def _pyramid(codec: Any, weights: str, chunk_seconds: float, note: str = "") -> 
 
 
 def _random_pyramid(preset_name: str, device: torch.device, chunk_seconds: float, note: str = "") -> BenchCodec:
+    from pyramid_cli.codec.api import LoadedCodec
     from pyramid_cli.codec.config import preset
     from pyramid_cli.codec.model import PyramidCodec
-    from pyramid_cli.hub import LoadedCodec
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -183,8 +183,9 @@ def load_bench_codec(key: str, device: torch.device | str = "cpu",
         DependencyError: a peer whose package is missing.
         PyramidError: a reference that does not load.
     """
+    from pyramid_cli.codec.api import load_codec
     from pyramid_cli.codec.config import PRESETS
-    from pyramid_cli.hub import DEFAULT_CODEC, load_codec
+    from pyramid_cli.hub.registry import DEFAULT_CODEC
 
     device = torch.device(device)
     if key == DEFAULT_KEY:

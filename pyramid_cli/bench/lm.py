@@ -81,7 +81,7 @@ class LMResult:
 def load_bench_lm(key: str | None, device: torch.device | str = "cpu") -> tuple[PyramidLM, str, str]:
     """(model, weights, note) for ``key``: ``default`` or None (the default LM; a random ``small`` when it
     is not installed), an LM preset (random weights), or a folder / bundled name."""
-    from pyramid_cli.hub import DEFAULT_LM, resolve_model
+    from pyramid_cli.hub.registry import DEFAULT_LM
     from pyramid_cli.lm.api import load_lm
     from pyramid_cli.lm.config import PRESETS, preset
 
@@ -89,7 +89,7 @@ def load_bench_lm(key: str | None, device: torch.device | str = "cpu") -> tuple[
     note = ""
     if key is None or key == DEFAULT_LM_KEY:
         try:
-            return load_lm(resolve_model(DEFAULT_LM, kind="lm"), device=device).model.eval(), "trained", ""
+            return load_lm(DEFAULT_LM, device=device).model.eval(), "trained", ""
         except PyramidError:
             note = (f"the default LM {DEFAULT_LM} is not installed: a random-weight {FALLBACK_LM_PRESET} "
                     "preset (its size) stands in")
@@ -99,7 +99,7 @@ def load_bench_lm(key: str | None, device: torch.device | str = "cpu") -> tuple[
             torch.manual_seed(0)
             model = PyramidLM(preset(key))
         return model.eval().to(device).requires_grad_(False), "random", note
-    return load_lm(resolve_model(key, kind="lm"), device=device).model.eval(), "trained", note
+    return load_lm(key, device=device).model.eval(), "trained", note
 
 
 def _prefix_mask(plan: TokenSequence, length: int) -> torch.Tensor:

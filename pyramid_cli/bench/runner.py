@@ -37,7 +37,7 @@ Progress = Callable[[str], None]
 def model_keys() -> dict[str, str]:
     """Every name ``--models`` knows, with what it measures."""
     from pyramid_cli.codec.config import PRESETS
-    from pyramid_cli.hub import DEFAULT_CODEC
+    from pyramid_cli.hub.registry import DEFAULT_CODEC
 
     keys = {DEFAULT_KEY: f"the bundled default codec {DEFAULT_CODEC} (random-weight p111_notes if not installed)"}
     keys.update({name: f"codec preset {name}, random weights" for name in PRESETS})
@@ -202,7 +202,7 @@ def _allocators(settings: BenchSettings, notes: list[str]) -> tuple[list[str], P
 
 def _selected_models(settings: BenchSettings, skipped: list[Skipped], notes: list[str]) -> list[str]:
     from pyramid_cli.codec.config import PRESETS
-    from pyramid_cli.hub import locate_model
+    from pyramid_cli.hub.registry import locate_model
 
     keys = list(settings.models) if settings.models is not None else [*OWN_MODELS, *PEERS]
     selected: list[str] = []

@@ -38,7 +38,7 @@ from pyramid_cli.cli._shared import (
 )
 from pyramid_cli.errors import InputError, PyramidError, UsageError
 from pyramid_cli.fileio import atomic_write
-from pyramid_cli.hub import DEFAULT_CODEC
+from pyramid_cli.hub.registry import DEFAULT_CODEC
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
 WRITE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
@@ -152,8 +152,7 @@ def encode(
 
       pyramid encode song.wav -o - | pyramid decode --levels 1 -o - > skeleton.wav
     """
-    from pyramid_cli.codec.api import encode_file
-    from pyramid_cli.hub import load_codec
+    from pyramid_cli.codec.api import encode_file, load_codec
 
     jobs = _plan_encode(list(inputs or []), output, out_dir, json_output)
     apply_threads(threads)
@@ -257,8 +256,8 @@ def decode(
       cat song.pyr | pyramid decode --levels 1 -o - | aplay
     """
     from pyramid_cli.audio import write_audio_pieces
-    from pyramid_cli.codec.api import iter_decode_pyr
-    from pyramid_cli.hub import load_codec, resolve_recorded
+    from pyramid_cli.codec.api import iter_decode_pyr, load_codec
+    from pyramid_cli.hub.registry import resolve_recorded
 
     pyr, name, _ = _read_pyr(source)
     k = pyr.n_levels if levels is None else levels

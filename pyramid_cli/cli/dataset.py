@@ -12,7 +12,7 @@ from rich.table import Table
 
 from pyramid_cli.cli._shared import DeviceOption, JsonOption, console, format_hours, make_progress, print_json
 from pyramid_cli.errors import UsageError
-from pyramid_cli.hub import DEFAULT_CODEC
+from pyramid_cli.hub.registry import DEFAULT_CODEC
 from pyramid_cli.locking import folder_lock
 
 app = typer.Typer(help="Build and inspect training corpora rendered from MIDI.", no_args_is_help=True)
@@ -216,10 +216,10 @@ def tokenize(
 
       pyramid dataset tokenize corpus --out tokens.0 --shard 0/2   (and --out tokens.1 --shard 1/2 elsewhere)
     """
+    from pyramid_cli.codec.api import load_codec
     from pyramid_cli.data.manifest import load_manifest
     from pyramid_cli.data.sources import parse_shard
     from pyramid_cli.data.tokenize import ItemReport, tokenize_corpus
-    from pyramid_cli.hub import load_codec
 
     shard_spec = parse_shard(shard)
     chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits is not None else None

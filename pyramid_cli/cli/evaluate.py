@@ -42,10 +42,11 @@ def eval_codec(
     Example: pyramid eval codec --data corpus --split test --clips 20 --json
     """
     from pyramid_cli import transcribe, visqol_score
+    from pyramid_cli.codec.api import load_codec
     from pyramid_cli.codec.evaluate import evaluate_codec, load_clips
     from pyramid_cli.devices import resolve_device
     from pyramid_cli.errors import UsageError
-    from pyramid_cli.hub import DEFAULT_CODEC, load_codec
+    from pyramid_cli.hub.registry import DEFAULT_CODEC
 
     if clips < 1 or clip_seconds <= 0:
         raise UsageError("--clips must be at least 1 and --clip-seconds positive")
@@ -109,10 +110,11 @@ def plot(
 
     from pyramid_cli.audio import load_mono
     from pyramid_cli.cli._shared import check_output, write_output
+    from pyramid_cli.codec.api import load_codec
     from pyramid_cli.codec.inference import decode_codes, encode_audio
     from pyramid_cli.devices import resolve_device
     from pyramid_cli.errors import UsageError
-    from pyramid_cli.hub import DEFAULT_CODEC, load_codec
+    from pyramid_cli.hub.registry import DEFAULT_CODEC
     from pyramid_cli.plot import spectrogram_png
 
     if seconds <= 0:
@@ -152,16 +154,18 @@ def eval_lm(
     """
     from pyramid_cli.data.tokens import TokenSet
     from pyramid_cli.errors import UsageError
-    from pyramid_cli.hub import DEFAULT_LM, resolve_model
+    from pyramid_cli.hub.identity import CodecIdentity
+    from pyramid_cli.hub.registry import DEFAULT_LM
     from pyramid_cli.lm.api import load_lm
     from pyramid_cli.lm.model import check_codec
     from pyramid_cli.train.lm import evaluate_lm
 
     if windows < 1:
         raise UsageError("--windows must be at least 1")
-    loaded = load_lm(resolve_model(lm or DEFAULT_LM, kind="lm"), device)
+    loaded = load_lm(lm or DEFAULT_LM, device)
     token_set = TokenSet.open(tokens)
-    check_codec(loaded.model.config, token_set.codec_name, token_set.codec_hash)
+    check_codec(loaded.model.config, CodecIdentity(token_set.codec_name, token_set.codec_hash),
+                f"{tokens} holds tokens of")
     if split not in token_set.splits():
         raise UsageError(f"{tokens} has no {split!r} split (it has {', '.join(token_set.splits())})")
     record = evaluate_lm(loaded.model, token_set, split, windows, seed=seed)

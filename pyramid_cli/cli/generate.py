@@ -87,9 +87,9 @@ def generate(  # noqa: C901 (issue 12 part 4 moves its work into the library)
     """
     from pyramid_cli.audio import encode_audio_bytes, load_audio
     from pyramid_cli.cli._shared import write_output
-    from pyramid_cli.codec.api import decode_pyr, encode_waveform
+    from pyramid_cli.codec.api import decode_pyr, encode_waveform, load_codec
     from pyramid_cli.devices import resolve_device
-    from pyramid_cli.hub import DEFAULT_LM, load_codec, resolve_model, resolve_recorded
+    from pyramid_cli.hub.registry import DEFAULT_LM, resolve_recorded
     from pyramid_cli.lm.api import generate_pieces, load_lm
     from pyramid_cli.lm.decode import DecodeSettings, dtype_name
     from pyramid_cli.lm.sampling import SamplingSettings
@@ -124,7 +124,7 @@ def generate(  # noqa: C901 (issue 12 part 4 moves its work into the library)
 
     torch_device = resolve_device(device)
     compute_dtype = decode.resolve(torch_device)  # a dtype this device cannot run fails before any loading
-    loaded = load_lm(resolve_model(lm or DEFAULT_LM, kind="lm"), torch_device)
+    loaded = load_lm(lm or DEFAULT_LM, torch_device)
     config = loaded.model.config
     # The codec named in the LM's config may only be a local model; a download needs --model.
     codec = load_codec(model if model is not None else resolve_recorded(config.codec_name, "codec"), torch_device)

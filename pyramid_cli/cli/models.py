@@ -11,9 +11,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pyramid_cli import bundle, hf, hub
 from pyramid_cli.cli._shared import JsonOption, console, print_json
 from pyramid_cli.errors import FormatError, InputError, UsageError
+from pyramid_cli.hub import bundle, hf, identity, registry
+from pyramid_cli.hub.files import README_NAME, WEIGHTS_NAME, read_config
 
 app = typer.Typer(help="List, inspect, verify and remove models: bundled, cached, and from the Hugging Face Hub.",
                   no_args_is_help=True)
@@ -68,16 +69,16 @@ def _readme_head(path: Path) -> list[str]:
 @app.command()
 def show(name: ModelArgument, json_output: JsonOption = False) -> None:
     """Show a model's config, the head of its model card and the hash of its weights."""
-    location = hub.locate_model(name, download=False)
+    location = registry.locate_model(name, download=False)
     summary = bundle.describe(location.path)
-    sha256 = hub.file_sha256(location.path / hub.WEIGHTS_NAME)
-    recorded = bundle.read_checksums(location.path) or {}
-    config, size = hub.read_config(location.path), bundle.folder_size(location.path)
-    readme = _readme_head(location.path / hub.README_NAME)
+    sha256 = identity.file_sha256(location.path / WEIGHTS_NAME)
+    recorded = identity.read_checksums(location.path) or {}
+    config, size = read_config(location.path), bundle.folder_size(location.path)
+    readme = _readme_head(location.path / README_NAME)
     rows: dict[str, str | None] = {
         "name": location.name, "kind": summary.kind, "structure": summary.structure,
-        "identity": f"{summary.name}@{hub.weights_hash(location.path / hub.WEIGHTS_NAME)}", "sha256": sha256,
-        "recorded_sha256": recorded.get(hub.WEIGHTS_NAME), "origin": location.origin, "path": str(location.path)}
+        "identity": f"{summary.name}@{identity.weights_hash(location.path / WEIGHTS_NAME)}", "sha256": sha256,
+        "recorded_sha256": recorded.get(WEIGHTS_NAME), "origin": location.origin, "path": str(location.path)}
     if json_output:
         print_json({**rows, "model_name": summary.name, "details": summary.details, "size_bytes": size,
                     "config": config, "readme_head": readme})
@@ -103,7 +104,7 @@ def verify(name: ModelArgument, json_output: JsonOption = False) -> None:
     Also checks that config.json is valid for its kind and that the safetensors file is whole. A
     Hub download without checksums.json is checked against the sha256 the Hub cache stores it under.
     """
-    location = hub.locate_model(name, download=False)
+    location = registry.locate_model(name, download=False)
     report = bundle.verify(location.path)
     if json_output:
         print_json(report.to_dict())
@@ -127,7 +128,7 @@ def verify(name: ModelArgument, json_output: JsonOption = False) -> None:
 @app.command()
 def path(name: ModelArgument) -> None:
     """Print a model's folder on stdout (for scripts: `ls $(pyramid models path NAME)`)."""
-    sys.stdout.write(f"{hub.resolve_model(name, download=False)}\n")
+    sys.stdout.write(f"{registry.resolve_model(name, download=False)}\n")
 
 
 @app.command("rm")
@@ -164,7 +165,7 @@ def download(
 
       pyramid download hf://org/pyramid-22k-p111@v1.0 --name p111-v1   # then --model p111-v1
     """
-    from pyramid_cli.release import download_model
+    from pyramid_cli.hub.release import download_model
 
     result = download_model(ref, revision=revision, name=name, force=force)
     summary, report = result.summary, result.report
@@ -202,7 +203,7 @@ def export(
 
       pyramid upload release/pyramid-22k-p111-small org/pyramid-22k-p111-small
     """
-    from pyramid_cli.release import export_run
+    from pyramid_cli.hub.release import export_run
 
     result = export_run(run_dir, out_dir, force=force)
     if json_output:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -24,12 +25,75 @@ from pyramid_cli.codec.inference import (
     iter_decode_codes,
     receptive_field,
 )
+from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.errors import CodecMismatchError, InputError, UsageError
-from pyramid_cli.hub import LoadedCodec
-from pyramid_cli.pyrfile import PyrFile, PyrLevel, check_codec
+from pyramid_cli.hub.files import WEIGHTS_NAME
+from pyramid_cli.hub.identity import (
+    CodecIdentity,
+    check_checksums,
+    check_codec_identity,
+    codec_identity,
+    legacy_weights_hash,
+)
+from pyramid_cli.hub.registry import DEFAULT_CODEC, resolve_model
+from pyramid_cli.pyrfile import PyrFile, PyrLevel
 from pyramid_cli.pyrfile import pyr_summary as pyr_summary  # moved beside the header reader; kept here too
 
 SILENCE_DB = -80.0  # a peak below this (about 3 LSB of 16-bit audio) holds nothing to encode
+
+
+@dataclass(frozen=True)
+class LoadedCodec:
+    """A codec ready for inference and its identity; unpacks as ``model, name, hash``.
+
+    ``aliases`` are other hashes of the same weights that earlier versions recorded (the SHA-256
+    of the whole file, see ``hub.identity.weights_hash``): tokens that carry one of them are still accepted.
+    """
+
+    model: PyramidCodec
+    name: str
+    hash: str
+    aliases: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.name, self.hash))
+
+    @property
+    def identity(self) -> CodecIdentity:
+        return CodecIdentity(self.name, self.hash, self.aliases)
+
+    def matches(self, name: str, digest: str) -> bool:
+        """True when (name, digest), e.g. read from a ``.pyr``, is this codec's identity."""
+        return self.identity.matches(name, digest)
+
+
+def load_codec(ref: str | Path = DEFAULT_CODEC, device: str | torch.device = "cpu", *,
+               download: bool = True) -> LoadedCodec:
+    """Load a codec for inference: eval mode, weight norm folded, on ``device``.
+
+    Args:
+        ref: a checkpoint folder, a bundled or cached name, or ``hf://org/repo[@rev]``
+            (see ``hub.registry.locate_model``).
+        device: a ``torch.device`` or a name for ``pyramid_cli.devices.resolve_device``.
+        download: allow fetching an ``hf://`` reference missing from the cache.
+
+    Returns:
+        ``LoadedCodec(model, name, hash, aliases)``; name and hash are what ``.pyr`` files record.
+
+    Raises:
+        FormatError: the files differ from the folder's ``checksums.json``, or do not fit each other.
+    """
+    from pyramid_cli.devices import resolve_device
+
+    folder = resolve_model(ref, kind="codec", download=download)
+    check_checksums(folder)
+    name, digest = codec_identity(folder)
+    legacy = legacy_weights_hash(folder / WEIGHTS_NAME)
+    model = PyramidCodec.from_pretrained(folder, device=resolve_device(device))
+    model.fold_weight_norm().eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return LoadedCodec(model, name, digest, (legacy,) if legacy != digest else ())
 
 
 def encode_file(
@@ -50,7 +114,7 @@ def encode_file(
 
     Args:
         source: a path, or a binary stream holding a whole WAV/FLAC/OGG file (e.g. stdin).
-        codec: from ``pyramid_cli.hub.load_codec``.
+        codec: from ``load_codec``.
         name: how to call the input in messages and provenance (default: the path; ``<stdin>``).
         warn: called with a one-line message about input that is encoded but deserves a word (a
             truncated WAV: only the part the file holds is encoded).
@@ -159,7 +223,8 @@ def check_pyr_codec(pyr: PyrFile, codec: LoadedCodec, name: str = "the .pyr file
     Raises:
         CodecMismatchError: naming both codecs, or the first layout difference.
     """
-    check_codec(pyr, codec.name, codec.hash, name=name, aliases=codec.aliases)
+    check_codec_identity((pyr.codec_name, pyr.codec_hash), codec.identity, f"{name} was made with",
+                         "the codec given is")
     config = codec.model.config
     problems = []
     if pyr.sample_rate != config.sample_rate:

@@ -15,11 +15,17 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pyramid_cli.errors import UsageError
-from pyramid_cli.model_files import config_from_dict
+from pyramid_cli.hub.files import CONFIG_VERSION, MODEL_TYPES, check_model_header, config_from_dict
+
+CODEC_MODEL_TYPE = MODEL_TYPES["codec"]
 
 
 @dataclass(frozen=True)
 class CodecConfig:
+    # Marks config.json as a codec (hub.files.MODEL_TYPES) and the version of its layout; loading
+    # refuses another type or a newer version. Configs written before these existed have neither.
+    model_type: str = CODEC_MODEL_TYPE
+    version: int = CONFIG_VERSION
     # Identity of the architecture; recorded in checkpoints and .pyr files.
     name: str = "pyramid-22k-p111"
     # Audio sample rate in Hz (the paper's corpus is 22,050 Hz mono).
@@ -66,6 +72,9 @@ class CodecConfig:
     harmonics: int = 0
 
     def __post_init__(self) -> None:
+        if self.model_type != CODEC_MODEL_TYPE or not 1 <= self.version <= CONFIG_VERSION:
+            raise UsageError(f"codec config: model_type must be {CODEC_MODEL_TYPE!r} and version in "
+                             f"1..{CONFIG_VERSION}, got {self.model_type!r} version {self.version}")
         for key in ("encoder_rates", "pyramid_rates", "n_codebooks", "fsq_levels"):
             value = getattr(self, key)
             if not isinstance(value, tuple):
@@ -172,6 +181,8 @@ class CodecConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodecConfig:
         """Build a config from ``to_dict`` output; unknown, missing or invalid keys raise FormatError."""
+        if isinstance(data, dict):
+            data = check_model_header(data, "codec", "codec config")
         return config_from_dict(cls, data, "codec config", added_later=ADDED_LATER, limits=LIMITS)
 
 

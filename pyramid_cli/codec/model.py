@@ -34,7 +34,7 @@ from pyramid_cli.codec.layers import (
 from pyramid_cli.codec.quantize import QuantizerOutput, ResidualVectorQuantize
 from pyramid_cli.codec.spectral import Downsample, Project, SpectralDecoder, SpectralEncoder, griffin_lim
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
-from pyramid_cli.model_files import (
+from pyramid_cli.hub.files import (
     WEIGHTS_NAME,
     check_weight_shapes,
     read_model_config,
@@ -42,8 +42,6 @@ from pyramid_cli.model_files import (
     safetensors_header,
     write_model_folder,
 )
-
-CHECKPOINT_VERSION = 1  # bump when the state-dict layout changes incompatibly
 
 
 @dataclass
@@ -334,7 +332,7 @@ class PyramidCodec(nn.Module):
         accepts both. ``fp16`` halves the file; loading casts back to float32.
         """
         metadata = {  # safetensors metadata values must be str
-            "pyramid_format_version": str(CHECKPOINT_VERSION),
+            "pyramid_format_version": str(self.config.version),  # the config carries it too; loading checks that
             "codec": self.config.name,
             "weight_norm": "folded" if is_weight_norm_folded(self) else "parametrized",
         }

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from pyramid_cli.codec.api import LoadedCodec
 from pyramid_cli.data.manifest import SPLITS, append_jsonl, load_manifest, repair_jsonl
 from pyramid_cli.data.tokens import (
     DTYPE,
@@ -35,9 +36,9 @@ from pyramid_cli.data.tokens import (
     read_index,
     read_meta,
 )
-from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, PyramidError, UsageError
+from pyramid_cli.errors import FormatError, InputError, PyramidError, UsageError
 from pyramid_cli.fileio import write_text_atomic
-from pyramid_cli.hub import LoadedCodec
+from pyramid_cli.hub.identity import CodecIdentity, check_codec_identity
 from pyramid_cli.locking import LOCK_NAME
 
 if TYPE_CHECKING:
@@ -135,9 +136,11 @@ def _prepare(out: Path, meta: TokenMeta, aliases: tuple[str, ...] = ()) -> Token
         old = read_meta(out)
         if old.codec_hash in aliases:
             meta = dataclasses.replace(meta, codec_hash=old.codec_hash)
+        check_codec_identity((old.codec_name, old.codec_hash), CodecIdentity(meta.codec_name, meta.codec_hash),
+                             f"tokenize into another folder: {out} holds tokens of", "the codec given is")
         if dataclasses.replace(old, corpus=meta.corpus) != meta:
-            raise CodecMismatchError(f"{out} holds tokens of codec {old.codec_name} ({old.codec_hash}), not "
-                                     f"{meta.codec_name} ({meta.codec_hash}); tokenize into another folder")
+            raise FormatError(f"{out / META_NAME} differs from this codec's token settings (beyond 'corpus'); "
+                              "tokenize into another folder")
         return meta
     if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise UsageError(f"{out}: exists and is not a token folder (no {META_NAME}); give a new or empty folder")
@@ -273,9 +276,8 @@ class MergeSummary:
 
 
 def _check_same_meta(meta: TokenMeta, other: TokenMeta, where: Path, first: Path) -> None:
-    if (other.codec_name, other.codec_hash) != (meta.codec_name, meta.codec_hash):
-        raise CodecMismatchError(f"{where} holds tokens of codec {other.codec_name} ({other.codec_hash}), but {first} "
-                                 f"of {meta.codec_name} ({meta.codec_hash}); only parts of one codec can be merged")
+    check_codec_identity((other.codec_name, other.codec_hash), CodecIdentity(meta.codec_name, meta.codec_hash),
+                         f"only parts of one codec can be merged: {where} holds tokens of", f"{first} of")
     if dataclasses.replace(other, corpus=meta.corpus) != meta:
         raise FormatError(f"{where / META_NAME} differs from {first / META_NAME} (beyond 'corpus'); "
                           "only parts made by one codec can be merged")

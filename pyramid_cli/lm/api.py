@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyramid_cli.codec.api import LoadedCodec
 from pyramid_cli.errors import InputError, UsageError
-from pyramid_cli.hub import LoadedCodec, check_checksums, weights_hash
+from pyramid_cli.hub.files import WEIGHTS_NAME
+from pyramid_cli.hub.identity import check_checksums, check_codec_identity, weights_hash
+from pyramid_cli.hub.registry import DEFAULT_LM, locate_model
 from pyramid_cli.lm.decode import DecodeSettings, dtype_name
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import PyramidLM, check_codec
@@ -35,16 +38,27 @@ class LoadedLM:
     folder: Path
 
 
-def load_lm(folder: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
-    """Load an LM folder (config.json + model.safetensors) for inference on ``device``."""
+def load_lm(ref: str | Path = DEFAULT_LM, device: str | torch.device = "cpu", *, download: bool = True) -> LoadedLM:
+    """Load an LM for sampling on ``device``.
+
+    Args:
+        ref: a folder (config.json + model.safetensors), a bundled or cached name, or
+            ``hf://org/repo[@rev]`` (see ``hub.registry.locate_model``).
+        device: a ``torch.device`` or a name for ``pyramid_cli.devices.resolve_device``.
+        download: allow fetching an ``hf://`` reference missing from the cache.
+
+    Raises:
+        InputError: no such model, or a codec where an LM is needed. FormatError: the files differ
+        from the folder's ``checksums.json``, or do not fit each other.
+    """
     from pyramid_cli.devices import resolve_device
 
-    folder = Path(folder)
+    folder = locate_model(ref, kind="lm", download=download).path
     check_checksums(folder)
     model = PyramidLM.from_pretrained(folder, device=resolve_device(device))
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return LoadedLM(model, model.config.name, weights_hash(folder / "model.safetensors"), folder)
+    return LoadedLM(model, model.config.name, weights_hash(folder / WEIGHTS_NAME), folder)
 
 
 @dataclass
@@ -115,10 +129,10 @@ def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, samplin
             a CUDA GPU that has it, float32 elsewhere). Both are recorded in the provenance.
     """
     config = lm.model.config
-    check_codec(config, codec.name, codec.hash, codec.aliases)
-    if prompt is not None and not codec.matches(prompt.codec_name, prompt.codec_hash):
-        raise InputError(f"the prompt was encoded with {prompt.codec_name}@{prompt.codec_hash[:8]}, "
-                         f"the LM models {codec.name}@{codec.hash[:8]}")
+    check_codec(config, codec.identity)
+    if prompt is not None:
+        check_codec_identity((prompt.codec_name, prompt.codec_hash), codec.identity, "the prompt was encoded with",
+                             "the LM models")
     if num_samples < 1:
         raise UsageError(f"--num-samples must be at least 1, got {num_samples}")
     keep = config.n_levels if levels is None else levels

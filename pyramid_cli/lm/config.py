@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pyramid_cli.errors import UsageError
-from pyramid_cli.model_files import config_from_dict
+from pyramid_cli.hub.files import CONFIG_VERSION, MODEL_TYPES, check_model_header, config_from_dict
 
-MODEL_TYPE = "pyramid-lm"
+MODEL_TYPE = MODEL_TYPES["lm"]
 LAYOUTS = ("time_aligned", "flat")
 
 
@@ -23,6 +23,8 @@ LAYOUTS = ("time_aligned", "flat")
 class LMConfig:
     # Marks config.json as an LM (the model registry tells codecs and LMs apart by it).
     model_type: str = MODEL_TYPE
+    # Version of this config's layout (hub.files.CONFIG_VERSION); loading refuses a newer one.
+    version: int = CONFIG_VERSION
     # Identity of this model, recorded in generated .pyr files.
     name: str = "pyramid-lm-small"
     # Identity of the codec whose tokens it models (name + 16-hex weights hash, see hub.py).
@@ -64,6 +66,8 @@ class LMConfig:
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         if self.model_type != MODEL_TYPE:
             raise UsageError(f"LM config: model_type must be {MODEL_TYPE!r}, got {self.model_type!r}")
+        if not 1 <= self.version <= CONFIG_VERSION:
+            raise UsageError(f"LM config: version must be in 1..{CONFIG_VERSION}, got {self.version}")
         if self.layout not in LAYOUTS:
             raise UsageError(f"LM config: layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if len(self.frames_per_coarse) != len(self.n_codebooks) or not self.n_codebooks:
@@ -129,6 +133,8 @@ class LMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LMConfig:
         """Build a config from ``to_dict`` output; unknown, missing or invalid keys raise FormatError."""
+        if isinstance(data, dict):
+            data = check_model_header(data, "lm", "LM config")
         return config_from_dict(cls, data, "LM config", limits=LIMITS)
 
     def with_codec(self, name: str, digest: str, sample_rate: int, hop_lengths: tuple[int, ...] | list[int],

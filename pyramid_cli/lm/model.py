@@ -21,15 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyramid_cli.errors import FormatError, InputError
-from pyramid_cli.lm.config import LMConfig
-from pyramid_cli.model_files import (
+from pyramid_cli.errors import FormatError
+from pyramid_cli.hub.files import (
     WEIGHTS_NAME,
     check_weight_shapes,
     read_model_config,
     read_weights,
     write_model_folder,
 )
+from pyramid_cli.hub.identity import CodecIdentity, check_codec_identity
+from pyramid_cli.lm.config import LMConfig
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
@@ -211,11 +212,12 @@ class PyramidLM(nn.Module):
         return model.to(device).eval()
 
 
-def check_codec(config: LMConfig, codec_name: str, codec_hash: str, aliases: tuple[str, ...] = ()) -> None:
-    """Refuse tokens of a codec other than the one the LM was trained on, naming both.
+def check_codec(config: LMConfig, codec: CodecIdentity, given_as: str = "the codec given is") -> None:
+    """Refuse tokens of a codec other than the one the LM was trained on, naming both
+    (``hub.identity.check_codec_identity``; ``codec.aliases`` are accepted too).
 
-    ``aliases``: other hashes of the same codec's weights (``hub.LoadedCodec.aliases``) also accepted.
+    Raises:
+        CodecMismatchError: "the LM X was trained on tokens of A@1234abcd; the codec given is B@9876fedc".
     """
-    if config.codec_name != codec_name or config.codec_hash not in (codec_hash, *aliases):
-        raise InputError(f"the LM {config.name} was trained on tokens of {config.codec_name}@{config.codec_hash}, "
-                         f"not {codec_name}@{codec_hash}")
+    check_codec_identity((config.codec_name, config.codec_hash), codec,
+                         f"the LM {config.name} was trained on tokens of", given_as)

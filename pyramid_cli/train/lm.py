@@ -28,9 +28,10 @@ from pyramid_cli.data.manifest import append_jsonl, read_jsonl, write_jsonl
 from pyramid_cli.data.tokens import TokenItem, TokenSet
 from pyramid_cli.errors import FormatError, PyramidError, UsageError
 from pyramid_cli.fileio import read_json_object, write_text_atomic
+from pyramid_cli.hub.identity import CodecIdentity
 from pyramid_cli.lm.config import LAYOUTS, LMConfig, preset
 from pyramid_cli.lm.layout import Layout, TokenSequence, make_layout, special_tokens
-from pyramid_cli.lm.model import PyramidLM
+from pyramid_cli.lm.model import PyramidLM, check_codec
 from pyramid_cli.train.common import (
     SCHEDULES,
     RunningMeans,
@@ -222,9 +223,7 @@ def train_lm(run_dir: str | Path, config: LMTrainConfig, tokens_dir: str | Path,
         else:
             lm_config = config.lm_config().with_codec(meta.codec_name, meta.codec_hash, meta.sample_rate,
                                                       meta.hop_lengths, meta.n_codebooks, meta.codebook_size)
-        if (lm_config.codec_name, lm_config.codec_hash) != (meta.codec_name, meta.codec_hash):
-            raise UsageError(f"the model was trained on {lm_config.codec_name}@{lm_config.codec_hash} tokens, "
-                             f"but {tokens_dir} holds {meta.codec_name}@{meta.codec_hash} tokens")
+        check_codec(lm_config, CodecIdentity(meta.codec_name, meta.codec_hash), f"{tokens_dir} holds tokens of")
         config = replace(config, model=lm_config.to_dict(), layout=None)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from pyramid_cli import hub
 from pyramid_cli.cli import main
 from pyramid_cli.codec import CodecConfig, PyramidCodec
+from pyramid_cli.hub import identity, registry
 from pyramid_cli.pyrfile import PyrFile
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=8, latent_dim=16, decoder_dim=32)  # p111 strides
@@ -184,7 +184,7 @@ def test_tokens_from_another_codec_are_refused(cli, tmp_path: Path, models):
     sf.write(tmp_path / "a.wav", tone(1.0), RATE)
     assert cli("encode", str(tmp_path / "a.wav")).code == 0
     result = cli("decode", str(tmp_path / "a.pyr"), "--model", str(models[1]), model=False)
-    made, given = (hub.codec_identity(m)[1][:8] for m in models)
+    made, given = (identity.codec_identity(m)[1][:8] for m in models)
     assert result.code == 1
     assert one_line_error(result, f"a.pyr was made with tiny-p111@{made}; the codec given is tiny-p111@{given}")
     assert not (tmp_path / "a.l3.wav").exists()
@@ -254,7 +254,7 @@ def test_usage_errors_exit_2(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_model_errors(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     sf.write(tmp_path / "a.wav", tone(1.0), RATE)
-    monkeypatch.setattr(hub, "model_roots", lambda: [tmp_path / "no-models"])
+    monkeypatch.setattr(registry, "model_roots", lambda: [tmp_path / "no-models"])
     result = cli("encode", str(tmp_path / "a.wav"), model=False)
     assert result.code == 1 and one_line_error(result, "the default codec pyramid-22k-p111-notes is not installed")
     result = cli("encode", str(tmp_path / "a.wav"), "--model", str(tmp_path / "nope"), model=False)

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from pyramid_cli.codec import CodecConfig, PyramidCodec
-from pyramid_cli.hub import codec_identity
+from pyramid_cli.hub.identity import codec_identity
 from pyramid_cli.pyrfile import PyrFile
 
 TINY_CODEC = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)

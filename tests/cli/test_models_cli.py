@@ -19,9 +19,9 @@ import pytest
 import torch
 from test_hub import lay_out_hub_cache  # the layout huggingface_hub writes (tests/ is on sys.path via conftest)
 
-from pyramid_cli import hub
 from pyramid_cli.cli import main
 from pyramid_cli.codec import CodecConfig, PyramidCodec
+from pyramid_cli.hub import identity, registry
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)
 
@@ -48,7 +48,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         monkeypatch.delenv(name, raising=False)
     root = tmp_path / "bundled"
     root.mkdir()
-    monkeypatch.setattr(hub, "model_roots", lambda: [root])
+    monkeypatch.setattr(registry, "model_roots", lambda: [root])
     return variables
 
 
@@ -93,7 +93,7 @@ def test_export_writes_a_bundle_and_refuses_to_overwrite(cli, release_dir: Path,
     forced = cli("export", str(make_run(tmp_path / "run2", seed=1)), str(release_dir), "--force", "--json")
     assert forced.code == 0, forced.stderr
     summary = json.loads(forced.stdout)
-    assert summary["sha256"] == hub.file_sha256(release_dir / "model.safetensors")
+    assert summary["sha256"] == identity.file_sha256(release_dir / "model.safetensors")
     assert (summary["kind"], summary["step"], summary["last_eval"]["mel"]) == ("codec", 10, 1.5)
     missing = cli("export", str(tmp_path / "no-run"), str(tmp_path / "out"))
     assert missing.code == 1 and missing.one_line_error("no such run folder")
@@ -115,15 +115,15 @@ def test_list_show_path(cli, release_dir: Path, env: dict[str, str]):
     shown = cli("models", "show", "mine", "--json")
     assert shown.code == 0, shown.stderr
     details = json.loads(shown.stdout)
-    assert details["sha256"] == details["recorded_sha256"] == hub.file_sha256(release_dir / "model.safetensors")
-    identity = hub.weights_hash(Path(details["path"]) / "model.safetensors")
-    assert details["identity"] == f"tiny-p111@{identity}" and details["config"]["name"] == "tiny-p111"
+    assert details["sha256"] == details["recorded_sha256"] == identity.file_sha256(release_dir / "model.safetensors")
+    digest = identity.weights_hash(Path(details["path"]) / "model.safetensors")
+    assert details["identity"] == f"tiny-p111@{digest}" and details["config"]["name"] == "tiny-p111"
     assert details["readme_head"][0] == "# tiny-p111"
     human = cli("models", "show", "hf://org/tiny")
     assert human.code == 0 and "config.json" in human.stderr and "# tiny-p111" in human.stderr
 
     path = cli("models", "path", "mine")
-    assert path.code == 0 and path.stdout == f"{hub.cache_root() / 'mine'}\n" and path.stderr == ""
+    assert path.code == 0 and path.stdout == f"{registry.cache_root() / 'mine'}\n" and path.stderr == ""
     unknown = cli("models", "path", "nope")
     assert unknown.code == 1 and unknown.one_line_error("unknown model 'nope'")
 
@@ -150,7 +150,7 @@ def test_rm_only_touches_caches(cli, release_dir: Path, env: dict[str, str], tmp
     lay_out_hub_cache(Path(env["HF_HOME"]) / "hub", "org/tiny", release_dir)
     PyramidCodec(TINY).save_pretrained(tmp_path / "bundled" / "shipped")
     result = cli("models", "rm", "mine")
-    assert result.code == 0 and "removed" in result.stderr and not (hub.cache_root() / "mine").exists()
+    assert result.code == 0 and "removed" in result.stderr and not (registry.cache_root() / "mine").exists()
     assert cli("models", "rm", "hf://org/tiny").code == 0
     assert not (Path(env["HF_HOME"]) / "hub" / "models--org--tiny").exists()
     for name, message in [("shipped", "bundled with pyramid"), (str(release_dir), "a folder, not a cached model"),
@@ -168,8 +168,9 @@ def test_download_from_the_hub_cache_offline(cli, release_dir: Path, env: dict[s
     assert result.code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["downloaded"] is False and Path(summary["path"]).resolve() == snapshot.resolve()
-    assert summary["installed"] == str(hub.cache_root() / "tiny-v1") and summary["checksum_source"] == "checksums.json"
-    assert hub.locate_model("tiny-v1").origin == "cache"
+    assert summary["installed"] == str(registry.cache_root() / "tiny-v1")
+    assert summary["checksum_source"] == "checksums.json"
+    assert registry.locate_model("tiny-v1").origin == "cache"
     again = cli("download", "hf://org/tiny", "--name", "tiny-v1")
     assert again.code == 1 and again.one_line_error("already exists; pass --force")
     forced = cli("download", "hf://org/tiny", "--name", "tiny-v1", "--force")

@@ -19,7 +19,7 @@ import torch
 
 from pyramid_cli.cli import main
 from pyramid_cli.codec import CodecConfig, PyramidCodec
-from pyramid_cli.hub import codec_identity
+from pyramid_cli.hub.identity import codec_identity
 from pyramid_cli.lm.config import tiny
 from pyramid_cli.lm.model import PyramidLM
 

@@ -121,8 +121,7 @@ def test_a_file_encoded_chunk_by_chunk_from_disk_equals_the_file_encoded_from_me
     import numpy as np
     import soundfile as sf
 
-    from pyramid_cli.codec.api import encode_file, encode_waveform
-    from pyramid_cli.hub import LoadedCodec
+    from pyramid_cli.codec.api import LoadedCodec, encode_file, encode_waveform
 
     rng = np.random.default_rng(3)
     t = np.arange(round(5.3 * rate)) / rate

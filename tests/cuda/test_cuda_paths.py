@@ -21,9 +21,9 @@ import soundfile as sf
 import torch
 
 from pyramid_cli.codec import CodecConfig, PyramidCodec
-from pyramid_cli.codec.api import decode_pyr, encode_waveform
+from pyramid_cli.codec.api import decode_pyr, encode_waveform, load_codec
 from pyramid_cli.codec.inference import encode_audio
-from pyramid_cli.hub import DEFAULT_CODEC, load_codec
+from pyramid_cli.hub.registry import DEFAULT_CODEC
 from pyramid_cli.lm.config import tiny
 from pyramid_cli.lm.decode import DecodeSettings, DecodeStep
 from pyramid_cli.lm.layout import TokenSequence, make_layout

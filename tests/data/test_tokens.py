@@ -14,11 +14,10 @@ import soundfile as sf
 import torch
 
 from pyramid_cli.codec import CodecConfig, PyramidCodec
-from pyramid_cli.codec.api import encode_file
+from pyramid_cli.codec.api import LoadedCodec, encode_file, load_codec
 from pyramid_cli.data.tokenize import merge_token_sets, tokenize_corpus
 from pyramid_cli.data.tokens import INDEX_NAME, TokenSet, level_name
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
-from pyramid_cli.hub import LoadedCodec, load_codec
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)
 # (id, split, seconds, sample rate): one file at 16 kHz exercises the resampling path.

@@ -28,7 +28,7 @@ def test_codec_demo_writes_every_level(tmp_path: Path) -> None:
 
 
 def test_generate_demo_writes_a_piece(tmp_path: Path, token_set_writer) -> None:
-    from pyramid_cli.hub import codec_identity
+    from pyramid_cli.hub.identity import codec_identity
     from pyramid_cli.lm.config import tiny
     from pyramid_cli.lm.model import PyramidLM
 

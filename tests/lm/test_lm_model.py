@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyramid_cli.errors import FormatError, InputError
+from pyramid_cli.errors import CodecMismatchError, FormatError, InputError
+from pyramid_cli.hub.identity import CodecIdentity
 from pyramid_cli.lm.config import LMConfig, tiny
 from pyramid_cli.lm.layout import make_layout
 from pyramid_cli.lm.model import PyramidLM, check_codec
@@ -111,9 +112,9 @@ def test_checkpoint_round_trip_and_codec_check(tmp_path: Path):
     assert loaded.config == model.config
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3, msg=name)
-    check_codec(loaded.config, "codec-x", "abcd")
-    with pytest.raises(InputError, match="trained on tokens of codec-x@abcd, not codec-y@abcd"):
-        check_codec(loaded.config, "codec-y", "abcd")
+    check_codec(loaded.config, CodecIdentity("codec-x", "abcd"))
+    with pytest.raises(CodecMismatchError, match="trained on tokens of codec-x@abcd; the codec given is codec-y@abcd"):
+        check_codec(loaded.config, CodecIdentity("codec-y", "abcd"))
     (tmp_path / "m" / "config.json").write_text('{"model_type": "pyramid-lm"}')
     with pytest.raises(FormatError, match="missing keys"):
         PyramidLM.from_pretrained(tmp_path / "m")

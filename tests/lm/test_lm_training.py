@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pyramid_cli.data.tokens import TokenSet
-from pyramid_cli.errors import UsageError
+from pyramid_cli.errors import CodecMismatchError
 from pyramid_cli.lm.config import tiny
 from pyramid_cli.lm.model import PyramidLM
 from pyramid_cli.train.lm import LMTrainConfig, evaluate_lm, train_lm
@@ -68,7 +68,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tokens: Path):
 def test_tokens_of_another_codec_are_refused(tmp_path: Path, tokens: Path, token_set_writer):
     train_lm(tmp_path / "run", settings(steps=2, eval_every=0), tokens)
     other = token_set_writer(tmp_path / "other", "other-codec", "1234", {"train": [20]})
-    with pytest.raises(UsageError, match="tiny-codec@00ff"):
+    with pytest.raises(CodecMismatchError, match="tiny-codec@00ff"):
         train_lm(tmp_path / "run", settings(steps=4, eval_every=0), other)
 
 

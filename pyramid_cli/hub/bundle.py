@@ -17,7 +17,6 @@ a usable model.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -28,57 +27,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyramid_cli import hub
 from pyramid_cli.errors import FormatError, InputError, PyramidError, UsageError
-from pyramid_cli.fileio import read_json_object, write_text_atomic
+from pyramid_cli.hub import hf, registry
+from pyramid_cli.hub.files import (
+    CONFIG_NAME,
+    README_NAME,
+    WEIGHTS_NAME,
+    ModelKind,
+    is_model_dir,
+    model_kind,
+    read_config,
+    safetensors_header,
+)
+from pyramid_cli.hub.identity import CHECKSUMS_NAME, HASHED_FILES, SHA256, file_sha256, read_checksums, write_checksums
 
-CHECKSUMS_NAME = "checksums.json"
-CHECKSUMS_FORMAT = "pyramid-checksums"
-CHECKSUMS_VERSION = 1
-HASHED_FILES = (hub.CONFIG_NAME, hub.WEIGHTS_NAME)
-BUNDLE_FILES = [*HASHED_FILES, hub.README_NAME, CHECKSUMS_NAME]
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+BUNDLE_FILES = [*HASHED_FILES, README_NAME, CHECKSUMS_NAME]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
-                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
-# ---- checksums -------------------------------------------------------------------------------------
-
-
-def checksums_payload(folder: Path) -> dict[str, Any]:
-    """The ``checksums.json`` content for the model files in ``folder`` (hashed now)."""
-    return {"format": CHECKSUMS_FORMAT, "version": CHECKSUMS_VERSION, "algorithm": "sha256",
-            "files": {name: hub.file_sha256(folder / name) for name in HASHED_FILES}}
-
-
-def write_checksums(folder: Path) -> dict[str, str]:
-    """Hash the model files of ``folder`` and record them in ``folder/checksums.json`` (atomically)."""
-    payload = checksums_payload(folder)
-    write_text_atomic(folder / CHECKSUMS_NAME, json.dumps(payload, indent=2) + "\n")
-    return dict(payload["files"])
-
-
-def read_checksums(folder: Path) -> dict[str, str] | None:
-    """File name → recorded SHA-256 from ``folder/checksums.json``; None when the file is absent."""
-    path = folder / CHECKSUMS_NAME
-    if not path.is_file():
-        return None
-    data = read_json_object(path, "checksums file")
-    if data.get("format") != CHECKSUMS_FORMAT:
-        raise FormatError(f"{path}: not a pyramid checksums file")
-    if data.get("version") != CHECKSUMS_VERSION or data.get("algorithm") != "sha256":
-        raise FormatError(f"{path}: unsupported checksums version {data.get('version')!r} "
-                          f"or algorithm {data.get('algorithm')!r}")
-    unknown = sorted(set(data) - {"format", "version", "algorithm", "files"})
-    files = data.get("files")
-    if unknown or not isinstance(files, dict) or hub.WEIGHTS_NAME not in files:
-        raise FormatError(f"{path}: malformed (unknown keys {unknown} or no {hub.WEIGHTS_NAME} entry)")
-    for name, digest in files.items():
-        # Plain file names only: a recorded "../x" must never make verify read outside the folder.
-        if name not in HASHED_FILES or not isinstance(digest, str) or not _SHA256.match(digest):
-            raise FormatError(f"{path}: bad entry {name!r}")
-    return dict(files)
+# ---- Hub blobs -------------------------------------------------------------------------------------
 
 
 def _hub_blob_sha256(path: Path) -> str | None:
@@ -86,7 +53,7 @@ def _hub_blob_sha256(path: Path) -> str | None:
     if not path.is_symlink():
         return None
     name = path.resolve().name
-    return name if _SHA256.match(name) and path.resolve().parent.name == "blobs" else None
+    return name if SHA256.match(name) and path.resolve().parent.name == "blobs" else None
 
 
 # ---- verification ------------------------------------------------------------------------------------
@@ -127,35 +94,7 @@ def check_safetensors(path: Path) -> int:
     Raises:
         FormatError: truncated, oversized header, unknown dtype, or data offsets that do not tile the file.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if length < 2 or length > min(size - 8, 100 * 2**20):
-            raise FormatError(f"{path}: not a safetensors file (bad header length)")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise FormatError(f"{path}: not a safetensors file (unreadable header)") from None
-    if not isinstance(header, dict):
-        raise FormatError(f"{path}: not a safetensors file (header is not an object)")
-    end, parameters = 0, 0
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            begin, stop = entry["data_offsets"]
-            count = math.prod(int(n) for n in entry["shape"])
-            nbytes = count * _DTYPE_BYTES[entry["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{path}: malformed header entry {key!r}") from None
-        if not 0 <= begin <= stop or stop - begin != nbytes:
-            raise FormatError(f"{path}: tensor {key!r} has inconsistent offsets")
-        end, parameters = max(end, stop), parameters + count
-    if 8 + length + end != size:
-        raise FormatError(f"{path}: {'truncated' if 8 + length + end > size else 'trailing bytes'} "
-                          f"({size} bytes, the header describes {8 + length + end})")
-    return parameters
+    return sum(math.prod(entry.shape) for entry in safetensors_header(path).values())
 
 
 def verify(folder: Path) -> VerifyReport:
@@ -164,11 +103,11 @@ def verify(folder: Path) -> VerifyReport:
     recorded = read_checksums(folder)
     source = "checksums.json"
     if recorded is None:
-        blob = _hub_blob_sha256(folder / hub.WEIGHTS_NAME)
-        recorded, source = ({hub.WEIGHTS_NAME: blob}, "hub blob") if blob else ({}, "none")
-    checks = tuple(FileCheck(name, recorded.get(name), hub.file_sha256(folder / name))
-                   for name in HASHED_FILES if name in recorded or name == hub.WEIGHTS_NAME)
-    for action in (lambda: check_safetensors(folder / hub.WEIGHTS_NAME), lambda: describe(folder)):
+        blob = _hub_blob_sha256(folder / WEIGHTS_NAME)
+        recorded, source = ({WEIGHTS_NAME: blob}, "hub blob") if blob else ({}, "none")
+    checks = tuple(FileCheck(name, recorded.get(name), file_sha256(folder / name))
+                   for name in HASHED_FILES if name in recorded or name == WEIGHTS_NAME)
+    for action in (lambda: check_safetensors(folder / WEIGHTS_NAME), lambda: describe(folder)):
         try:
             action()
         except PyramidError as error:
@@ -183,7 +122,7 @@ def verify(folder: Path) -> VerifyReport:
 class Summary:
     """A model's kind, name and a one-line structure, with the figures behind it."""
 
-    kind: hub.ModelKind
+    kind: ModelKind
     name: str
     structure: str
     details: dict[str, Any]
@@ -195,8 +134,8 @@ def _first(config: Mapping[str, Any], *keys: str) -> Any:
 
 def describe(folder: Path) -> Summary:
     """Read and validate ``folder/config.json`` (``CodecConfig.from_dict`` for codecs) and summarise it."""
-    config = hub.read_config(folder)
-    kind = hub.model_kind(folder)
+    config = read_config(folder)
+    kind = model_kind(folder)
     if kind == "codec":
         from pyramid_cli.codec.config import CodecConfig
 
@@ -223,10 +162,10 @@ def _describe_lm(folder: Path, config: dict[str, Any]) -> Summary:
         config = LMConfig.from_dict(config).to_dict()
     name = config.get("name")
     if not isinstance(name, str) or not name:
-        raise FormatError(f"{folder / hub.CONFIG_NAME}: the language model config has no name")
+        raise FormatError(f"{folder / CONFIG_NAME}: the language model config has no name")
     for key in ("codec_name", "codec_hash"):
         if key in config and not isinstance(config[key], str):
-            raise FormatError(f"{folder / hub.CONFIG_NAME}: {key} must be a string")
+            raise FormatError(f"{folder / CONFIG_NAME}: {key} must be a string")
     details = {"layers": _first(config, "n_layer", "n_layers"), "width": _first(config, "d_model", "n_embd"),
                "heads": _first(config, "n_head", "n_heads"), "layout": config.get("layout"),
                "levels": len(config["n_codebooks"]) if isinstance(config.get("n_codebooks"), list) else None,
@@ -261,10 +200,8 @@ class ModelEntry:
 
 def list_models() -> list[ModelEntry]:
     """Every model reachable without the network: bundled, then the user cache, then the Hub cache."""
-    from pyramid_cli import hf
-
-    found = [(name, "bundled", path) for name, path in hub.bundled_models().items()]
-    found += [(name, "cache", path) for name, path in hub.cached_models().items()]
+    found = [(name, "bundled", path) for name, path in registry.bundled_models().items()]
+    found += [(name, "cache", path) for name, path in registry.cached_models().items()]
     found += [(str(snap.ref), "hf", snap.path) for snap in hf.cached_snapshots()]
     entries = []
     for name, origin, path in found:
@@ -304,7 +241,7 @@ def write_folder(target: Path, files: Mapping[str, Path | bytes], *, force: bool
             raise InputError(f"{target} already exists; pass --force to replace it")
         entries = list(target.iterdir())
         # A run folder has a config.json too: a model folder also has weights and no sub-folders.
-        if entries and not (hub.is_model_dir(target) and not any(p.is_dir() for p in entries)):
+        if entries and not (is_model_dir(target) and not any(p.is_dir() for p in entries)):
             raise InputError(f"{target}: not a model folder; refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -342,7 +279,7 @@ def install(source: Path, name: str, *, force: bool) -> Path:
     put in place; without one, the copy's hashes are recorded.
     """
     check_name(name)
-    if name in hub.bundled_models():
+    if name in registry.bundled_models():
         raise UsageError(f"{name} is the name of a bundled model, which would hide the cached copy; choose "
                          "another --name")
     expected = verify(source)
@@ -356,7 +293,7 @@ def install(source: Path, name: str, *, force: bool) -> Path:
             if check.expected is not None and actual[check.name] != check.expected:
                 raise FormatError(f"{check.name}: the copy does not match the recorded sha256")
 
-    return write_folder(hub.cache_root() / name, {n: source / n for n in names}, force=force, finish=finish)
+    return write_folder(registry.cache_root() / name, {n: source / n for n in names}, force=force, finish=finish)
 
 
 def remove(name: str) -> str:
@@ -364,13 +301,11 @@ def remove(name: str) -> str:
 
     Bundled models and explicit folders are never touched. Returns what was removed, for people.
     """
-    from pyramid_cli import hf
-
     if hf.is_hub_ref(name):
         ref = hf.parse_hub_ref(name)
         freed = hf.remove_cached(ref)
         return f"{ref} from the Hugging Face cache ({freed / 2**20:.1f} MiB freed)"
-    location = hub.locate_model(name, download=False)
+    location = registry.locate_model(name, download=False)
     if location.origin != "cache":
         where = {"bundled": "it is bundled with pyramid", "path": "it is a folder, not a cached model",
                  "hf": "it is in the Hugging Face cache"}[location.origin]
@@ -387,6 +322,6 @@ def failure_reason(report: VerifyReport) -> str:
     """One line saying why ``report`` is not ok."""
     if report.source == "none":
         return (f"no recorded sha256 to verify against (no {CHECKSUMS_NAME}; `pyramid export` writes one); "
-                f"{hub.WEIGHTS_NAME} sha256 is {report.files[0].actual}")
+                f"{WEIGHTS_NAME} sha256 is {report.files[0].actual}")
     bad = [f"{f.name} sha256 {f.actual[:16]}… ≠ recorded {(f.expected or '?')[:16]}…" for f in report.files if not f.ok]
     return "; ".join(bad + list(report.problems))

@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pyramid_cli.errors import FormatError, InputError, UsageError
 from pyramid_cli.fileio import read_json_object, write_bytes_atomic, write_text_atomic
@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+README_NAME = "README.md"
+
+ModelKind = Literal["codec", "lm"]
+KIND_NAMES: dict[str, str] = {"codec": "codec", "lm": "language model"}
+# The "model_type" of each kind's config.json, and the newest config version this code reads. A
+# config without them predates them: a codec (told by its encoder_rates) or an LM, at version 1.
+MODEL_TYPES: dict[ModelKind, str] = {"codec": "pyramid-codec", "lm": "pyramid-lm"}
+LM_MODEL_TYPE = MODEL_TYPES["lm"]
+CONFIG_VERSION = 1
 
 Config = TypeVar("Config")
 
@@ -249,3 +258,44 @@ def write_model_folder(folder: str | Path, config: dict[str, Any], state: dict[s
     metadata = {**metadata, "format": "pt", "dtype": "float16" if fp16 else "float32"}
     write_bytes_atomic(folder / WEIGHTS_NAME, safetensors.torch.save(state, metadata=metadata))
     write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+
+
+def is_model_dir(path: Path) -> bool:
+    """True when ``path`` holds a ``config.json`` and a ``model.safetensors``."""
+    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The JSON object in ``folder/config.json`` (never anything but JSON is parsed)."""
+    return read_json_object(Path(folder) / CONFIG_NAME, "model config")
+
+
+def model_kind(folder: str | Path) -> ModelKind:
+    """``"lm"`` for a config with ``"model_type": "pyramid-lm"``, ``"codec"`` for ``"pyramid-codec"`` (or, before
+    configs carried a type, one with ``encoder_rates``)."""
+    config = read_config(folder)
+    if config.get("model_type") == LM_MODEL_TYPE:
+        return "lm"
+    if config.get("model_type") == MODEL_TYPES["codec"] or "encoder_rates" in config:
+        return "codec"
+    raise FormatError(f"{Path(folder) / CONFIG_NAME}: neither a codec config (encoder_rates) nor a "
+                      f"language model config (model_type {LM_MODEL_TYPE!r})")
+
+
+def check_model_header(data: dict[str, Any], kind: ModelKind, what: str) -> dict[str, Any]:
+    """Check a config's ``model_type`` and ``version`` before its fields are read; return ``data`` with
+    both filled in (a config written before they existed is of its kind, at version 1).
+
+    Raises:
+        FormatError: a config of another type, or of a version newer than this code reads.
+    """
+    model_type = data.get("model_type", MODEL_TYPES[kind])
+    if model_type != MODEL_TYPES[kind]:
+        raise FormatError(f"{what}: model_type is {str(model_type)[:40]!r}, not {MODEL_TYPES[kind]!r}")
+    version = data.get("version", CONFIG_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise FormatError(f"{what}: version must be a positive integer, got {str(version)[:40]!r}")
+    if version > CONFIG_VERSION:
+        raise FormatError(f"{what} is version {version}, newer than this pyramid reads ({CONFIG_VERSION}): "
+                          "upgrade pyramid-cli")
+    return {**data, "model_type": model_type, "version": version}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyramid_cli.errors import InputError, UsageError
-from pyramid_cli.hub import is_model_dir
+from pyramid_cli.hub.files import is_model_dir
 
 SCHEME = "hf://"
 # Only what a model folder holds is fetched (a repo may also carry training logs or samples).

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyramid_cli import bundle, hf, hub
 from pyramid_cli.errors import FormatError, InputError, UsageError
 from pyramid_cli.fileio import read_json_object
+from pyramid_cli.hub import bundle, hf, registry
+from pyramid_cli.hub.files import CONFIG_NAME, KIND_NAMES, README_NAME, WEIGHTS_NAME, is_model_dir
+from pyramid_cli.hub.identity import HASHED_FILES, write_checksums
 
 EXPORT_DIR = "export"
 METRICS_NAME = "metrics.jsonl"
@@ -61,7 +63,7 @@ def read_run_log(run_dir: Path) -> RunLog:
 
 
 def read_training_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / hub.CONFIG_NAME
+    path = run_dir / CONFIG_NAME
     if not path.is_file():
         return None
     return read_json_object(path, "training config")
@@ -97,7 +99,7 @@ def model_card(summary: bundle.Summary, sha256: str, parameters: int, training: 
              ("pyramid encode song.wav --model hf://ORG/REPO" if summary.kind == "codec"
               else "pyramid generate --minutes 1 --lm hf://ORG/REPO -o piece.wav   # needs the codec it names"),
              "pyramid models verify hf://ORG/REPO   # sha256 of the weights vs checksums.json", "```", "",
-             "## Model", "", "| | |", "|---|---|", f"| kind | {hub.KIND_NAMES[summary.kind]} |"]
+             "## Model", "", "| | |", "|---|---|", f"| kind | {KIND_NAMES[summary.kind]} |"]
     lines += [f"| {key} | {value} |" for key, value in _structure_rows(summary)]
     lines += [f"| parameters | {parameters / 1e6:.2f} M |", f"| weights | `model.safetensors`, sha256 `{sha256}` |",
               "", "## Training", ""]
@@ -136,25 +138,25 @@ def export_run(run_dir: Path, out_dir: Path, *, force: bool = False) -> ExportRe
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run folder")
     source = run_dir / EXPORT_DIR
-    if not hub.is_model_dir(source):
-        raise InputError(f"{run_dir}: no {EXPORT_DIR}/ with {hub.CONFIG_NAME} and {hub.WEIGHTS_NAME} "
+    if not is_model_dir(source):
+        raise InputError(f"{run_dir}: no {EXPORT_DIR}/ with {CONFIG_NAME} and {WEIGHTS_NAME} "
                          "(the trainer writes it at each checkpoint)")
     resolved = out_dir.resolve()
     if resolved in (run_dir.resolve(), source.resolve()) or run_dir.resolve().is_relative_to(resolved):
         raise InputError(f"{out_dir}: would replace the run itself; choose another folder")
     summary = bundle.describe(source)
-    parameters = bundle.check_safetensors(source / hub.WEIGHTS_NAME)
+    parameters = bundle.check_safetensors(source / WEIGHTS_NAME)
     training, log = read_training_config(run_dir), read_run_log(run_dir)
     recorded: dict[str, str] = {}
 
     def finish(tmp: Path) -> None:  # hash the copy: what ships is what is recorded
-        recorded.update(bundle.write_checksums(tmp))
-        card = model_card(summary, recorded[hub.WEIGHTS_NAME], parameters, training, log)
-        (tmp / hub.README_NAME).write_text(card, encoding="utf-8")
+        recorded.update(write_checksums(tmp))
+        card = model_card(summary, recorded[WEIGHTS_NAME], parameters, training, log)
+        (tmp / README_NAME).write_text(card, encoding="utf-8")
 
-    files = {name: source / name for name in bundle.HASHED_FILES}
+    files = {name: source / name for name in HASHED_FILES}
     bundle.write_folder(out_dir, files, force=force, finish=finish)
-    return ExportResult(out_dir, summary, recorded[hub.WEIGHTS_NAME], parameters, log)
+    return ExportResult(out_dir, summary, recorded[WEIGHTS_NAME], parameters, log)
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def download_model(ref: str, *, revision: str | None = None, name: str | None = 
             raise UsageError("--revision applies to hf:// models only")
         if not Path(ref).expanduser().exists() and hf.looks_like_repo_id(ref):
             raise UsageError(f"{ref}: no such folder; for a Hugging Face model write hf://{ref}")
-        location = hub.locate_model(ref)
+        location = registry.locate_model(ref)
         if location.origin != "path":
             raise UsageError(f"{ref}: a {location.origin} model; give hf://ORG/REPO or a model folder to install")
         label, folder, downloaded = location.name, location.path, False
