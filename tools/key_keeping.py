@@ -29,20 +29,8 @@ from pathlib import Path
 import soundfile as sf
 
 from pyramid_cli.data.manifest import load_manifest
-from pyramid_cli.music_stats import PITCH_CLASSES, best_key, pitch_class_histogram
+from pyramid_cli.music_stats import best_key, pitch_class_histogram, related_keys
 from pyramid_cli.transcribe import Transcriber
-
-
-def related(a: str, b: str) -> bool:
-    """Same key, relative major/minor, or a fifth apart in the same mode ("C major" vs "A minor": True)."""
-    if not a or not b:
-        return False
-    (tonic_a, mode_a), (tonic_b, mode_b) = a.split(), b.split()
-    ia, ib = PITCH_CLASSES.index(tonic_a), PITCH_CLASSES.index(tonic_b)
-    if mode_a == mode_b:
-        return (ib - ia) % 12 in (0, 5, 7)
-    relative = (ia - 3) % 12 if mode_a == "major" else (ia + 3) % 12
-    return ib == relative
 
 
 def key_of(transcriber: Transcriber, audio, rate: int, start: float, end: float) -> str:  # noqa: ANN001
@@ -93,7 +81,7 @@ def main() -> None:
     summary = {}
     for other in ("continuation_key", "song_key", "decoded_prompt_key"):
         summary[f"{other}_same"] = sum(r["prompt_key"] == r[other] for r in rows) / len(rows)
-        summary[f"{other}_related"] = sum(related(r["prompt_key"], r[other]) for r in rows) / len(rows)
+        summary[f"{other}_related"] = sum(related_keys(r["prompt_key"], r[other]) for r in rows) / len(rows)
     summary.update(prompts=len(rows), temperature=args.temperature, lm=args.lm or "bundled")
     print(json.dumps(summary, indent=1))
     if args.json is not None:

@@ -230,8 +230,9 @@ def eval_music(
 
         write_output(plot_output, music_stats_png([(Path(str(p["file"])).name, p["windows"])  # type: ignore[misc]
                                                    for p in pieces]))
+    mean = music_stats.mean_summary([p["summary"] for p in pieces])  # type: ignore[misc]
     if json_output:
-        print_json({"window_seconds": window, "pieces": pieces})
+        print_json({"window_seconds": window, "pieces": pieces, "mean": mean})
         return
     table = Table(title=f"music statistics per {window:g} s window (means over windows)")
     for column in ("file", "minutes", "notes/s", "min window notes/s", "distinct pitches", "entropy (bits)",
@@ -244,6 +245,11 @@ def eval_music(
                       f"{s['notes_per_second']:.2f}", f"{s['min_window_notes_per_second']:.2f}",
                       f"{s['distinct_pitches']:.1f}", f"{s['pitch_class_entropy']:.2f}", f"{s['key_clarity']:.2f}",
                       f"{s['sounding_fraction']:.2f}", f"{s['repetition']:.2f}")
+    if len(pieces) > 1:
+        table.add_row(f"mean of {len(pieces)}", "", f"{mean['notes_per_second']:.2f}",
+                      f"{mean['min_window_notes_per_second']:.2f}", f"{mean['distinct_pitches']:.1f}",
+                      f"{mean['pitch_class_entropy']:.2f}", f"{mean['key_clarity']:.2f}",
+                      f"{mean['sounding_fraction']:.2f}", f"{mean['repetition']:.2f}")
     console.print(table)
     if plot_output is not None:
         console.print(f"wrote {plot_output}")
