@@ -11,6 +11,7 @@ Run: .venv/bin/python examples/generate_demo.py [--seconds 20] [--seed 7] [--out
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from pyramid_cli import music_stats, transcribe
 from pyramid_cli.audio import save_audio
 from pyramid_cli.codec.api import decode_pyr, load_codec
 from pyramid_cli.hub.registry import DEFAULT_CODEC, DEFAULT_LM
@@ -61,7 +63,39 @@ def main() -> None:
     table.add_row("3 minutes here (estimate)", f"{minutes3 / result.tokens_per_second:.0f} s of sampling "
                   f"for {minutes3:.0f} tokens")
     console.print(table)
+    if transcribe.available():
+        console.print(music_table(args.out_dir / "generated.wav", lm.folder / REFERENCE_STATS))
     console.print(f"files in {args.out_dir}/: generated.wav, generated.l1.wav, generated.pyr")
+
+
+# `pyramid eval music corpus/audio/test --json` of the corpus the LM was trained on, kept in its folder.
+REFERENCE_STATS = "corpus-music-stats.json"
+STAT_ROWS = (("notes per second", "notes_per_second", ".1f"), ("distinct pitches", "distinct_pitches", ".1f"),
+             ("pitch-class entropy (bits)", "pitch_class_entropy", ".2f"), ("key clarity", "key_clarity", ".2f"),
+             ("share of time a note sounds", "sounding_fraction", ".2f"), ("repetition", "repetition", ".2f"))
+
+
+def music_table(wav_path: Path, reference_path: Path) -> Table:
+    """The piece's transcription statistics (one window per 30 s) beside the corpus's means."""
+    from pyramid_cli.audio import load_mono
+
+    wav = load_mono(wav_path, transcribe.SAMPLE_RATE)[0]
+    notes = transcribe.Transcriber().transcribe(wav, transcribe.SAMPLE_RATE)
+    windows = music_stats.window_stats(notes.notes, notes.duration)
+    piece = music_stats.summarise(windows)
+    reference, label = {}, "corpus (no figures in the LM folder)"
+    if reference_path.is_file():
+        record = json.loads(reference_path.read_text())
+        reference, label = record["mean"], f"its corpus's test split ({len(record['pieces'])} songs)"
+    table = Table(title="is it music? (pyramid eval music, means over 30 s windows)")
+    table.add_column("")
+    table.add_column(wav_path.name, justify="right")
+    table.add_column(label, justify="right")
+    for label, key, fmt in STAT_ROWS:
+        table.add_row(label, format(piece.get(key, float("nan")), fmt),
+                      format(reference[key], fmt) if key in reference else "-")
+    table.add_row("key", windows[0].key if windows else "-", "-")
+    return table
 
 
 if __name__ == "__main__":

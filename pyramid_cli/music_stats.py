@@ -166,3 +166,21 @@ def summarise(stats: list[WindowStats]) -> dict[str, float]:
         a, b = np.mean([s.notes_per_second for s in first]), np.mean([s.notes_per_second for s in last])
         summary["last_vs_first_minute_notes_per_second"] = float((b - a) / a) if a > 0 else float("nan")
     return summary
+
+
+def mean_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
+    """Each statistic averaged over pieces (a corpus split's yardstick); a piece lacking one is skipped."""
+    keys = sorted({key for summary in summaries for key in summary})
+    return {key: float(np.mean([s[key] for s in summaries if key in s])) for key in keys}
+
+
+def related_keys(a: str, b: str) -> bool:
+    """Same key, relative major/minor, or a fifth apart in the same mode: neighbours on the circle of
+    fifths, which key-finding confuses easily ("C major" and "A minor", "G major" or "F major": True)."""
+    if not a or not b:
+        return False
+    (tonic_a, mode_a), (tonic_b, mode_b) = a.split(), b.split()
+    ia, ib = PITCH_CLASSES.index(tonic_a), PITCH_CLASSES.index(tonic_b)
+    if mode_a == mode_b:
+        return (ib - ia) % 12 in (0, 5, 7)
+    return ib == ((ia - 3) % 12 if mode_a == "major" else (ia + 3) % 12)

@@ -1,4 +1,5 @@
-"""Fréchet distance, the built-in mel-statistics embedding, the user-embedding hook and `pyramid eval fad`."""
+"""Fréchet distance, the built-in note- and mel-statistics embeddings, the user-embedding hook and
+`pyramid eval fad`."""
 
 from __future__ import annotations
 
@@ -10,17 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
+from pyramid_cli import transcribe
+from pyramid_cli.audio import load_mono
+from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.errors import UsageError
 from pyramid_cli.fad import (
     MEL_STATS_DIM,
+    NOTE_STATS_DIM,
     embed_files,
     fad,
     fad_from_embeddings,
     frechet_distance,
     load_embedding,
     mel_statistics,
+    note_statistics_from_posteriors,
 )
+
+needs_transcription = pytest.mark.skipif(not transcribe.available(),
+                                         reason="needs the evaluation packages (make install)")
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.flac"
 
 RATE = 16000
 
@@ -78,9 +89,51 @@ def test_tones_are_closer_to_tones_than_to_noise() -> None:
     assert tone_vs_noise > 2 * tone_vs_tone
 
 
+def test_note_statistics_layout() -> None:
+    """A sustained C major triad for 1 s, then an A minor triad: pitch classes, octave, onsets, change."""
+    frames = 172  # 2 s at 86.13 frames/s: windows at 0, 0.5 and 1 s
+    note, onset = np.zeros((frames, 88)), np.zeros((frames, 88))
+    c_major, a_minor = [60, 64, 67], [57, 60, 64]
+    for keys, span in ((c_major, slice(0, 86)), (a_minor, slice(86, frames))):
+        for key in keys:
+            note[span, key - 21] = 1.0
+            onset[span.start, key - 21] = 1.0
+    stats = note_statistics_from_posteriors(note, onset)
+    assert stats.shape == (3, NOTE_STATS_DIM)
+    first, middle = stats[0], stats[1]
+    assert set(np.flatnonzero(first[:12])) == {0, 4, 7}  # C, E, G
+    assert first[12:20].argmax() == (60 - 21) // 12  # the octave holding keys 60-67
+    assert set(np.flatnonzero(first[20:32])) == {0, 4, 7}  # the three onsets at frame 0
+    assert first[34] == pytest.approx(3.0)  # three notes sound at once
+    assert first[36] == pytest.approx(0.0) and middle[36] > 0.3  # the chord changes inside the middle window
+    assert not note_statistics_from_posteriors(np.zeros((100, 88)), np.zeros((100, 88))).any()
+    assert note_statistics_from_posteriors(np.zeros((0, 88)), np.zeros((0, 88))).shape == (0, NOTE_STATS_DIM)
+
+
+@needs_transcription
+def test_note_embedding_puts_a_buzz_far_from_music() -> None:
+    """Against the example's first 7 s, its last 7 s and a low-pass copy are close; the buzz that the
+    first bundled codec decoded everything into, and silence, are far (mel-stats could not tell a
+    drone from music)."""
+    rate = 22050
+    x = load_mono(EXAMPLE, rate)[0]
+    reference = x[: 7 * rate]
+    t = np.arange(7 * rate) / rate
+    buzz = (0.1 * sum(np.sin(2 * np.pi * 10.77 * k * t) / k for k in range(1, 200))).astype(np.float32)
+    low_pass = band_limited_targets(torch.from_numpy(x[None, None, 7 * rate: 14 * rate].copy()), 3)[0][0, 0].numpy()
+    name, embed = load_embedding(None)
+    assert name == "notes"
+
+    def distance(wav: np.ndarray) -> float:
+        return fad_from_embeddings([embed(wav, rate)], [embed(reference, rate)], name).distance
+
+    music = max(distance(x[7 * rate: 14 * rate]), distance(low_pass))
+    assert distance(buzz) > 5 * music
+    assert distance(np.zeros(7 * rate, np.float32)) > 5 * music
+
+
 def test_load_embedding_user_function_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_embedding(None)[1] is mel_statistics
-    assert load_embedding("mel-stats")[0] == "mel-stats"
+    assert load_embedding("mel-stats") == ("mel-stats", mel_statistics)
     (tmp_path / "my_embedding_mod.py").write_text(
         "import numpy as np\n"
         "def embed(wav, sample_rate):\n"
@@ -129,7 +182,8 @@ def test_cli_json_and_missing_file(tmp_path: Path) -> None:
     generated.mkdir()
     sf.write(generated / "g.wav", tone(2.0, 262.0, seed=5), RATE)
     done = subprocess.run([sys.executable, "-m", "pyramid_cli", "eval", "fad", str(generated), "--data", str(corpus),
-                           "--max-seconds", "1.5", "--json"], capture_output=True, text=True, timeout=300)
+                           "--max-seconds", "1.5", "--embedding", "mel-stats", "--json"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert record["embedding"] == "mel-stats" and record["dim"] == MEL_STATS_DIM

@@ -84,3 +84,21 @@ def test_a_sliver_past_the_last_window_joins_it() -> None:
     assert [(s.start, s.end) for s in longer] == [(0.0, 10.0), (10.0, 23.0)]
     assert [(s.start, s.end) for s in music_stats.window_stats(notes, 27.0, window=10.0)][-1] == (20.0, 27.0)
     assert len(music_stats.window_stats(notes, 4.0, window=10.0)) == 1  # a short piece is one window
+
+
+def test_mean_summary_averages_each_statistic_over_the_pieces_that_have_it() -> None:
+    a = {"notes_per_second": 2.0, "key_clarity": 0.5, "last_vs_first_minute_notes_per_second": 0.1}
+    b = {"notes_per_second": 4.0, "key_clarity": 0.9}
+    mean = music_stats.mean_summary([a, b])
+    assert mean["notes_per_second"] == pytest.approx(3.0) and mean["key_clarity"] == pytest.approx(0.7)
+    assert mean["last_vs_first_minute_notes_per_second"] == pytest.approx(0.1)  # only the piece that has it
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    ("C major", "C major", True), ("C major", "G major", True), ("C major", "F major", True),
+    ("C major", "A minor", True), ("A minor", "C major", True), ("A minor", "E minor", True),
+    ("C major", "D major", False), ("C minor", "G# major", False), ("C major", "C minor", False),
+    ("", "C major", False),
+])
+def test_related_keys_are_circle_of_fifths_neighbours(a: str, b: str, expected: bool) -> None:
+    assert music_stats.related_keys(a, b) is expected

@@ -11,6 +11,9 @@ from rich.table import Table
 
 from pyramid_cli.cli._shared import JsonOption, ThreadsOption, apply_threads, console, make_progress, print_json
 
+TranscriptionThreadsOption = Annotated[int, typer.Option(
+    "--threads", min=1, help="CPU threads for the transcription model (onnxruntime).")]
+
 app = typer.Typer(help="Measure models on a held-out corpus split.", no_args_is_help=True)
 
 
@@ -54,7 +57,7 @@ def eval_codec(
         notes = transcribe.available()
         if not notes:
             console.print(f"[yellow]note F1 skipped: {transcribe.INSTALL_HINT}[/yellow]")
-    transcriber = transcribe.Transcriber() if notes else None
+    transcriber = transcribe.Transcriber(threads=threads or 1) if notes else None
     if visqol is None:
         visqol = visqol_score.available()
     scorer = visqol_score.Visqol() if visqol else None
@@ -191,6 +194,7 @@ def eval_music(
         "--plot", help="Also write a PNG of the statistics over time (needs matplotlib); missing folders are "
         "created.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite the PNG if it exists.")] = False,
+    threads: TranscriptionThreadsOption = 1,
     json_output: JsonOption = False,
 ) -> None:
     """Is it music, and does it stay music? Transcription statistics per window.
@@ -214,7 +218,7 @@ def eval_music(
     if plot_output is not None:
         check_output(plot_output, force, tuple(audio))
     files = find_audio_files(audio)
-    transcriber = transcribe.Transcriber()
+    transcriber = transcribe.Transcriber(threads=threads)
     pieces: list[dict[str, object]] = []
     with make_progress() as progress:
         task = progress.add_task("transcribing", total=len(files))
@@ -230,8 +234,9 @@ def eval_music(
 
         write_output(plot_output, music_stats_png([(Path(str(p["file"])).name, p["windows"])  # type: ignore[misc]
                                                    for p in pieces]))
+    mean = music_stats.mean_summary([p["summary"] for p in pieces])  # type: ignore[misc]
     if json_output:
-        print_json({"window_seconds": window, "pieces": pieces})
+        print_json({"window_seconds": window, "pieces": pieces, "mean": mean})
         return
     table = Table(title=f"music statistics per {window:g} s window (means over windows)")
     for column in ("file", "minutes", "notes/s", "min window notes/s", "distinct pitches", "entropy (bits)",
@@ -244,6 +249,11 @@ def eval_music(
                       f"{s['notes_per_second']:.2f}", f"{s['min_window_notes_per_second']:.2f}",
                       f"{s['distinct_pitches']:.1f}", f"{s['pitch_class_entropy']:.2f}", f"{s['key_clarity']:.2f}",
                       f"{s['sounding_fraction']:.2f}", f"{s['repetition']:.2f}")
+    if len(pieces) > 1:
+        table.add_row(f"mean of {len(pieces)}", "", f"{mean['notes_per_second']:.2f}",
+                      f"{mean['min_window_notes_per_second']:.2f}", f"{mean['distinct_pitches']:.1f}",
+                      f"{mean['pitch_class_entropy']:.2f}", f"{mean['key_clarity']:.2f}",
+                      f"{mean['sounding_fraction']:.2f}", f"{mean['repetition']:.2f}")
     console.print(table)
     if plot_output is not None:
         console.print(f"wrote {plot_output}")
@@ -256,20 +266,24 @@ def eval_fad(
     data: Annotated[Path, typer.Option("--data", help="Corpus folder made by `pyramid dataset build`.")],
     split: Annotated[str, typer.Option(help="Corpus split to compare with.")] = "test",
     embedding: Annotated[str | None, typer.Option(
-        "--embedding", help="'mel-stats' (built-in, offline) or module:function, a callable "
-        "fn(wav (T,) float32, sample_rate) -> (n_frames, dim) array, e.g. a VGGish/CLAP/MERT wrapper "
-        "[default: mel-stats].")] = None,
+        "--embedding", help="'notes' (transcription statistics), 'mel-stats' (log-mel statistics) or "
+        "module:function, a callable fn(wav (T,) float32, sample_rate) -> (n_frames, dim) array, e.g. a "
+        "VGGish/CLAP/MERT wrapper [default: notes].")] = None,
     max_seconds: Annotated[float | None, typer.Option(
         help="Embed at most this many seconds from the middle of each reference file (bounds time).")] = None,
+    threads: TranscriptionThreadsOption = 1,
     json_output: JsonOption = False,
 ) -> None:
     """Fréchet distance between generated audio and a corpus split (lower is closer).
 
-    The built-in embedding summarises 1-second windows by log-mel band means and spread, onset
-    strength and loudness: it compares timbre, spectral balance and dynamics, not melody, harmony
-    or form, and its figures are not comparable with published FAD numbers. As a yardstick, the
-    distance between the two halves of the reference split is reported too
-    (reference_self_distance): a generated set near it is as close as the data is to itself.
+    The default embedding, 'notes', summarises 1-second windows of Basic Pitch's note and onset
+    posteriors: which pitch classes and octaves sound, which start notes, note density,
+    polyphony and harmonic change. It sees notes, not timbre (a drone is far from music in it).
+    'mel-stats' summarises log-mel band means and spread, onset strength and loudness: timbre,
+    spectral balance and dynamics, not pitch. Neither sees form beyond a second, and the figures
+    are not comparable with published FAD numbers. As a yardstick, the distance between the two
+    halves of the reference split is reported too (reference_self_distance): a generated set
+    near it is as close as the data is to itself.
 
     Example: pyramid eval fad generated/ --data corpus --split test --max-seconds 30 --json
     """
@@ -285,7 +299,7 @@ def eval_fad(
 
     if max_seconds is not None and max_seconds <= 0:
         raise UsageError("--max-seconds must be positive")
-    name, fn = load_embedding(embedding)
+    name, fn = load_embedding(embedding, threads=threads)
     generated_files = find_audio_files(generated)
     reference_files = corpus_split_files(data, split)
     with make_progress() as progress:
