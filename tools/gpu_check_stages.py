@@ -270,7 +270,8 @@ def stage_train_lm(ctx: Context) -> Result:
     from dataclasses import replace
 
     from pyramid_cli.lm.config import tiny
-    from pyramid_cli.train.lm import LMTrainConfig, train_lm
+    from pyramid_cli.train.config import LMTrainConfig
+    from pyramid_cli.train.lm import train_lm
 
     p = ctx.profile
     nondeterministic = deterministic_torch()

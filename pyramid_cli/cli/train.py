@@ -44,21 +44,21 @@ def _settings(run: Path, config: Path | None, explicit: dict[str, Any], override
 
 def _codec_preset_dict(name: str | None) -> dict[str, Any]:
     from pyramid_cli.codec import preset
-    from pyramid_cli.train.codec import CodecTrainConfig
+    from pyramid_cli.train.config import CodecTrainConfig
 
     return preset(name or str(CodecTrainConfig.model)).to_dict()
 
 
 def _discriminator_preset_dict(name: str | None) -> dict[str, Any]:
     from pyramid_cli.codec.discriminators import discriminator_preset
-    from pyramid_cli.train.codec import CodecTrainConfig
+    from pyramid_cli.train.config import CodecTrainConfig
 
     return discriminator_preset(name or str(CodecTrainConfig.discriminator)).to_dict()
 
 
 def _lm_preset_dict(name: str | None) -> dict[str, Any]:
     from pyramid_cli.lm.config import preset
-    from pyramid_cli.train.lm import LMTrainConfig
+    from pyramid_cli.train.config import LMTrainConfig
 
     return preset(name or str(LMTrainConfig.model)).to_dict()
 
@@ -206,7 +206,8 @@ def codec(
     """
     import torch
 
-    from pyramid_cli.train.codec import CodecTrainConfig, train_codec
+    from pyramid_cli.train.codec import train_codec
+    from pyramid_cli.train.config import CodecTrainConfig
 
     if threads is not None:
         if threads < 1:
@@ -279,7 +280,8 @@ def lm(
     """
     import torch
 
-    from pyramid_cli.train.lm import LMTrainConfig, train_lm
+    from pyramid_cli.train.config import LMTrainConfig
+    from pyramid_cli.train.lm import train_lm
 
     if threads is not None:
         if threads < 1:

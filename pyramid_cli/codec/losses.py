@@ -58,10 +58,10 @@ class MultiScaleMelLoss(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance between estimate ``x`` and reference ``y`` (same shape); 0 when equal."""
         total = x.new_zeros(())
-        x, y = _items(x), _items(y)
         for window, bands in zip(self.window_lengths, self.n_mels, strict=True):
-            mel_x = mel_magnitude(stft_magnitude(x, window), bands, self.sample_rate)  # (B, frames, n_mels)
-            mel_y = mel_magnitude(stft_magnitude(y, window), bands, self.sample_rate)
+            # Reshaped per resolution, as before spectra.py: the gradients then sum in the same order.
+            mel_x = mel_magnitude(stft_magnitude(_items(x), window), bands, self.sample_rate)  # (B, frames, n_mels)
+            mel_y = mel_magnitude(stft_magnitude(_items(y), window), bands, self.sample_rate)
             total = total + self.log_weight * _log_l1(mel_x, mel_y, self.clamp_eps)
             if self.mag_weight:
                 total = total + self.mag_weight * (mel_x - mel_y).abs().mean()
@@ -85,9 +85,8 @@ class MultiScaleSTFTLoss(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance between estimate ``x`` and reference ``y`` (same shape); 0 when equal."""
         total = x.new_zeros(())
-        x, y = _items(x), _items(y)
         for window in self.window_lengths:
-            mag_x, mag_y = stft_magnitude(x, window), stft_magnitude(y, window)
+            mag_x, mag_y = stft_magnitude(_items(x), window), stft_magnitude(_items(y), window)
             total = total + self.log_weight * _log_l1(mag_x, mag_y, self.clamp_eps)
             total = total + self.mag_weight * (mag_x - mag_y).abs().mean()
         return total / len(self.window_lengths)

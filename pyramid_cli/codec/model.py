@@ -12,7 +12,7 @@ down-sampling, projection or up-sampler, and the model is exactly a DAC.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -42,6 +42,9 @@ from pyramid_cli.hub.files import (
     safetensors_header,
     write_model_folder,
 )
+
+# Called with (level, RVQ_i, its inputs) before each level quantizes (``PyramidCodec.quantize``).
+LevelHook = Callable[[int, ResidualVectorQuantize, torch.Tensor], None]
 
 
 @dataclass
@@ -167,16 +170,24 @@ class PyramidCodec(nn.Module):
             fine_to_coarse.append(h)
         return [proj(f) for proj, f in zip(self.project, reversed(fine_to_coarse), strict=True)]
 
-    def quantize(self, features: Sequence[torch.Tensor], train: bool | None = None) -> list[QuantizerOutput]:
-        """Alg. 1, coarse → fine: Q[i], C[i] = RVQ_i(F[i] + U_i(Q[i-1])), no U term at level 0."""
+    def quantize(self, features: Sequence[torch.Tensor], train: bool | None = None,
+                 before_level: LevelHook | None = None) -> list[QuantizerOutput]:
+        """Alg. 1, coarse → fine: Q[i], C[i] = RVQ_i(F[i] + U_i(Q[i-1])), no U term at level 0.
+
+        ``before_level(i, RVQ_i, inputs)`` runs just before each level quantizes its inputs (dead-code
+        reseeding uses it, so that a level's inputs follow the coarser levels' new codebooks).
+        """
         outputs: list[QuantizerOutput] = []
         for i, (feature, rvq) in enumerate(zip(features, self.level_quantizers, strict=True)):
             if i > 0:
                 feature = feature + self.up_encode[i - 1](outputs[-1].z_q)
+            if before_level is not None:
+                before_level(i, rvq, feature)
             outputs.append(rvq(feature, train=train))
         return outputs
 
-    def _pad(self, wav: torch.Tensor) -> torch.Tensor:
+    def pad_to_frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T) → (B, 1, T') zero-padded on the right to a multiple of the coarsest hop."""
         hop = self.config.hop_lengths[0]
         return nn.functional.pad(wav, (0, math.ceil(wav.shape[-1] / hop) * hop - wav.shape[-1]))
 
@@ -191,7 +202,7 @@ class PyramidCodec(nn.Module):
             Per level, level 0 first, (B, n_codebooks[i], T_i) long codes.
         """
         self._check_audio(wav)
-        return [out.codes for out in self.quantize(self.features(self._pad(wav)), train=False)]
+        return [out.codes for out in self.quantize(self.features(self.pad_to_frames(wav)), train=False)]
 
     # ---- decoding (Alg. 2, Eq. 1) -----------------------------------------------------------------
 
@@ -291,7 +302,7 @@ class PyramidCodec(nn.Module):
                 decode; default every level. Targets for Y[i]: ``band_limited_targets`` (Eq. 2–3).
         """
         self._check_audio(wav)
-        outputs = self.quantize(self.features(self._pad(wav)))
+        outputs = self.quantize(self.features(self.pad_to_frames(wav)))
         levels = range(self.config.n_levels) if levels_to_decode is None else levels_to_decode
         if any(not 0 <= i < self.config.n_levels for i in levels):
             raise UsageError(f"levels_to_decode must be level indices in 0..{self.config.n_levels - 1}")

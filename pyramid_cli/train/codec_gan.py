@@ -15,7 +15,7 @@ folder) and exports never hold it.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -25,9 +25,7 @@ from pyramid_cli.codec.discriminators import Discriminator, Features
 from pyramid_cli.codec.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from pyramid_cli.errors import FormatError, UsageError
 from pyramid_cli.train.common import DistInfo, check_replicas_in_sync, learning_rate
-
-if TYPE_CHECKING:
-    from pyramid_cli.train.codec import CodecTrainConfig
+from pyramid_cli.train.config import CodecTrainConfig
 
 PREFIX = "discriminator."  # training.safetensors keys: discriminator.model.<name>, discriminator.optimizer.<...>
 

@@ -1,7 +1,6 @@
-"""Pieces of the codec training loop (``pyramid_cli.train.codec``): the hierarchical loss (plus
-the GAN terms of ``codec_gan.Adversary`` when on), code usage counting, dead-code reseeding under
-DDP, validation, checkpoint saving and fine-tuning initialisation. Kept apart so that the loop
-itself reads top to bottom.
+"""Pieces of codec training (``pyramid_cli.train.codec``): the hierarchical loss (plus the GAN
+terms of ``codec_gan.Adversary`` when on), code usage counting, dead-code reseeding under DDP,
+validation and fine-tuning initialisation. Kept apart so that the codec's step reads top to bottom.
 """
 
 from __future__ import annotations
@@ -10,17 +9,16 @@ import functools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from pyramid_cli.checkpoint import LoadedState, save_training_state, step_dir_name
 from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
-from pyramid_cli.codec.quantize import codebook_usage
+from pyramid_cli.codec.quantize import ResidualVectorQuantize, codebook_usage
 from pyramid_cli.codec.spectral import LOG_FLOOR, stft_magnitude
 from pyramid_cli.codec.spectral import log_magnitude as log_magnitude_of
 from pyramid_cli.codec.targets import band_limited_targets
@@ -30,10 +28,8 @@ from pyramid_cli.fileio import read_json_object
 from pyramid_cli.metrics import mel_distance
 from pyramid_cli.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, mel_magnitude
 from pyramid_cli.train.codec_gan import Adversary
-from pyramid_cli.train.common import DistInfo, check_replicas_in_sync, gather_tensor, seed_everything
-
-if TYPE_CHECKING:
-    from pyramid_cli.train.codec import CodecTrainConfig
+from pyramid_cli.train.common import DistInfo
+from pyramid_cli.train.config import CodecTrainConfig
 
 
 def level_targets(wav: torch.Tensor, levels: list[int], n_levels: int) -> dict[int, torch.Tensor]:
@@ -200,14 +196,13 @@ def reseed_dead_codes(model: PyramidCodec, wav: torch.Tensor, info: DistInfo, ge
             dist.all_reduce(stage.code_counts)
     replaced = 0
     if info.is_main:
-        hop = model.config.hop_lengths[0]
-        wav = F.pad(wav.float(), (0, math.ceil(wav.shape[-1] / hop) * hop - wav.shape[-1]))
-        features = model.features(wav)  # per level (B, D, T_i)
-        previous = None
-        for i, rvq in enumerate(model.level_quantizers):
-            inputs = features[i] if previous is None else features[i] + model.up_encode[i - 1](previous)
+
+        def reseed(level: int, rvq: ResidualVectorQuantize, inputs: torch.Tensor) -> None:
+            nonlocal replaced
             replaced += rvq.reseed_dead_codes(inputs, generator=generator)
-            previous = rvq(inputs, train=False).z_q
+
+        # Alg. 1 as encoding runs it, with each level reseeded just before it quantizes its inputs.
+        model.quantize(model.features(model.pad_to_frames(wav.float())), train=False, before_level=reseed)
     else:
         for stage in stages:
             stage.code_counts.zero_()
@@ -267,67 +262,6 @@ class Evaluator:
             record[f"mel_full_l{i}"] = float(torch.cat(full[i]).mean())
         record["mel"] = sum(record[f"mel_l{i}"] for i in range(n_levels)) / n_levels
         return record
-
-
-class Saver:
-    """Checkpoint + export at one step: every rank takes part (RNG gather, sync check), rank 0 writes."""
-
-    def __init__(self, root: Path, export_dir: Path, cfg: CodecTrainConfig, info: DistInfo,
-                 model: PyramidCodec, optimizer: torch.optim.Optimizer, adversary: Adversary | None = None) -> None:
-        self.root, self.export_dir, self.cfg, self.info = root, export_dir, cfg, info
-        self.model, self.optimizer, self.adversary = model, optimizer, adversary
-        self.last_saved: int | None = None
-
-    def _rank_rng(self) -> dict[str, torch.Tensor]:
-        """Torch generator states of ranks 1.. (rank 0's are saved by save_training_state itself)."""
-        tensors: dict[str, torch.Tensor] = {}
-        for rank, state in enumerate(gather_tensor(torch.get_rng_state(), self.info)):
-            if rank:
-                tensors[f"rng.rank{rank}.torch"] = state
-        if self.info.device.type == "cuda":
-            for rank, state in enumerate(gather_tensor(torch.cuda.get_rng_state(self.info.device), self.info)):
-                if rank:
-                    tensors[f"rng.rank{rank}.cuda"] = state
-        return tensors
-
-    def save(self, step: int, state: dict[str, Any], is_best: bool) -> Path:
-        """Write the checkpoint (the discriminator, if any, in its training state) and the export."""
-        tensors = self._rank_rng()
-        check_replicas_in_sync(self.model, self.info)
-        if self.adversary is not None:
-            gan_tensors, gan_meta = self.adversary.state()
-            tensors.update(gan_tensors)
-            state = {**state, "discriminator": gan_meta}
-        path = self.root / step_dir_name(step)
-        if self.info.is_main:
-            path = save_training_state(self.root, step, self.model, self.optimizer, state, tensors,
-                                       model_config=self.model.config.to_dict(), keep_last=self.cfg.keep_last,
-                                       best=is_best)
-            # The unwrapped generator alone, ready to ship: the discriminator is never exported.
-            self.model.save_pretrained(self.export_dir, fp16=True)
-        self.last_saved = step
-        return path
-
-    def barrier(self) -> None:
-        if self.info.distributed:
-            dist.barrier()
-
-
-def restore_rank_rng(loaded: LoadedState, info: DistInfo, seed: int) -> None:
-    """Give ranks 1.. their saved generators (rank 0's are restored by load_training_state).
-
-    A rank the checkpoint has no state for (the run now has more processes) is seeded from
-    (seed, step, rank) instead.
-    """
-    if info.rank == 0:
-        return
-    key = f"rng.rank{info.rank}."
-    if f"{key}torch" not in loaded.tensors:
-        seed_everything(seed + 1_000_003 * loaded.step, info.rank)
-        return
-    torch.set_rng_state(loaded.tensors[f"{key}torch"])
-    if info.device.type == "cuda" and f"{key}cuda" in loaded.tensors:
-        torch.cuda.set_rng_state(loaded.tensors[f"{key}cuda"], info.device)
 
 
 def read_model_config(directory: Path) -> CodecConfig:

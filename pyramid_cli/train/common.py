@@ -12,8 +12,8 @@ import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,39 +24,6 @@ from pyramid_cli.devices import resolve_device
 from pyramid_cli.errors import UsageError
 
 SCHEDULES = ("exponential", "cosine", "constant")
-Settings = TypeVar("Settings", bound="TrainSettings")
-
-
-class TrainSettings:
-    """What the training configs (plain dataclasses, saved as ``<run>/config.json``) share:
-    JSON round trips that name the valid keys on a typo, and range checks with uniform messages."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # type: ignore[call-overload]  # subclasses are dataclasses
-
-    @classmethod
-    def from_dict(cls: type[Settings], data: dict[str, Any]) -> Settings:
-        """Build from a (possibly partial) dict; unknown keys raise UsageError listing the valid ones."""
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise UsageError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(names)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise UsageError(f"bad training setting: {exc}") from exc
-
-    def check_ranges(self, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
-        """Raise UsageError naming the first setting outside its range; ``betas`` must hold two values."""
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise UsageError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in non_negative:
-            if getattr(self, key) < 0:
-                raise UsageError(f"{key} must not be negative, got {getattr(self, key)}")
-        betas = getattr(self, "betas", (0.0, 0.0))
-        if len(betas) != 2:
-            raise UsageError(f"betas needs two values, got {betas}")
 
 
 @dataclass(frozen=True)

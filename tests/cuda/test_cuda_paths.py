@@ -156,7 +156,8 @@ def _finite_train_losses(run: Path) -> list[float]:
 def test_training_steps_under_autocast_give_finite_losses(device: torch.device, tmp_path: Path, token_set_writer):
     """A few codec and LM steps with bf16 autocast (on CUDA; the CPU trains in float32) log finite losses."""
     from pyramid_cli.train import CodecTrainConfig, train_codec
-    from pyramid_cli.train.lm import LMTrainConfig, train_lm
+    from pyramid_cli.train.config import LMTrainConfig
+    from pyramid_cli.train.lm import train_lm
 
     codec = CodecConfig(name="tiny", encoder_dim=4, encoder_rates=(2, 2), decoder_dim=16, pyramid_rates=(2, 2, 2),
                         latent_dim=16, n_codebooks=(1, 2, 1), codebook_size=32, codebook_dim=4)

@@ -14,7 +14,8 @@ from pyramid_cli.data.tokens import TokenSet
 from pyramid_cli.errors import CodecMismatchError
 from pyramid_cli.lm.config import tiny
 from pyramid_cli.lm.model import PyramidLM
-from pyramid_cli.train.lm import LMTrainConfig, evaluate_lm, train_lm
+from pyramid_cli.train.config import LMTrainConfig
+from pyramid_cli.train.lm import evaluate_lm, train_lm
 
 MODEL = replace(tiny(), n_layer=1, d_model=32, coarse_window=16, train_detail_frames=6, flat_window=48).to_dict()
 
@@ -91,3 +92,33 @@ def test_ddp_two_cpu_processes(tmp_path: Path, tokens: Path):
     starts = [r for r in records if r["kind"] == "start"]
     assert [r["world_size"] for r in starts] == [2, 2] and starts[1]["resumed_from"] == 2
     assert PyramidLM.from_pretrained(tmp_path / "run" / "export").config.codec_name == "tiny-codec"
+
+
+def _two_rank_runs(rank: int, init: str, tokens: str, root: str) -> None:
+    """One of two gloo processes: an uninterrupted run, then a run stopped at step 3 and resumed."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        config = settings(model={**MODEL, "dropout": 0.3}, steps=6, eval_every=0, checkpoint_every=0, log_every=1)
+        train_lm(Path(root) / "straight", config, tokens)
+        train_lm(Path(root) / "resumed", config, tokens, max_steps_this_call=3)
+        train_lm(Path(root) / "resumed", config, tokens)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_resume_with_dropout_equals_uninterrupted(tmp_path: Path, tokens: Path):
+    """Each rank's dropout stream is checkpointed and restored: a resumed 2-process run (gloo, CPU)
+    ends with the weights of an uninterrupted one (it would not if every rank got rank 0's stream)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_runs, args=(f"file://{tmp_path / 'rendezvous'}", str(tokens), str(tmp_path)), nprocs=2)
+    a = PyramidLM.from_pretrained(tmp_path / "straight" / "export").state_dict()
+    b = PyramidLM.from_pretrained(tmp_path / "resumed" / "export").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert len(losses) == 6
