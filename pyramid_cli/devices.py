@@ -50,18 +50,18 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if text == "mps":
         if not _mps_available():
-            raise UsageError(f"--device mps: Apple MPS is not available here; use --device auto or one of "
-                             f"{', '.join(available_devices())}")
+            raise UsageError(f"device mps: Apple MPS is not available here; use auto or one of "
+                             f"{', '.join(available_devices())}", option="device")
         return torch.device("mps")
     match = _CUDA.fullmatch(text)
     if match is None:
-        raise UsageError(f"--device {spec}: unknown device; use {DEVICE_CHOICES}")
+        raise UsageError(f"device {spec}: unknown device; use {DEVICE_CHOICES}", option="device")
     if not torch.cuda.is_available():
         built = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise UsageError(f"--device {spec}: CUDA is not available ({built}); use --device auto or cpu")
+        raise UsageError(f"device {spec}: CUDA is not available ({built}); use auto or cpu", option="device")
     index = int(match.group(1) or 0)
     count = torch.cuda.device_count()
     if index >= count:
-        raise UsageError(f"--device {spec}: this machine has {count} CUDA device{'s' * (count != 1)} "
-                         f"(cuda:0..cuda:{count - 1})")
+        raise UsageError(f"device {spec}: this machine has {count} CUDA device{'s' * (count != 1)} "
+                         f"(cuda:0..cuda:{count - 1})", option="device")
     return torch.device("cuda", index)

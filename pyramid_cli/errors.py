@@ -2,9 +2,19 @@
 
 
 class PyramidError(Exception):
-    """Base class: an expected failure with a message fit for a user (exit code 1)."""
+    """Base class: an expected failure with a message fit for a user (exit code 1).
+
+    ``option`` names, by its Python name (``"num_samples"``), the setting the message is about, so
+    that the library's messages name no command-line flags: the CLI shows a message that starts
+    with it as starting with its flag (``--num-samples``), and names the flag after any other
+    (``pyramid_cli.cli.error_message``).
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class InputError(PyramidError):
@@ -20,7 +30,7 @@ class CodecMismatchError(PyramidError):
 
 
 class UsageError(PyramidError):
-    """Options that cannot work together (exit code 2, like a command-line parse error)."""
+    """Settings that cannot work (exit code 2, like a command-line parse error)."""
 
     exit_code = 2
 

@@ -162,7 +162,7 @@ def test_export_round_trip(tmp_path: Path):
 
 def test_export_refuses_to_overwrite_and_guards_other_folders(tmp_path: Path, exported: Path):
     run = tmp_path / "run"
-    with pytest.raises(InputError, match="already exists; pass --force"):
+    with pytest.raises(InputError, match="already exists; replacing it must be forced"):
         release.export_run(run, exported)
     before = identity.file_sha256(exported / "model.safetensors")
     make_run(tmp_path / "run2", seed=1, evals=False)

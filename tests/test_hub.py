@@ -147,7 +147,7 @@ def test_missing_default_says_so(bundled: Path):
     with pytest.raises(InputError) as error:
         registry.resolve_model(registry.DEFAULT_CODEC)
     message = str(error.value)
-    assert "pyramid-22k-p111-notes is not installed" in message and "--model DIR" in message
+    assert "pyramid-22k-p111-notes is not installed" in message and "name a codec folder" in message
     assert "no models are bundled" in message
     with pytest.raises(InputError, match="default language model pyramid-lm-small is not installed"):
         registry.resolve_model(registry.DEFAULT_LM)
@@ -262,7 +262,7 @@ def test_bad_hub_refs_are_usage_errors(text: str):
 def test_revision_option_and_pin_must_agree():
     assert hf.parse_hub_ref("hf://org/repo", revision="v2").revision == "v2"
     assert hf.parse_hub_ref("hf://org/repo@v2", revision="v2").revision == "v2"
-    with pytest.raises(UsageError, match="pins revision 'v1' but --revision says 'v2'"):
+    with pytest.raises(UsageError, match="pins revision 'v1' but the revision asked for is 'v2'"):
         hf.parse_hub_ref("hf://org/repo@v1", revision="v2")
 
 

@@ -68,25 +68,31 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if not self.seconds or any(not (s > 0 and math.isfinite(s)) for s in self.seconds):
-            raise UsageError(f"--seconds: give positive lengths in seconds, got {list(self.seconds)}")
+            raise UsageError(f"seconds: give positive lengths in seconds, got {list(self.seconds)}", option="seconds")
         if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+            raise UsageError(f"threads must be at least 1, got {self.threads}", option="threads")
         if self.allocator not in ALLOCATORS:
-            raise UsageError(f"--allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}")
+            raise UsageError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}",
+                             option="allocator")
         if self.allocator != "system" and not self.isolate:
-            raise UsageError("--allocator jemalloc/both needs a fresh process per measurement (drop --in-process)")
+            raise UsageError("allocator jemalloc/both needs a fresh process per measurement "
+                             "(it cannot be measured in-process)",
+                             option="allocator")
         if not (self.lm_seconds > 0 and math.isfinite(self.lm_seconds)):
-            raise UsageError(f"--lm-seconds must be a positive number, got {self.lm_seconds}")
+            raise UsageError(f"lm_seconds must be a positive number, got {self.lm_seconds}", option="lm_seconds")
         from pyramid_cli.lm.decode import DTYPE_CHOICES
 
         if self.lm_dtype not in DTYPE_CHOICES:
-            raise UsageError(f"--lm-dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.lm_dtype!r}")
+            raise UsageError(f"lm_dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.lm_dtype!r}",
+                             option="lm_dtype")
         if self.naive_tokens < 1:
-            raise UsageError(f"--naive-tokens must be at least 1, got {self.naive_tokens}")
+            raise UsageError(f"naive_tokens must be at least 1, got {self.naive_tokens}", option="naive_tokens")
         if any(not (s > 0 and math.isfinite(s)) for s in self.memory_seconds):
-            raise UsageError(f"--memory-seconds: give positive lengths in seconds, got {list(self.memory_seconds)}")
+            raise UsageError(f"memory_seconds: give positive lengths in seconds, got {list(self.memory_seconds)}",
+                             option="memory_seconds")
         if not (self.chunk_seconds > 0 and math.isfinite(self.chunk_seconds)):
-            raise UsageError(f"--chunk-seconds must be a positive number, got {self.chunk_seconds}")
+            raise UsageError(f"chunk_seconds must be a positive number, got {self.chunk_seconds}",
+                             option="chunk_seconds")
 
     def command(self) -> str:
         """The ``pyramid bench`` command line that asks for these settings."""
@@ -218,8 +224,8 @@ def _selected_models(settings: BenchSettings, skipped: list[Skipped], notes: lis
             try:
                 locate_model(key, kind="codec", download=False)
             except PyramidError as error:
-                raise UsageError(f"--models: {key!r} is neither a known model ({', '.join(model_keys())}) nor a "
-                                 f"codec that loads ({error})") from None
+                raise UsageError(f"models: {key!r} is neither a known model ({', '.join(model_keys())}) nor a "
+                                 f"codec that loads ({error})", option="models") from None
         selected.append(key)
     if settings.skip_peers:
         notes.append("peers skipped (--skip-peers)")

@@ -65,6 +65,21 @@ def _root(
     keep_freed_memory()  # the codecs' chunk-sized activations reuse memory instead of page-faulting it in
 
 
+# Settings whose flag is not their name with dashes (``UsageError.option`` → flag).
+_FLAGS = {"audio_format": "--format", "timeout_seconds": "--timeout", "memory_limit_mb": "--memory-limit"}
+
+
+def error_message(error: PyramidError) -> str:
+    """The one line a command prints for ``error``: the setting the library names by its Python name
+    (``PyramidError.option``) is shown as the flag that sets it, in place at the start of the
+    message, else after it."""
+    text = str(error)
+    if not error.option:
+        return text
+    flag = _FLAGS.get(error.option, "--" + error.option.replace("_", "-"))
+    return flag + text[len(error.option):] if text.startswith(error.option) else f"{text} ({flag})"
+
+
 class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so that ``finally``/``except BaseException`` blocks
     (``fileio.atomic_write``) remove partial outputs; not an Exception, so nothing swallows it."""
@@ -106,7 +121,7 @@ def main(args: list[str] | None = None) -> None:
     except PyramidError as error:
         if _debug["enabled"]:
             console.print_exception()
-        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(error_message(error))}", soft_wrap=True)
         sys.exit(error.exit_code)
     except Exception as error:  # a bug: still one line, unless --debug asks for the traceback
         if _debug["enabled"]:

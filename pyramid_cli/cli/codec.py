@@ -256,13 +256,10 @@ def decode(
       cat song.pyr | pyramid decode --levels 1 -o - | aplay
     """
     from pyramid_cli.audio import write_audio_pieces
-    from pyramid_cli.codec.api import iter_decode_pyr, load_codec
-    from pyramid_cli.hub.registry import resolve_recorded
+    from pyramid_cli.codec.api import decoded_levels, iter_decode_pyr, load_codec_for
 
     pyr, name, _ = _read_pyr(source)
-    k = pyr.n_levels if levels is None else levels
-    if not 1 <= k <= pyr.n_levels:
-        raise UsageError(f"--levels {k}: {name} stores {pyr.n_levels} level(s), so it decodes at 1..{pyr.n_levels}")
+    k = decoded_levels(pyr, levels, name)
     if output is None:
         if name == "<stdin>":
             if not stdout_is_piped():
@@ -276,16 +273,8 @@ def decode(
     if json_output and is_stdio(output):
         raise UsageError("--json prints on stdout, which already carries the audio; write it with -o FILE")
     check_output(output, force, () if name == "<stdin>" else (Path(name),))
-    if model is None:  # the name inside the file may only pick a local model (never a download)
-        try:
-            folder: str | Path = resolve_recorded(pyr.codec_name, "codec")
-        except InputError as error:
-            reason = "a name read from a file never downloads" if "pyramid download" in str(error) else "no local model"
-            raise InputError(f"{name} was made with {pyr.codec_name[:80]}@{pyr.codec_hash[:8]}, which is not installed "
-                             f"here; pass --model DIR with that codec's folder, or fetch it with `pyramid download` "
-                             f"({reason})") from None
     apply_threads(threads)
-    codec = load_codec(folder if model is None else model, device)
+    codec = load_codec_for(pyr, model, device, name)
     with make_progress() as progress:
         task = progress.add_task(f"decoding {k} level{'s' * (k > 1)}", total=pyr.num_samples)
         pieces = iter_decode_pyr(pyr, codec, k, name=name, chunk_seconds=chunk_seconds,

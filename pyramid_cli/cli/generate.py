@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -31,7 +29,7 @@ def _numbered(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}-{index + 1}{path.suffix}")
 
 
-def generate(  # noqa: C901 (issue 12 part 4 moves its work into the library)
+def generate(
     minutes: Annotated[float | None, typer.Option(help="Length of the piece in minutes.")] = None,
     seconds: Annotated[float | None, typer.Option(help="Length in seconds (instead of --minutes).")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; the paper uses 0.8, 1.0 and 1.3 "
@@ -85,15 +83,12 @@ def generate(  # noqa: C901 (issue 12 part 4 moves its work into the library)
 
       pyramid generate --minutes 3 --device cuda --compile -o piece.wav   # bfloat16 + CUDA graphs
     """
-    from pyramid_cli.audio import encode_audio_bytes, load_audio
+    from pyramid_cli.audio import encode_audio_bytes
     from pyramid_cli.cli._shared import write_output
-    from pyramid_cli.codec.api import decode_pyr, encode_waveform, load_codec
-    from pyramid_cli.devices import resolve_device
-    from pyramid_cli.hub.registry import DEFAULT_LM, resolve_recorded
-    from pyramid_cli.lm.api import generate_pieces, load_lm
-    from pyramid_cli.lm.decode import DecodeSettings, dtype_name
+    from pyramid_cli.hub.registry import DEFAULT_LM
+    from pyramid_cli.lm.api import GenerationStart, generate_audio
+    from pyramid_cli.lm.decode import DecodeSettings
     from pyramid_cli.lm.sampling import SamplingSettings
-    from pyramid_cli.pyrfile import PyrFile
     from pyramid_cli.threads import SAMPLING_THREADS  # imports torch: only when a command runs
 
     if (minutes is None) == (seconds is None):
@@ -107,12 +102,6 @@ def generate(  # noqa: C901 (issue 12 part 4 moves its work into the library)
         raise UsageError(f"--save-tokens {save_tokens}: token files end in .pyr")
     if num_samples < 1:
         raise UsageError("--num-samples must be at least 1")
-    if prompt_seconds is not None and prompt is None:
-        raise UsageError("--prompt-seconds needs --prompt")
-    if prompt_seconds is not None and not (math.isfinite(prompt_seconds) and prompt_seconds > 0):
-        raise UsageError(f"--prompt-seconds must be a positive number of seconds, got {prompt_seconds}")
-    if not math.isfinite(length):
-        raise UsageError(f"the length must be a finite number of seconds, got {length}")
     sampling = SamplingSettings(temperature, top_k or None, top_p)
     decode = DecodeSettings(dtype=dtype.strip().lower(), compile=compile_step,
                             threads=SAMPLING_THREADS if threads is None else threads)
@@ -120,63 +109,43 @@ def generate(  # noqa: C901 (issue 12 part 4 moves its work into the library)
     targets = [_numbered(p, i, num_samples) for p in (output, save_tokens) if p is not None for i in range(num_samples)]
     for target in targets:
         check_output(target, force, (prompt,) if prompt else ())
-    seed = secrets.randbelow(2**31) if seed is None else seed
-
-    torch_device = resolve_device(device)
-    compute_dtype = decode.resolve(torch_device)  # a dtype this device cannot run fails before any loading
-    loaded = load_lm(lm or DEFAULT_LM, torch_device)
-    config = loaded.model.config
-    # The codec named in the LM's config may only be a local model; a download needs --model.
-    codec = load_codec(model if model is not None else resolve_recorded(config.codec_name, "codec"), torch_device)
-    prompt_pyr = None
-    if prompt is not None:
-        if prompt.suffix.lower() == ".pyr":
-            prompt_pyr = PyrFile.read(prompt)
-        else:
-            wav, rate = load_audio(prompt)
-            prompt_pyr = encode_waveform(wav, rate, codec, name=str(prompt))
-    console.print(f"seed {seed} · {loaded.name} ({config.layout}) · codec {codec.name} · {length:g} s "
-                  f"on {torch_device} ({dtype_name(compute_dtype)}"
-                  f"{', compiled' if decode.compile else ''})", soft_wrap=True)
     progress = make_progress(TextColumn("{task.fields[rate]}"))
-    with progress:
-        task = progress.add_task("generating", total=None, rate="")
+    task = progress.add_task("generating", total=None, rate="")
 
-        def on_progress(done: int, total: int, level: int) -> None:
-            if done % 50 == 0 or done == total:
-                elapsed = progress.tasks[task].elapsed or 1e-9
-                progress.update(task, total=total, completed=done,
-                                rate=f"level {level} · {done * num_samples / elapsed:.0f} tok/s")
+    def on_start(start: GenerationStart) -> None:
+        console.print(f"seed {start.seed} · {start.lm.name} ({start.lm.model.config.layout}) · codec "
+                      f"{start.codec.name} · {length:g} s on {start.device} ({start.dtype}"
+                      f"{', compiled' if start.compiled else ''})", soft_wrap=True)
+        progress.start()
 
-        result = generate_pieces(loaded, codec, length, sampling=sampling, seed=seed, num_samples=num_samples,
-                                 levels=levels, prompt=prompt_pyr, prompt_seconds=prompt_seconds,
-                                 prompt_name=None if prompt is None else prompt.name, on_progress=on_progress,
-                                 decode=decode)
+    def on_progress(done: int, total: int, level: int) -> None:
+        if done % 50 == 0 or done == total:
+            elapsed = progress.tasks[task].elapsed or 1e-9
+            progress.update(task, total=total, completed=done,
+                            rate=f"level {level} · {done * num_samples / elapsed:.0f} tok/s")
+
+    try:
+        made = generate_audio(length, lm=lm or DEFAULT_LM, codec=model, sampling=sampling, seed=seed,
+                              num_samples=num_samples, levels=levels, prompt=prompt, prompt_seconds=prompt_seconds,
+                              decode=decode, device=device, decode_audio=output is not None, on_start=on_start,
+                              on_progress=on_progress)
+    finally:
+        progress.stop()
     written: list[str] = []
-    for index, piece in enumerate(result.pieces):
+    for index, piece in enumerate(made.pieces):
         if save_tokens is not None:
             path = _numbered(save_tokens, index, num_samples)
             write_output(path, piece.to_bytes(), force)
             written.append(str(path))
         if output is not None:
             path = _numbered(output, index, num_samples)
-            audio = decode_pyr(piece, codec, piece.n_levels)
-            data = encode_audio_bytes(audio, piece.sample_rate, AUDIO_SUFFIXES[path.suffix.lower()])
-            write_output(path, data, force)
+            write_output(path, encode_audio_bytes(made.audio[index], piece.sample_rate,
+                                                  AUDIO_SUFFIXES[path.suffix.lower()]), force)
             written.append(str(path))
-    audio_seconds = result.coarse_frames * config.coarse_hop / config.sample_rate
-    summary = {"ok": True, "seed": seed, "lm": f"{loaded.name}@{loaded.hash}", "codec": f"{codec.name}@{codec.hash}",
-               "layout": config.layout, "seconds": audio_seconds, "prompt_seconds": result.prompt_seconds,
-               "num_samples": num_samples, "levels": result.pieces[0].n_levels,
-               "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
-               "dtype": result.dtype, "compiled": result.compiled,
-               "tokens_generated": result.tokens_generated, "sampling_seconds": result.seconds,
-               "tokens_per_second_generated": result.tokens_per_second,
-               "real_time_factor": audio_seconds * num_samples / max(result.seconds, 1e-9),
-               "tokens_per_second_of_audio": [config.tokens_per_second(i) for i in range(result.pieces[0].n_levels)],
-               "outputs": written}
+    summary = {**made.summary(), "outputs": written}
     if json_output:
         print_json(summary)
-    console.print(f"[green]done[/green]: {audio_seconds:.1f} s x {num_samples} in {result.seconds:.1f} s of sampling "
-                  f"({result.tokens_per_second:.0f} tokens/s, {summary['real_time_factor']:.1f}x real time); "
-                  f"seed {seed}; wrote {', '.join(written)}", soft_wrap=True)
+    result = made.result
+    console.print(f"[green]done[/green]: {made.seconds:.1f} s x {num_samples} in {result.seconds:.1f} s of sampling "
+                  f"({result.tokens_per_second:.0f} tokens/s, {made.real_time_factor:.1f}x real time); "
+                  f"seed {result.seed}; wrote {', '.join(written)}", soft_wrap=True)

@@ -35,7 +35,7 @@ from pyramid_cli.hub.identity import (
     codec_identity,
     legacy_weights_hash,
 )
-from pyramid_cli.hub.registry import DEFAULT_CODEC, resolve_model
+from pyramid_cli.hub.registry import DEFAULT_CODEC, resolve_model, resolve_recorded
 from pyramid_cli.pyrfile import PyrFile, PyrLevel
 from pyramid_cli.pyrfile import pyr_summary as pyr_summary  # moved beside the header reader; kept here too
 
@@ -244,6 +244,39 @@ def check_pyr_codec(pyr: PyrFile, codec: LoadedCodec, name: str = "the .pyr file
         raise CodecMismatchError(f"{name} does not fit {codec.name}: {problems[0]}")
 
 
+def decoded_levels(pyr: PyrFile, levels: int | None, name: str = "the .pyr file") -> int:
+    """How many levels decoding ``pyr`` at ``levels`` reads: all it stores by default.
+
+    Raises:
+        UsageError: ``levels`` outside 1..pyr.n_levels.
+    """
+    k = pyr.n_levels if levels is None else levels
+    if not 1 <= k <= pyr.n_levels:
+        raise UsageError(f"levels {k}: {name} stores {pyr.n_levels} level(s), so it decodes at 1..{pyr.n_levels}",
+                         option="levels")
+    return k
+
+
+def load_codec_for(pyr: PyrFile, model: str | Path | None = None, device: str | torch.device = "cpu",
+                   name: str = "the .pyr file") -> LoadedCodec:
+    """The codec to decode ``pyr`` with: ``model`` when given, else the one the file names, which may
+    only be a local model (a name read from a file never downloads).
+
+    Raises:
+        InputError: the named codec is not installed here (saying how to get it).
+    """
+    if model is not None:
+        return load_codec(model, device)
+    try:
+        folder = resolve_recorded(pyr.codec_name, "codec")
+    except InputError as error:
+        reason = "a name read from a file never downloads" if "pyramid download" in str(error) else "no local model"
+        raise InputError(f"{name} was made with {pyr.codec_name[:80]}@{pyr.codec_hash[:8]}, which is not installed "
+                         f"here; name that codec's folder, or fetch it with `pyramid download` ({reason})",
+                         option="model") from None
+    return load_codec(folder, device)
+
+
 def iter_decode_pyr(
     pyr: PyrFile,
     codec: LoadedCodec,
@@ -265,10 +298,7 @@ def iter_decode_pyr(
         UsageError: ``levels`` outside 1..pyr.n_levels.
     """
     check_pyr_codec(pyr, codec, name)
-    levels = pyr.n_levels if levels is None else levels
-    if not 1 <= levels <= pyr.n_levels:
-        stored = f"{pyr.n_levels} level{'s' * (pyr.n_levels > 1)}"
-        raise UsageError(f"cannot decode {levels} levels: {name} stores {stored}, so it decodes at 1..{pyr.n_levels}")
+    levels = decoded_levels(pyr, levels, name)
     codes = [torch.from_numpy(level.codes) for level in pyr.levels[:levels]]
     pieces = iter_decode_codes(codec.model, codes, levels=levels, num_samples=pyr.num_samples,
                                chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, progress=progress)

@@ -62,22 +62,25 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if self.audio_format not in AUDIO_FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(AUDIO_FORMATS)}, got '{self.audio_format}'")
+            raise UsageError(f"audio_format must be one of {', '.join(AUDIO_FORMATS)}, got '{self.audio_format}'",
+                             option="audio_format")
         if self.workers < 1:
-            raise UsageError("--workers must be at least 1")
+            raise UsageError("workers must be at least 1", option="workers")
         if not math.isfinite(self.timeout_seconds) or self.timeout_seconds <= 0:
-            raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout_seconds}")
+            raise UsageError(f"timeout_seconds must be a positive number of seconds, got {self.timeout_seconds}",
+                             option="timeout_seconds")
         if not math.isfinite(self.procedural_seconds) or self.procedural_seconds <= 0:
-            raise UsageError(f"--procedural-seconds must be positive, got {self.procedural_seconds}")
+            raise UsageError(f"procedural_seconds must be positive, got {self.procedural_seconds}",
+                             option="procedural_seconds")
         if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
-            raise UsageError(f"--sample-rate must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, "
-                             f"got {self.sample_rate}")
+            raise UsageError(f"sample_rate must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, "
+                             f"got {self.sample_rate}", option="sample_rate")
         if self.memory_limit_mb < MIN_MEMORY_MB:
-            raise UsageError(f"--memory-limit must be at least {MIN_MEMORY_MB} MB (a worker cannot render in less), "
-                             f"got {self.memory_limit_mb}")
+            raise UsageError(f"memory_limit_mb must be at least {MIN_MEMORY_MB} MB (a worker cannot render in less), "
+                             f"got {self.memory_limit_mb}", option="memory_limit_mb")
         max_seconds = self.max_seconds
         if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds >= self.min_seconds):
-            raise UsageError(f"--max-seconds must be at least {self.min_seconds}")
+            raise UsageError(f"max_seconds must be at least {self.min_seconds}", option="max_seconds")
 
 
 @dataclass
@@ -249,7 +252,7 @@ def _check_settings(options: BuildOptions) -> None:
         if changed:
             details = ", ".join(f"{key} {previous.get(key)!r} → {settings[key]!r}" for key in changed)
             raise UsageError(f"{options.out_dir} was built with other settings ({details}); "
-                             "use the same options or a new --out")
+                             "use the same settings or another output folder")
     else:
         write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
 

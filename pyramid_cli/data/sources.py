@@ -38,7 +38,7 @@ def parse_split(spec: str) -> tuple[int, int, int]:
     """'8:1:1' → (8, 1, 1): train, valid and test weights."""
     parts = spec.split(":")
     if len(parts) != 3 or not all(p.isdigit() for p in parts) or sum(int(p) for p in parts) == 0:
-        raise UsageError(f"--split must look like 8:1:1 (train:valid:test weights), got '{spec}'")
+        raise UsageError(f"split must look like 8:1:1 (train:valid:test weights), got '{spec}'", option="split")
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
@@ -46,7 +46,7 @@ def parse_shard(spec: str) -> tuple[int, int]:
     """'2/8' → (2, 8): build the third of eight deterministic shards (0-based)."""
     match = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
     if not match or int(match[2]) == 0 or int(match[1]) >= int(match[2]):
-        raise UsageError(f"--shard must be i/n with 0 <= i < n, got '{spec}'")
+        raise UsageError(f"shard must be i/n with 0 <= i < n, got '{spec}'", option="shard")
     return int(match[1]), int(match[2])
 
 

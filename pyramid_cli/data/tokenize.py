@@ -111,7 +111,7 @@ def shard_records(records: Sequence[dict[str, Any]], shard: tuple[int, int]) -> 
 def _check_shard(shard: tuple[int, int]) -> None:
     index, count = shard
     if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-        raise UsageError(f"--shard must be i/n with 0 <= i < n, got '{index}/{count}'")
+        raise UsageError(f"shard must be i/n with 0 <= i < n, got '{index}/{count}'", option="shard")
 
 
 def _choose_splits(records: list[dict[str, Any]], splits: Sequence[str] | None) -> list[str]:

@@ -238,7 +238,8 @@ def write_folder(target: Path, files: Mapping[str, Path | bytes], *, force: bool
         if not target.is_dir():
             raise InputError(f"{target}: exists and is not a folder")
         if not force:
-            raise InputError(f"{target} already exists; pass --force to replace it")
+            raise InputError(f"{target} already exists; replacing it must be forced",
+                             option="force")
         entries = list(target.iterdir())
         # A run folder has a config.json too: a model folder also has weights and no sub-folders.
         if entries and not (is_model_dir(target) and not any(p.is_dir() for p in entries)):
@@ -281,7 +282,7 @@ def install(source: Path, name: str, *, force: bool) -> Path:
     check_name(name)
     if name in registry.bundled_models():
         raise UsageError(f"{name} is the name of a bundled model, which would hide the cached copy; choose "
-                         "another --name")
+                         "another name")
     expected = verify(source)
     if expected.source != "none" and not expected.ok:
         raise FormatError(f"{source}: fails verification before copying ({failure_reason(expected)})")

@@ -80,7 +80,8 @@ def parse_hub_ref(text: str, revision: str | None = None) -> HubRef:
     if "@" in body and not pinned.strip():
         raise UsageError(f"{text}: empty revision after '@'")
     if pinned and revision and pinned != revision:
-        raise UsageError(f"{text}: the reference pins revision {pinned!r} but --revision says {revision!r}")
+        raise UsageError(f"{text}: the reference pins revision {pinned!r} but the revision asked for is {revision!r}",
+                         option="revision")
     return HubRef(repo_id, pinned or revision or None)
 
 
@@ -132,7 +133,7 @@ def fetch(ref: HubRef, *, download: bool = True, force: bool = False) -> Fetched
         if path is not None:
             return Fetched(path, downloaded=False)
     if offline() and force:
-        raise InputError(f"{ref}: downloading again (--force) needs the network, which HF_HUB_OFFLINE=1 forbids")
+        raise InputError(f"{ref}: downloading again needs the network, which HF_HUB_OFFLINE=1 forbids")
     if offline():
         raise InputError(f"{ref} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids "
                          f"downloading it: run `pyramid download {ref}` with network access")

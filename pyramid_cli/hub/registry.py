@@ -106,10 +106,9 @@ def _not_found(text: str) -> InputError:
         listed += f"; cached: {', '.join(cached)}"
     if text in (DEFAULT_CODEC, DEFAULT_LM):
         what = "codec" if text == DEFAULT_CODEC else "language model"
-        option = "--model" if text == DEFAULT_CODEC else "--lm"
         return InputError(f"the default {what} {text} is not installed ({listed}); reinstall pyramid with "
-                          f"its bundled models, or pass {option} DIR with a folder holding {CONFIG_NAME} and "
-                          f"{WEIGHTS_NAME}")
+                          f"its bundled models, or name a {what} folder (DIR, holding {CONFIG_NAME} and "
+                          f"{WEIGHTS_NAME}) instead", option="model" if text == DEFAULT_CODEC else "lm")
     return InputError(f"unknown model {text!r}: not a folder, a bundled or a cached model ({listed}); "
                       "`pyramid models list` shows them, hf://org/repo names a Hugging Face Hub model")
 
@@ -167,14 +166,14 @@ def resolve_recorded(name: str, kind: ModelKind) -> Path:
 
     A name read from a file never chooses what is downloaded or which folder is read: it may only
     be a bundled or cached model, or an ``hf://`` reference already in the Hub cache. Anything else
-    needs an explicit ``--model`` (or ``pyramid download``) from the user.
+    needs an explicit reference (or ``pyramid download``) from the user.
 
     Raises:
         InputError: the name is a path, or no local model has it (naming what to do instead).
     """
     if not hf.is_hub_ref(name) and (_looks_like_path(name) or not name):
         raise InputError(f"the recorded {KIND_NAMES[kind]} name {name[:80]!r} is a path, not a model name; "
-                         "pass --model with the folder to use")
+                         "name the folder to use instead", option="model")
     try:
         return locate_model(name, kind, download=False).path
     except UsageError as error:  # a malformed hf:// name in the file

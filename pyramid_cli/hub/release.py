@@ -190,7 +190,7 @@ def download_model(ref: str, *, revision: str | None = None, name: str | None = 
         label, folder, downloaded = str(hub_ref), fetched.path, fetched.downloaded
     else:
         if revision:
-            raise UsageError("--revision applies to hf:// models only")
+            raise UsageError("revision applies to hf:// models only", option="revision")
         if not Path(ref).expanduser().exists() and hf.looks_like_repo_id(ref):
             raise UsageError(f"{ref}: no such folder; for a Hugging Face model write hf://{ref}")
         location = registry.locate_model(ref)
@@ -201,6 +201,7 @@ def download_model(ref: str, *, revision: str | None = None, name: str | None = 
     summary = bundle.describe(folder)
     report = bundle.verify(folder)
     if report.source != "none" and not report.ok:
-        raise FormatError(f"{label}: fails verification ({bundle.failure_reason(report)}); retry with --force")
+        raise FormatError(f"{label}: fails verification ({bundle.failure_reason(report)}); "
+                          "download it again, replacing this copy", option="force")
     installed = bundle.install(folder, name, force=force) if name else None
     return Downloaded(label, folder, hf.is_hub_ref(ref), downloaded, summary, report, installed)

@@ -1,13 +1,16 @@
-"""Generation as a library call: lay out a piece, place a prompt, sample, and return ``.pyr`` files.
+"""Generation as a library call: lay out a piece, place a prompt, sample, and return ``.pyr`` files
+(``generate_pieces``), or all of it from model references to decoded audio (``generate_audio``).
 
-The CLI's ``pyramid generate`` is this function plus file handling. A generated ``PyrFile``
+The CLI's ``pyramid generate`` is ``generate_audio`` plus option parsing and file handling. A generated ``PyrFile``
 records in its provenance everything needed to make it again: the LM's and the codec's
 identities, the seed and the sampling settings (UX §6).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,10 +137,10 @@ def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, samplin
         check_codec_identity((prompt.codec_name, prompt.codec_hash), codec.identity, "the prompt was encoded with",
                              "the LM models")
     if num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1, got {num_samples}")
+        raise UsageError(f"num_samples must be at least 1, got {num_samples}", option="num_samples")
     keep = config.n_levels if levels is None else levels
     if not 1 <= keep <= config.n_levels:
-        raise UsageError(f"--levels must be in 1..{config.n_levels}, got {levels}")
+        raise UsageError(f"levels must be in 1..{config.n_levels}, got {levels}", option="levels")
     plan, frames, used = plan_piece(lm.model, seconds, prompt, prompt_seconds)
     stop = int(np.where((plan.level >= 0) & (plan.level < keep))[0].max()) + 1
     device = next(lm.model.parameters()).device
@@ -169,3 +172,138 @@ def generate_pieces(lm: LoadedLM, codec: LoadedCodec, seconds: float, *, samplin
     return GenerationResult(pieces, seed, frames, generated, elapsed, used,
                             [frames * n for n in config.tokens_per_coarse_frame[:keep]], dtype_name(dtype),
                             decode.compile)
+
+
+# ---- the whole of `pyramid generate` -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationStart:
+    """What ``generate_audio`` is about to do, once both models are loaded (the CLI prints it)."""
+
+    seed: int
+    lm: LoadedLM
+    codec: LoadedCodec
+    seconds: float
+    device: torch.device
+    dtype: str  # the LM's compute dtype
+    compiled: bool
+
+
+@dataclass
+class GeneratedAudio:
+    """What ``generate_audio`` made: the pieces as tokens and as audio, and how fast it went."""
+
+    lm: LoadedLM
+    codec: LoadedCodec
+    result: GenerationResult  # the .pyr pieces, the seed, sampling time and token counts
+    audio: list[np.ndarray]  # per piece (1, samples) float32 at ``sample_rate``; empty unless decoded
+    sampling: SamplingSettings
+
+    @property
+    def pieces(self) -> list[PyrFile]:
+        return self.result.pieces
+
+    @property
+    def sample_rate(self) -> int:
+        return self.lm.model.config.sample_rate
+
+    @property
+    def seconds(self) -> float:
+        """Length of each piece in seconds of audio."""
+        config = self.lm.model.config
+        return self.result.coarse_frames * config.coarse_hop / config.sample_rate
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of audio (all pieces) generated per second of sampling."""
+        return self.seconds * len(self.pieces) / max(self.result.seconds, 1e-9)
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-ready account: seed, models, settings, speeds (``pyramid generate --json``)."""
+        config, result, levels = self.lm.model.config, self.result, self.pieces[0].n_levels
+        return {"ok": True, "seed": result.seed, "lm": f"{self.lm.name}@{self.lm.hash}",
+                "codec": f"{self.codec.name}@{self.codec.hash}", "layout": config.layout, "seconds": self.seconds,
+                "prompt_seconds": result.prompt_seconds, "num_samples": len(self.pieces), "levels": levels,
+                "temperature": self.sampling.temperature, "top_k": self.sampling.top_k, "top_p": self.sampling.top_p,
+                "dtype": result.dtype, "compiled": result.compiled, "tokens_generated": result.tokens_generated,
+                "sampling_seconds": result.seconds, "tokens_per_second_generated": result.tokens_per_second,
+                "real_time_factor": self.real_time_factor,
+                "tokens_per_second_of_audio": [config.tokens_per_second(i) for i in range(levels)]}
+
+
+def generate_audio(
+    seconds: float,
+    *,
+    lm: str | Path | LoadedLM = DEFAULT_LM,
+    codec: str | Path | LoadedCodec | None = None,
+    sampling: SamplingSettings | None = None,
+    seed: int | None = None,
+    num_samples: int = 1,
+    levels: int | None = None,
+    prompt: str | Path | PyrFile | None = None,
+    prompt_seconds: float | None = None,
+    decode: DecodeSettings | None = None,
+    device: str | torch.device = "auto",
+    decode_audio: bool = True,
+    on_start: Callable[[GenerationStart], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> GeneratedAudio:
+    """Generate pieces of music: load the models, encode the prompt, sample, decode.
+
+    Args:
+        seconds: length of each piece (a prompt is its start, at its own time).
+        lm, codec: references or loaded models; the codec defaults to the one the LM was trained
+            on, found by its name among local models (a name read from a file never downloads).
+        seed: default a fresh one (recorded in the pieces and the result).
+        prompt: audio to encode with the codec, or a ``.pyr`` (a path or a ``PyrFile``);
+            ``prompt_seconds`` keeps only its first seconds.
+        decode_audio: also decode each piece to audio (``GeneratedAudio.audio``).
+        on_start: called once the models are loaded, before sampling.
+        on_progress: called with (tokens done, tokens in all, level) while sampling.
+
+    Raises:
+        UsageError: a length or prompt length that is not a positive finite number of seconds,
+        impossible settings. CodecMismatchError: models or a prompt of different codecs.
+    """
+    import secrets
+
+    from pyramid_cli.audio import load_audio
+    from pyramid_cli.codec.api import decode_pyr, encode_waveform, load_codec
+    from pyramid_cli.devices import resolve_device
+    from pyramid_cli.hub.registry import resolve_recorded
+
+    if not math.isfinite(seconds):
+        raise UsageError(f"the length must be a finite number of seconds, got {seconds}")
+    if prompt_seconds is not None and prompt is None:
+        raise UsageError("prompt_seconds needs a prompt", option="prompt_seconds")
+    if prompt_seconds is not None and not (math.isfinite(prompt_seconds) and prompt_seconds > 0):
+        raise UsageError(f"prompt_seconds must be a positive number of seconds, got {prompt_seconds}",
+                         option="prompt_seconds")
+    sampling = sampling or SamplingSettings()
+    decode = decode or DecodeSettings()
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    torch_device = resolve_device(device)
+    compute_dtype = decode.resolve(torch_device)  # a dtype this device cannot run fails before any loading
+    loaded = lm if isinstance(lm, LoadedLM) else load_lm(lm, torch_device)
+    config = loaded.model.config
+    if not isinstance(codec, LoadedCodec):
+        # The codec named in the LM's config may only be a local model; a download needs a reference.
+        codec = load_codec(codec if codec is not None else resolve_recorded(config.codec_name, "codec"), torch_device)
+    prompt_pyr = prompt if isinstance(prompt, PyrFile) or prompt is None else None
+    if prompt_pyr is None and prompt is not None:
+        path = Path(prompt)  # type: ignore[arg-type]  # not a PyrFile here
+        if path.suffix.lower() == ".pyr":
+            prompt_pyr = PyrFile.read(path)
+        else:
+            wav, rate = load_audio(path)
+            prompt_pyr = encode_waveform(wav, rate, codec, name=str(path))
+    if on_start is not None:
+        on_start(GenerationStart(seed, loaded, codec, seconds, torch_device, dtype_name(compute_dtype),
+                                 decode.compile))
+    prompt_name = None if prompt is None or isinstance(prompt, PyrFile) else Path(prompt).name
+    result = generate_pieces(loaded, codec, seconds, sampling=sampling, seed=seed, num_samples=num_samples,
+                             levels=levels, prompt=prompt_pyr, prompt_seconds=prompt_seconds, prompt_name=prompt_name,
+                             on_progress=on_progress, decode=decode)
+    audio = [decode_pyr(piece, codec, piece.n_levels) for piece in result.pieces] if decode_audio else []
+    return GeneratedAudio(loaded, codec, result, audio, sampling)

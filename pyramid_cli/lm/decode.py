@@ -53,19 +53,19 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     """
     device = torch.device(device)
     if name not in DTYPE_CHOICES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}")
+        raise UsageError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}", option="dtype")
     if name == "auto":
         return torch.bfloat16 if _cuda_bf16(device) else torch.float32
     dtype = _DTYPES[name]
     if dtype == torch.float32:
         return dtype
     if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--dtype {name}: reduced precision runs on cpu and cuda, not {device.type}; "
-                         "use --dtype float32")
+        raise UsageError(f"dtype {name}: reduced precision runs on cpu and cuda, not {device.type}; "
+                         "use float32", option="dtype")
     if dtype == torch.float16 and device.type != "cuda":
-        raise UsageError("--dtype float16 needs a CUDA device; on the CPU use bfloat16 or float32")
+        raise UsageError("dtype float16 needs a CUDA device; on the CPU use bfloat16 or float32", option="dtype")
     if dtype == torch.bfloat16 and device.type == "cuda" and not _cuda_bf16(device):
-        raise UsageError(f"--dtype bfloat16: {device} has no bfloat16 support; use float16 or float32")
+        raise UsageError(f"dtype bfloat16: {device} has no bfloat16 support; use float16 or float32", option="dtype")
     return dtype
 
 
@@ -87,7 +87,7 @@ class DecodeSettings:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_CHOICES:
-            raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
+            raise UsageError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}", option="dtype")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be at least 1, got {self.threads}")
 
@@ -95,7 +95,7 @@ class DecodeSettings:
         """The compute dtype on ``device``; UsageError where that device cannot run it or compile."""
         device = torch.device(device)
         if self.compile and device.type not in ("cpu", "cuda"):
-            raise UsageError(f"--compile supports cpu and cuda devices, not {device.type}")
+            raise UsageError(f"compile supports cpu and cuda devices, not {device.type}", option="compile")
         return resolve_dtype(self.dtype, device)
 
 
@@ -179,8 +179,8 @@ class CompiledStep:
             logits = self.compiled(token, index)
         except Exception as exc:  # inductor / dynamo raise many types; the cause is kept in the chain
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DependencyError(f"--compile: torch.compile failed ({first_line[:300]}); "
-                                  "run without --compile") from exc
+            raise DependencyError(f"torch.compile of the decode step failed ({first_line[:300]}); "
+                                  "run it uncompiled") from exc
         self.checked = True
         return logits
 

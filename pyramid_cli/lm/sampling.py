@@ -66,11 +66,11 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise UsageError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+            raise UsageError(f"temperature must be a finite number >= 0, got {self.temperature}", option="temperature")
         if self.top_k is not None and self.top_k < 0:
-            raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
+            raise UsageError(f"top_k must be >= 0 (0 = off), got {self.top_k}", option="top_k")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:  # also refuses NaN
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}", option="top_p")
 
 
 @torch.inference_mode()

@@ -99,7 +99,7 @@ def _codec_config(run: RunFolder, cfg: CodecTrainConfig, resume: Path | None,
         saved = CodecConfig.from_dict(read_json_object(resume / "config.json", "codec config"))
         if init_from is None and saved != cfg.codec_config():
             raise UsageError(f"{run.path} holds a {saved.name!r} run with another model config; "
-                             "pass a new --run folder, or --init-from to start from its weights")
+                             "use a new run folder, or start a new one from its weights (init_from)")
         return saved
     wanted = cfg.codec_config()
     if init_from is not None:

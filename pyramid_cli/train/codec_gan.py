@@ -134,7 +134,7 @@ class Adversary:
             return False
         if meta.get("config") != self.config.to_dict():
             raise UsageError(f"{loaded.path} holds a discriminator with other settings ({meta.get('config')}); "
-                             "keep the run's discriminator setting or start a new --run folder")
+                             "keep the run's discriminator setting or start a new run folder")
         model_prefix = f"{PREFIX}model."
         weights = {k[len(model_prefix):]: v for k, v in loaded.tensors.items() if k.startswith(model_prefix)}
         try:

@@ -268,7 +268,7 @@ def read_model_config(directory: Path) -> CodecConfig:
     """The CodecConfig of a model folder (config.json + model.safetensors)."""
     path = directory / "config.json"
     if not path.is_file():
-        raise InputError(f"{path}: no such file (--init-from wants a model folder with config.json)")
+        raise InputError(f"{path}: no such file (fine-tuning starts from a model folder with config.json)")
     return CodecConfig.from_dict(read_json_object(path, "codec config"))
 
 

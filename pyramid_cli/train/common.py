@@ -156,12 +156,12 @@ def apply_overrides(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--set expects key=value, got {item!r}")
+            raise UsageError(f"set expects key=value, got {item!r}", option="set")
         *parents, leaf = key.strip().split(".")
         node = result
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise UsageError(f"--set {key}: {part!r} is not a nested setting")
+                raise UsageError(f"set {key}: {part!r} is not a nested setting", option="set")
             node = node[part]
         node[leaf] = parse_value(value)
     return result

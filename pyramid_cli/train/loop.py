@@ -204,7 +204,8 @@ def run_loop(task: Task, cfg: TrainSettings, info: DistInfo, run: RunFolder, pro
             progress.elapsed += now - window_start
             means = window.means()
             if not all(math.isfinite(v) for v in means.values()):
-                raise PyramidError(f"training diverged by step {step} (NaN/inf loss); lower --lr and resume")
+                raise PyramidError(f"training diverged by step {step} (NaN/inf loss); "
+                                   "lower the learning rate and resume")
             rate = window_steps / max(now - window_start, 1e-9)
             before, after = task.record_fields(rate, now - window_start)
             progress.last_train = {"kind": "train", "step": step, "lr": lr, **before, **means, "steps_per_s": rate,

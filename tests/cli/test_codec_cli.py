@@ -190,7 +190,7 @@ def test_tokens_from_another_codec_are_refused(cli, tmp_path: Path, models):
     assert not (tmp_path / "a.l3.wav").exists()
     # With no --model, decode looks for the codec the file names; it is not installed here.
     missing = cli("decode", str(tmp_path / "a.pyr"), model=False)
-    assert missing.code == 1 and one_line_error(missing, "which is not installed here; pass --model DIR")
+    assert missing.code == 1 and one_line_error(missing, "which is not installed here; name that codec's folder")
 
 
 def test_batch_continues_past_a_bad_file(cli, tmp_path: Path):

@@ -89,7 +89,7 @@ def test_export_writes_a_bundle_and_refuses_to_overwrite(cli, release_dir: Path,
     assert sorted(p.name for p in release_dir.iterdir()) == [
         "README.md", "checksums.json", "config.json", "model.safetensors"]
     again = cli("export", str(tmp_path / "run"), str(release_dir))
-    assert again.code == 1 and again.one_line_error("already exists; pass --force")
+    assert again.code == 1 and again.one_line_error("already exists; replacing it must be forced (--force)")
     forced = cli("export", str(make_run(tmp_path / "run2", seed=1)), str(release_dir), "--force", "--json")
     assert forced.code == 0, forced.stderr
     summary = json.loads(forced.stdout)
@@ -172,7 +172,7 @@ def test_download_from_the_hub_cache_offline(cli, release_dir: Path, env: dict[s
     assert summary["checksum_source"] == "checksums.json"
     assert registry.locate_model("tiny-v1").origin == "cache"
     again = cli("download", "hf://org/tiny", "--name", "tiny-v1")
-    assert again.code == 1 and again.one_line_error("already exists; pass --force")
+    assert again.code == 1 and again.one_line_error("already exists; replacing it must be forced (--force)")
     forced = cli("download", "hf://org/tiny", "--name", "tiny-v1", "--force")
     assert forced.code == 1 and forced.one_line_error("needs the network, which HF_HUB_OFFLINE=1 forbids")
     miss = cli("download", "hf://org/other")
@@ -181,7 +181,7 @@ def test_download_from_the_hub_cache_offline(cli, release_dir: Path, env: dict[s
 
 @pytest.mark.parametrize(("args", "message"), [
     (["download", "hf://not-a-repo"], "hf://ORG/REPO"),
-    (["download", "hf://org/tiny@v1", "--revision", "v2"], "--revision says 'v2'"),
+    (["download", "hf://org/tiny@v1", "--revision", "v2"], "the revision asked for is 'v2' (--revision)"),
     (["download"], "Missing argument"),
     (["download", "org/tiny"], "write hf://org/tiny"),
     (["download", "hf://org/tiny", "--name", "../x"], "a model name uses"),

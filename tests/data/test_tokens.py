@@ -245,7 +245,7 @@ def test_merge_refuses_other_codecs_and_folders(shards: tuple[Path, Path], corpu
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="not a token folder"):
         merge_token_sets(tmp_path / "mine", [shards[0]])
-    with pytest.raises(UsageError, match="--shard must be i/n"):
+    with pytest.raises(UsageError, match="shard must be i/n"):
         tokenize_corpus(corpus, load_codec(models[0]), tmp_path / "t", shard=(2, 2))
 
 

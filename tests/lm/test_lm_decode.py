@@ -132,15 +132,15 @@ def test_dtype_rules():
     assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(UsageError, match="float16 needs a CUDA device"):
         resolve_dtype("float16", cpu)
-    with pytest.raises(UsageError, match="--dtype must be one of auto, float32, bfloat16, float16, got 'half'"):
+    with pytest.raises(UsageError, match="dtype must be one of auto, float32, bfloat16, float16, got 'half'"):
         resolve_dtype("half", cpu)
-    with pytest.raises(UsageError, match="--dtype must be one of"):
+    with pytest.raises(UsageError, match="dtype must be one of"):
         DecodeSettings(dtype="float64")
     mps = torch.device("mps")
     assert resolve_dtype("auto", mps) == torch.float32
     with pytest.raises(UsageError, match="reduced precision runs on cpu and cuda"):
         resolve_dtype("bfloat16", mps)
-    with pytest.raises(UsageError, match="--compile supports cpu and cuda"):
+    with pytest.raises(UsageError, match="compile supports cpu and cuda"):
         DecodeSettings(compile=True).resolve(mps)
     assert DecodeSettings(compile=True).resolve(cpu) == torch.float32
 
@@ -197,8 +197,8 @@ def test_a_failing_compilation_is_a_one_line_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(torch, "compile", broken)
     model = model_for("time_aligned")
     plan = make_layout(model.config).piece(3)
-    with pytest.raises(DependencyError, match=r"--compile: torch.compile failed \(InvalidCxxCompiler: no working "
-                                              r"C\+\+ compiler found\); run without --compile"):
+    with pytest.raises(DependencyError, match=r"torch.compile of the decode step failed \(InvalidCxxCompiler: no "
+                                              r"working C\+\+ compiler found\); run it uncompiled"):
         generate(model, plan, sampling=SamplingSettings(temperature=0), decode=DecodeSettings(compile=True))
 
 
