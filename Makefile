@@ -20,7 +20,7 @@ system-deps:
 
 # constraints.txt holds the exact versions we test (pyproject.toml a range). Basic Pitch (note
 # transcription for evaluation) is installed without its dependencies: they pin TensorFlow and
-# NumPy < 2; we run the ONNX model its wheel ships through onnxruntime (pyramid_cli/transcribe.py).
+# NumPy < 2; we run the ONNX model its wheel ships through onnxruntime (pyramid_cli/metrics/transcribe.py).
 $(STAMP): pyproject.toml constraints.txt | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

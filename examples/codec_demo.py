@@ -19,12 +19,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pyramid_cli.audio import load_mono, save_audio
+from pyramid_cli.audio.io import load_mono, save_audio
 from pyramid_cli.codec.api import decode_pyr, encode_file, load_codec
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.hub.registry import DEFAULT_CODEC
-from pyramid_cli.metrics import chroma_similarity, mel_distance
-from pyramid_cli.transcribe import Transcriber, available, onset_f1
+from pyramid_cli.metrics.distances import chroma_similarity, mel_distance
+from pyramid_cli.metrics.transcribe import Transcriber, available, onset_f1
 
 EXAMPLE = Path(__file__).with_name("example.flac")
 

@@ -19,12 +19,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pyramid_cli import music_stats, transcribe
-from pyramid_cli.audio import save_audio
+from pyramid_cli.audio.io import save_audio
 from pyramid_cli.codec.api import decode_pyr, load_codec
 from pyramid_cli.hub.registry import DEFAULT_CODEC, DEFAULT_LM
 from pyramid_cli.lm.api import generate_pieces, load_lm
 from pyramid_cli.lm.sampling import SamplingSettings
+from pyramid_cli.metrics import music_stats, transcribe
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ STAT_ROWS = (("notes per second", "notes_per_second", ".1f"), ("distinct pitches
 
 def music_table(wav_path: Path, reference_path: Path) -> Table:
     """The piece's transcription statistics (one window per 30 s) beside the corpus's means."""
-    from pyramid_cli.audio import load_mono
+    from pyramid_cli.audio.io import load_mono
 
     wav = load_mono(wav_path, transcribe.SAMPLE_RATE)[0]
     notes = transcribe.Transcriber().transcribe(wav, transcribe.SAMPLE_RATE)

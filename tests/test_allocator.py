@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-CHECK = "from pyramid_cli.allocator import keep_freed_memory as k; print(k(), k())"
+CHECK = "from pyramid_cli.runtime.allocator import keep_freed_memory as k; print(k(), k())"
 
 
 def _run(**env: str) -> str:

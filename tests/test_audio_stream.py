@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pyramid_cli.audio import resample, to_mono, write_audio_pieces
-from pyramid_cli.audio_stream import AudioReader
+from pyramid_cli.audio.io import resample, to_mono, write_audio_pieces
+from pyramid_cli.audio.stream import AudioReader
 from pyramid_cli.errors import InputError
-from pyramid_cli.fileio import atomic_write
+from pyramid_cli.runtime.fileio import atomic_write
 
 CODEC_RATE = 22050
 
@@ -98,7 +98,7 @@ def test_a_cut_wav_is_flagged_as_truncated(fmt: str, subtype: str):
 
 def test_unknown_lengths_and_other_formats_promise_nothing():
     """A WAV streamed to a pipe leaves its sizes 0xFFFFFFFF; FLAC, AIFF, W64 are not WAV headers."""
-    from pyramid_cli.audio_stream import wav_header_frames
+    from pyramid_cli.audio.stream import wav_header_frames
 
     streamed = bytearray(_wav_bytes())
     data = streamed.index(b"data")

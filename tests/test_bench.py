@@ -126,7 +126,7 @@ def test_peak_memory_sees_a_large_allocation() -> None:
         pytest.skip("needs /proc")
     memory = PeakMemory()
     memory.start()
-    # Above pyramid_cli.allocator's mmap threshold: fresh pages even when an earlier test made malloc keep
+    # Above pyramid_cli.runtime.allocator's mmap threshold: fresh pages even when an earlier test made malloc keep
     # freed memory for reuse.
     block = np.ones(320 * 2**20 // 8)  # 320 MiB, touched
     del block

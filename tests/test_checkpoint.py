@@ -13,15 +13,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from pyramid_cli.checkpoint import (
+from pyramid_cli.codec.layers import WNConv1d
+from pyramid_cli.errors import FormatError
+from pyramid_cli.train.checkpoint import (
     best_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_training_state,
     save_training_state,
 )
-from pyramid_cli.codec.layers import WNConv1d
-from pyramid_cli.errors import FormatError
 
 
 class Tiny(nn.Module):

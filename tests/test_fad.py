@@ -13,11 +13,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from pyramid_cli import transcribe
-from pyramid_cli.audio import load_mono
+from pyramid_cli.audio.io import load_mono
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.errors import UsageError
-from pyramid_cli.fad import (
+from pyramid_cli.metrics import transcribe
+from pyramid_cli.metrics.fad import (
     MEL_STATS_DIM,
     NOTE_STATS_DIM,
     embed_files,

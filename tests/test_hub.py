@@ -24,9 +24,9 @@ import pyramid_cli
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.layers import is_weight_norm_folded
-from pyramid_cli.devices import resolve_device
 from pyramid_cli.errors import FormatError, InputError, UsageError
 from pyramid_cli.hub import files, hf, identity, registry
+from pyramid_cli.runtime.devices import resolve_device
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

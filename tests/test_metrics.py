@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from pyramid_cli.metrics import (
+from pyramid_cli.metrics.distances import (
     mel_distance,
     real_time_factor,
     si_sdr,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pyramid_cli import music_stats, transcribe
-from pyramid_cli.transcribe import Note
+from pyramid_cli.metrics import music_stats, transcribe
+from pyramid_cli.metrics.transcribe import Note
 
 C_MAJOR_SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 

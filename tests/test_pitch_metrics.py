@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from pyramid_cli import transcribe
-from pyramid_cli.audio import load_mono
+from pyramid_cli.audio.io import load_mono
 from pyramid_cli.codec.targets import band_limited_targets
-from pyramid_cli.metrics import chroma_similarity
+from pyramid_cli.metrics import transcribe
+from pyramid_cli.metrics.distances import chroma_similarity
 
 RATE = 22050
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.flac"

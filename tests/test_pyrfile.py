@@ -16,14 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyramid_cli.errors import FormatError, InputError
-from pyramid_cli.pyrfile import (
-    MAGIC,
-    PyrFile,
-    PyrLevel,
-    bits_per_code,
-    pack_codes,
-    unpack_codes,
-)
+from pyramid_cli.pyr.codes import bits_per_code, pack_codes, unpack_codes
+from pyramid_cli.pyr.file import PyrFile, PyrLevel
+from pyramid_cli.pyr.header import MAGIC
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -366,7 +361,8 @@ def test_checksummed_but_wrong_headers_raise_format_error(data: st.DataObject) -
 
 
 def test_header_reader_checks_the_header_and_the_payload_length_not_the_codes(tmp_path):
-    from pyramid_cli.pyrfile import PyrHeader, pyr_summary
+    from pyramid_cli.pyr.file import pyr_summary
+    from pyramid_cli.pyr.header import PyrHeader
 
     pyr = make_pyr(frames=(6, 12, 24), codebook_size=1000, seed=4)
     data = pyr.to_bytes()
@@ -406,7 +402,7 @@ def test_header_reader_checks_the_header_and_the_payload_length_not_the_codes(tm
 
 def test_the_header_of_a_large_file_is_read_without_its_payload(tmp_path):
     """A header announcing 2**28 codes (320 MB) over a sparse payload: read in milliseconds."""
-    from pyramid_cli.pyrfile import PyrHeader
+    from pyramid_cli.pyr.header import PyrHeader
 
     header, _ = split(make_pyr(frames=(1,), hops=(512,)).to_bytes())
     frames = 2**28

@@ -17,9 +17,11 @@ import pytest
 from test_pyrfile import make_pyr
 
 from pyramid_cli.errors import FormatError
-from pyramid_cli.pyrfile import PyrFile, PyrHeader, pack_codes, unpack_codes
+from pyramid_cli.pyr.codes import pack_codes, unpack_codes
+from pyramid_cli.pyr.file import PyrFile
+from pyramid_cli.pyr.header import PyrHeader
 
-PREAMBLE = struct.Struct("<4sHII")  # magic, version, header length, header CRC (pyrfile._PREAMBLE)
+PREAMBLE = struct.Struct("<4sHII")  # magic, version, header length, header CRC (pyr.header.PREAMBLE)
 
 
 def _mutate(data: bytes, rng: np.random.Generator) -> bytes:

@@ -1,4 +1,4 @@
-"""Threads per phase (pyramid_cli.threads): sampling runs on its own thread count and restores torch's."""
+"""Threads per phase (pyramid_cli.runtime.threads): sampling runs on its own thread count and restores torch's."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from pyramid_cli.errors import UsageError
 from pyramid_cli.lm.decode import DecodeSettings
-from pyramid_cli.threads import SAMPLING_THREADS, torch_threads
+from pyramid_cli.runtime.threads import SAMPLING_THREADS, torch_threads
 
 
 def test_torch_threads_sets_and_restores() -> None:

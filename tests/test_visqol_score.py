@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyramid_cli import visqol_score
-from pyramid_cli.audio import load_mono
+from pyramid_cli.audio.io import load_mono
 from pyramid_cli.codec.targets import band_limited_targets
+from pyramid_cli.metrics import visqol as visqol_score
 
 pytestmark = pytest.mark.skipif(not visqol_score.available(), reason="needs the [eval] extra (make install-eval)")
 

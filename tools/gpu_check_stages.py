@@ -137,7 +137,7 @@ def resume_check(train: Callable[..., Any], run_root: Path, last: Callable[[Path
 
 
 def last_checkpoint_weights(run: Path) -> Path:
-    from pyramid_cli.checkpoint import latest_checkpoint
+    from pyramid_cli.train.checkpoint import latest_checkpoint
 
     folder = latest_checkpoint(run / "checkpoints")
     if folder is None:
@@ -338,7 +338,7 @@ def stage_generate_paper_compiled(ctx: Context) -> Result:
     from pyramid_cli.lm.api import generate_pieces, load_lm
     from pyramid_cli.lm.decode import DecodeSettings
     from pyramid_cli.lm.sampling import SamplingSettings
-    from pyramid_cli.pyrfile import PyrFile
+    from pyramid_cli.pyr.file import PyrFile
 
     lm = load_lm(ctx.work / "paper-lm", ctx.device)
     codec = load_codec(lm.model.config.codec_name, ctx.device)

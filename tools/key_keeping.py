@@ -29,8 +29,8 @@ from pathlib import Path
 import soundfile as sf
 
 from pyramid_cli.data.manifest import load_manifest
-from pyramid_cli.music_stats import best_key, pitch_class_histogram, related_keys
-from pyramid_cli.transcribe import Transcriber
+from pyramid_cli.metrics.music_stats import best_key, pitch_class_histogram, related_keys
+from pyramid_cli.metrics.transcribe import Transcriber
 
 
 def key_of(transcriber: Transcriber, audio, rate: int, start: float, end: float) -> str:  # noqa: ANN001

@@ -114,9 +114,9 @@ def bench_signal(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
 
 
 def _pyramid(codec: Any, weights: str, chunk_seconds: float, note: str = "") -> BenchCodec:
-    from pyramid_cli.allocator import keep_freed_memory
     from pyramid_cli.codec.api import encode_waveform
     from pyramid_cli.codec.inference import decode_codes
+    from pyramid_cli.runtime.allocator import keep_freed_memory
 
     keep_freed_memory()  # what the `pyramid` command does at start; a no-op under jemalloc
     model, config = codec.model, codec.model.config

@@ -32,7 +32,7 @@ from pyramid_cli.lm.decode import DecodeSettings, autocast, dtype_name
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import PyramidLM
 from pyramid_cli.lm.sampling import SamplingSettings, generate, sample_next
-from pyramid_cli.threads import SAMPLING_THREADS
+from pyramid_cli.runtime.threads import SAMPLING_THREADS
 
 DEFAULT_LM_KEY = "default"
 FALLBACK_LM_PRESET = "small"
@@ -67,7 +67,7 @@ class LMResult:
     compiled_tokens_per_second: float | None = None  # warm
     compiled_first_tokens_per_second: float | None = None  # compilation included
     compiled_same_tokens: bool | None = None  # the compiled runs sampled the plain run's tokens
-    # cached sampler while one other process keeps a core busy (CPU only; pyramid_cli.threads)
+    # cached sampler while one other process keeps a core busy (CPU only; pyramid_cli.runtime.threads)
     contended_tokens_per_second: float | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -244,7 +244,7 @@ def run_bench(settings: BenchSettings, on_progress: Progress | None = None) -> B
     Raises:
         UsageError: unknown models or impossible settings.
     """
-    from pyramid_cli.devices import resolve_device
+    from pyramid_cli.runtime.devices import resolve_device
 
     started = time.perf_counter()
     device = str(resolve_device(settings.device))
@@ -254,7 +254,7 @@ def run_bench(settings: BenchSettings, on_progress: Progress | None = None) -> B
     allocators, library = _allocators(settings, notes)
     if "system" in allocators and any(key not in PEERS for key in models):
         notes.append("system allocator: pyramid's own models run with glibc malloc set to keep freed memory "
-                     "(pyramid_cli.allocator), as the pyramid command does; the peers with glibc's defaults")
+                     "(pyramid_cli.runtime.allocator), as the pyramid command does; the peers with glibc's defaults")
     if settings.threads is not None:
         import torch
 

@@ -12,10 +12,10 @@ try:
     from rich.markup import escape
 
     from pyramid_cli import __version__
-    from pyramid_cli.allocator import keep_freed_memory
-    from pyramid_cli.cli import bench, codec, dataset, doctor, evaluate, generate, models, train
+    from pyramid_cli.cli import bench, codec, dataset, doctor, edit, evaluate, generate, models, train
     from pyramid_cli.cli._shared import console
     from pyramid_cli.errors import PyramidError
+    from pyramid_cli.runtime.allocator import keep_freed_memory
 except KeyboardInterrupt:
     # Ctrl-C while `pyramid` starts up (before main() can catch it) would print an import traceback.
     sys.stderr.write("interrupted: nothing was written\n")
@@ -33,6 +33,8 @@ app = typer.Typer(
 app.command("encode")(codec.encode)
 app.command("decode")(codec.decode)
 app.command("info")(codec.info)
+app.command("strip")(edit.strip)
+app.command("slice")(edit.slice_)
 app.command("generate")(generate.generate)
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(train.app, name="train")

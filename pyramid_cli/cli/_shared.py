@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pyramid_cli.errors import InputError
-from pyramid_cli.fileio import write_bytes_atomic
+from pyramid_cli.runtime.fileio import write_bytes_atomic
 
 # stdout carries data only (audio, tokens, --json); everything for people goes to stderr.
 console = Console(stderr=True, highlight=False)

@@ -37,8 +37,8 @@ from pyramid_cli.cli._shared import (
     write_output,
 )
 from pyramid_cli.errors import InputError, PyramidError, UsageError
-from pyramid_cli.fileio import atomic_write
 from pyramid_cli.hub.registry import DEFAULT_CODEC
+from pyramid_cli.runtime.fileio import atomic_write
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
 WRITE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
@@ -215,7 +215,8 @@ def encode(
 def _read_pyr(source: str | None, header_only: bool = False) -> tuple[Any, str, int]:
     """(PyrFile, name for messages, size in bytes) from a path or stdin; ``header_only``: a
     PyrHeader instead (the payload is not unpacked, so any size of file is quick)."""
-    from pyramid_cli.pyrfile import PyrFile, PyrHeader
+    from pyramid_cli.pyr.file import PyrFile
+    from pyramid_cli.pyr.header import PyrHeader
 
     reader: Any = PyrHeader if header_only else PyrFile
     if source is None and not stdin_is_piped():
@@ -255,7 +256,7 @@ def decode(
 
       cat song.pyr | pyramid decode --levels 1 -o - | aplay
     """
-    from pyramid_cli.audio import write_audio_pieces
+    from pyramid_cli.audio.io import write_audio_pieces
     from pyramid_cli.codec.api import decoded_levels, iter_decode_pyr, load_codec_for
 
     pyr, name, _ = _read_pyr(source)
@@ -314,7 +315,7 @@ def info(
 
     Example: pyramid info song.pyr --json
     """
-    from pyramid_cli.pyrfile import pyr_summary
+    from pyramid_cli.pyr.file import pyr_summary
 
     pyr, name, size = _read_pyr(source, header_only=True)
     summary = pyr_summary(pyr, size, name)

@@ -13,7 +13,7 @@ from rich.table import Table
 from pyramid_cli.cli._shared import DeviceOption, JsonOption, console, format_hours, make_progress, print_json
 from pyramid_cli.errors import UsageError
 from pyramid_cli.hub.registry import DEFAULT_CODEC
-from pyramid_cli.locking import folder_lock
+from pyramid_cli.runtime.locking import folder_lock
 
 app = typer.Typer(help="Build and inspect training corpora rendered from MIDI.", no_args_is_help=True)
 

@@ -44,12 +44,13 @@ def eval_codec(
 
     Example: pyramid eval codec --data corpus --split test --clips 20 --json
     """
-    from pyramid_cli import transcribe, visqol_score
     from pyramid_cli.codec.api import load_codec
     from pyramid_cli.codec.evaluate import evaluate_codec, load_clips
-    from pyramid_cli.devices import resolve_device
     from pyramid_cli.errors import UsageError
     from pyramid_cli.hub.registry import DEFAULT_CODEC
+    from pyramid_cli.metrics import transcribe
+    from pyramid_cli.metrics import visqol as visqol_score
+    from pyramid_cli.runtime.devices import resolve_device
 
     if clips < 1 or clip_seconds <= 0:
         raise UsageError("--clips must be at least 1 and --clip-seconds positive")
@@ -111,14 +112,14 @@ def plot(
     """
     import torch
 
-    from pyramid_cli.audio import load_mono
+    from pyramid_cli.audio.io import load_mono
     from pyramid_cli.cli._shared import check_output, write_output
     from pyramid_cli.codec.api import load_codec
     from pyramid_cli.codec.inference import decode_codes, encode_audio
-    from pyramid_cli.devices import resolve_device
     from pyramid_cli.errors import UsageError
     from pyramid_cli.hub.registry import DEFAULT_CODEC
-    from pyramid_cli.plot import spectrogram_png
+    from pyramid_cli.metrics.plot import spectrogram_png
+    from pyramid_cli.runtime.devices import resolve_device
 
     if seconds <= 0:
         raise UsageError("--seconds must be positive")
@@ -207,11 +208,11 @@ def eval_music(
 
     Example: pyramid eval music piece.wav --plot piece.stats.png
     """
-    from pyramid_cli import music_stats, transcribe
-    from pyramid_cli.audio import load_mono
+    from pyramid_cli.audio.io import load_mono
     from pyramid_cli.cli._shared import check_output, write_output
     from pyramid_cli.errors import UsageError
-    from pyramid_cli.fad import find_audio_files
+    from pyramid_cli.metrics import music_stats, transcribe
+    from pyramid_cli.metrics.fad import find_audio_files
 
     if not window > 0:
         raise UsageError("--window must be positive")
@@ -230,7 +231,7 @@ def eval_music(
                            "summary": music_stats.summarise(windows), "windows": [w.to_dict() for w in windows]})
             progress.advance(task)
     if plot_output is not None:
-        from pyramid_cli.plot import music_stats_png
+        from pyramid_cli.metrics.plot import music_stats_png
 
         write_output(plot_output, music_stats_png([(Path(str(p["file"])).name, p["windows"])  # type: ignore[misc]
                                                    for p in pieces]))
@@ -288,7 +289,7 @@ def eval_fad(
     Example: pyramid eval fad generated/ --data corpus --split test --max-seconds 30 --json
     """
     from pyramid_cli.errors import UsageError
-    from pyramid_cli.fad import (
+    from pyramid_cli.metrics.fad import (
         corpus_split_files,
         embed_files,
         fad_from_embeddings,

@@ -83,13 +83,13 @@ def generate(
 
       pyramid generate --minutes 3 --device cuda --compile -o piece.wav   # bfloat16 + CUDA graphs
     """
-    from pyramid_cli.audio import encode_audio_bytes
+    from pyramid_cli.audio.io import encode_audio_bytes
     from pyramid_cli.cli._shared import write_output
     from pyramid_cli.hub.registry import DEFAULT_LM
     from pyramid_cli.lm.api import GenerationStart, generate_audio
     from pyramid_cli.lm.decode import DecodeSettings
     from pyramid_cli.lm.sampling import SamplingSettings
-    from pyramid_cli.threads import SAMPLING_THREADS  # imports torch: only when a command runs
+    from pyramid_cli.runtime.threads import SAMPLING_THREADS  # imports torch: only when a command runs
 
     if (minutes is None) == (seconds is None):
         raise UsageError("give the length with one of --minutes or --seconds")

@@ -15,8 +15,8 @@ from rich.progress import TextColumn
 
 from pyramid_cli.cli._shared import JsonOption, console, make_progress, print_json
 from pyramid_cli.errors import InputError, UsageError
-from pyramid_cli.fileio import read_json_object
-from pyramid_cli.locking import folder_lock
+from pyramid_cli.runtime.fileio import read_json_object
+from pyramid_cli.runtime.locking import folder_lock
 
 app = typer.Typer(help="Train models on a corpus built by `pyramid dataset build`.", no_args_is_help=True)
 

@@ -16,8 +16,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from pyramid_cli.audio import db_to_amplitude, resample, to_mono
-from pyramid_cli.audio_stream import AudioReader
+from pyramid_cli.audio.io import db_to_amplitude, resample, to_mono
+from pyramid_cli.audio.stream import AudioReader
 from pyramid_cli.codec.inference import (
     DEFAULT_CHUNK_SECONDS,
     Progress,
@@ -36,8 +36,7 @@ from pyramid_cli.hub.identity import (
     legacy_weights_hash,
 )
 from pyramid_cli.hub.registry import DEFAULT_CODEC, resolve_model, resolve_recorded
-from pyramid_cli.pyrfile import PyrFile, PyrLevel
-from pyramid_cli.pyrfile import pyr_summary as pyr_summary  # moved beside the header reader; kept here too
+from pyramid_cli.pyr.file import PyrFile, PyrLevel
 
 SILENCE_DB = -80.0  # a peak below this (about 3 LSB of 16-bit audio) holds nothing to encode
 
@@ -74,7 +73,7 @@ def load_codec(ref: str | Path = DEFAULT_CODEC, device: str | torch.device = "cp
     Args:
         ref: a checkpoint folder, a bundled or cached name, or ``hf://org/repo[@rev]``
             (see ``hub.registry.locate_model``).
-        device: a ``torch.device`` or a name for ``pyramid_cli.devices.resolve_device``.
+        device: a ``torch.device`` or a name for ``pyramid_cli.runtime.devices.resolve_device``.
         download: allow fetching an ``hf://`` reference missing from the cache.
 
     Returns:
@@ -83,7 +82,7 @@ def load_codec(ref: str | Path = DEFAULT_CODEC, device: str | torch.device = "cp
     Raises:
         FormatError: the files differ from the folder's ``checksums.json``, or do not fit each other.
     """
-    from pyramid_cli.devices import resolve_device
+    from pyramid_cli.runtime.devices import resolve_device
 
     folder = resolve_model(ref, kind="codec", download=download)
     check_checksums(folder)
@@ -103,7 +102,6 @@ def encode_file(
     name: str | None = None,
     levels: int | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-    overlap_seconds: float | None = None,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> PyrFile:
@@ -125,10 +123,10 @@ def encode_file(
         if reader.truncated and warn is not None:
             warn(truncation_message(label, reader.frames, reader.header_frames or 0, reader.original_sample_rate))
         _check_signal(label, reader.peak(), reader.num_samples, codec)
-        codes = encode_audio(codec.model, reader, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+        codes = encode_audio(codec.model, reader, chunk_seconds=chunk_seconds,
                              progress=progress)
         return _pyr(codec, codes[:kept], reader.num_samples, reader.original_sample_rate, reader.channels, label,
-                    chunk_seconds, overlap_seconds)
+                    chunk_seconds)
 
 
 def truncation_message(name: str, frames: int, header_frames: int, sample_rate: int) -> str:
@@ -145,7 +143,6 @@ def encode_waveform(
     name: str = "<audio>",
     levels: int | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-    overlap_seconds: float | None = None,
     progress: Progress | None = None,
 ) -> PyrFile:
     """Mix down to mono, resample to the codec's rate and encode chunk by chunk into a ``PyrFile``.
@@ -153,8 +150,8 @@ def encode_waveform(
     Args:
         wav: (C, T) float audio in [-1, 1] at ``sample_rate``.
         levels: keep only the first ``levels`` levels (default all the codec has).
-        chunk_seconds, overlap_seconds: see ``pyramid_cli.codec.inference.encode_audio``; the
-            tokens do not depend on them.
+        chunk_seconds: see ``pyramid_cli.codec.inference.encode_audio``; the tokens do not depend
+            on it.
         progress: called with (samples done, total samples) at the codec rate.
 
     Returns:
@@ -171,8 +168,8 @@ def encode_waveform(
     mono = resample(to_mono(np.asarray(wav, dtype=np.float32)), sample_rate, codec.model.config.sample_rate)
     _check_signal(name, float(np.max(np.abs(mono))) if mono.size else 0.0, mono.shape[1], codec)
     codes = encode_audio(codec.model, torch.from_numpy(np.ascontiguousarray(mono)), chunk_seconds=chunk_seconds,
-                         overlap_seconds=overlap_seconds, progress=progress)
-    return _pyr(codec, codes[:kept], mono.shape[1], sample_rate, wav.shape[0], name, chunk_seconds, overlap_seconds)
+                         progress=progress)
+    return _pyr(codec, codes[:kept], mono.shape[1], sample_rate, wav.shape[0], name, chunk_seconds)
 
 
 def _check_levels(codec: LoadedCodec, levels: int | None) -> int:
@@ -197,9 +194,9 @@ def _check_signal(name: str, peak: float, num_samples: int, codec: LoadedCodec) 
 
 
 def _pyr(codec: LoadedCodec, codes: list[torch.Tensor], num_samples: int, original_sample_rate: int,
-         original_channels: int, name: str, chunk_seconds: float, overlap_seconds: float | None) -> PyrFile:
+         original_channels: int, name: str, chunk_seconds: float) -> PyrFile:
     config = codec.model.config
-    overlap = receptive_field(config).encode_seconds if overlap_seconds is None else overlap_seconds
+    overlap = receptive_field(config).encode_seconds  # the context every chunk was encoded with
     return PyrFile(
         codec_name=codec.name,
         codec_hash=codec.hash,
@@ -284,7 +281,6 @@ def iter_decode_pyr(
     *,
     name: str = "the .pyr file",
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-    overlap_seconds: float | None = None,
     progress: Progress | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode the first ``levels`` levels of a ``.pyr`` (default all it stores), one chunk at a time.
@@ -301,7 +297,7 @@ def iter_decode_pyr(
     levels = decoded_levels(pyr, levels, name)
     codes = [torch.from_numpy(level.codes) for level in pyr.levels[:levels]]
     pieces = iter_decode_codes(codec.model, codes, levels=levels, num_samples=pyr.num_samples,
-                               chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, progress=progress)
+                               chunk_seconds=chunk_seconds, progress=progress)
     return (piece.numpy() for piece in pieces)
 
 
@@ -312,10 +308,8 @@ def decode_pyr(
     *,
     name: str = "the .pyr file",
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-    overlap_seconds: float | None = None,
     progress: Progress | None = None,
 ) -> np.ndarray:
     """The whole of ``iter_decode_pyr`` (same arguments) as one (1, pyr.num_samples) float32 array."""
-    pieces = list(iter_decode_pyr(pyr, codec, levels, name=name, chunk_seconds=chunk_seconds,
-                                  overlap_seconds=overlap_seconds, progress=progress))
+    pieces = list(iter_decode_pyr(pyr, codec, levels, name=name, chunk_seconds=chunk_seconds, progress=progress))
     return np.concatenate(pieces, axis=-1) if pieces else np.zeros((1, 0), dtype=np.float32)

@@ -5,7 +5,7 @@ the band-limited target of level k-1 (Eq. 2-3), the one the codec was trained to
 Codebook usage is measured over every code of every clip.
 
 Besides the distances (on the paper's scale: sums over resolutions), pitch content: the chroma
-similarity (always) and, when a transcriber is given (``pyramid_cli.transcribe``, the [eval]
+similarity (always) and, when a transcriber is given (``pyramid_cli.metrics.transcribe``, the [eval]
 extra), note onset F1 between the transcriptions of the input and of the decode. A decoder that
 outputs a buzz with the right spectral envelope can score a good mel distance; it cannot score
 note F1.
@@ -27,12 +27,12 @@ from pyramid_cli.codec.quantize import codebook_usage
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.manifest import load_manifest
 from pyramid_cli.errors import InputError
-from pyramid_cli.metrics import chroma_similarity, mel_distance, si_sdr, stft_distance, waveform_distance
-from pyramid_cli.transcribe import onset_f1
+from pyramid_cli.metrics.distances import chroma_similarity, mel_distance, si_sdr, stft_distance, waveform_distance
+from pyramid_cli.metrics.transcribe import onset_f1
 
 if TYPE_CHECKING:
-    from pyramid_cli.transcribe import Transcriber
-    from pyramid_cli.visqol_score import Visqol
+    from pyramid_cli.metrics.transcribe import Transcriber
+    from pyramid_cli.metrics.visqol import Visqol
 
 
 @dataclass

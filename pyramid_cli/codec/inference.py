@@ -96,7 +96,7 @@ def _measure(probe: PyramidCodec, frames: int) -> ReceptiveField | None:
     hops, hop, k = config.hop_lengths, config.hop_lengths[0], frames // 2
     # Encoding: the codes of every level inside coarse frame k ← input samples.
     wav = (0.1 * torch.randn(1, 1, frames * hop)).requires_grad_(True)
-    outputs = probe.quantize(probe.features(wav), train=False)
+    outputs = probe.quantize(probe.features(wav), dropout=False)
     target = torch.stack([_random_sum(out.z_q[..., k * hop // h:(k + 1) * hop // h])
                           for out, h in zip(outputs, hops, strict=True)]).sum()
     (grad,) = torch.autograd.grad(target, wav)
@@ -135,14 +135,6 @@ def receptive_field(config: CodecConfig) -> ReceptiveField:
         torch.set_num_threads(threads)
 
 
-def _context_frames(overlap_seconds: float | None, needed: int, hop: int, sample_rate: int) -> int:
-    if overlap_seconds is None:
-        return needed
-    if not overlap_seconds >= 0:
-        raise UsageError(f"overlap must be a non-negative number of seconds, got {overlap_seconds}")
-    return math.ceil(overlap_seconds * sample_rate / hop)
-
-
 def _chunk_frames(chunk_seconds: float, hop: int, sample_rate: int) -> int:
     if not (chunk_seconds > 0 and math.isfinite(chunk_seconds)):
         raise UsageError(f"chunk length must be a positive number of seconds, got {chunk_seconds}")
@@ -154,7 +146,7 @@ def _device(model: PyramidCodec) -> torch.device:
 
 
 class Signal(Protocol):
-    """Audio that can be read range by range (``pyramid_cli.audio_stream.AudioReader`` is one)."""
+    """Audio that can be read range by range (``pyramid_cli.audio.stream.AudioReader`` is one)."""
 
     num_samples: int
 
@@ -175,7 +167,6 @@ def encode_audio(
     model: PyramidCodec,
     wav: torch.Tensor | Signal,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-    overlap_seconds: float | None = None,
     progress: Progress | None = None,
 ) -> list[torch.Tensor]:
     """Encode a long mono signal chunk by chunk; the codes equal ``model.encode`` on the whole.
@@ -185,7 +176,6 @@ def encode_audio(
         wav: (1, T) audio at ``model.config.sample_rate`` (may stay on the CPU), or a ``Signal``
             read one chunk at a time, so that only one chunk of a long file is ever in memory.
         chunk_seconds: audio per chunk (rounded to whole coarse frames); bounds the memory.
-        overlap_seconds: context on each side of a chunk; None = the measured receptive field.
         progress: called with (samples done, total samples) after each chunk.
 
     Returns:
@@ -198,7 +188,7 @@ def encode_audio(
         raise InputError(f"expected mono audio shaped (1, T) with T > 0, got {shape}")
     config = model.config
     hops, hop, rate = config.hop_lengths, config.hop_lengths[0], config.sample_rate
-    context = _context_frames(overlap_seconds, receptive_field(config).encode_frames, hop, rate)
+    context = receptive_field(config).encode_frames  # each chunk sees all the audio its codes depend on
     step = _chunk_frames(chunk_seconds, hop, rate)
     total = model.frame_counts(length)[0]  # coarse frames
     pieces: list[list[torch.Tensor]] = [[] for _ in hops]
@@ -222,7 +212,6 @@ def iter_decode_codes(
     levels: int | None = None,
     num_samples: int | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-    overlap_seconds: float | None = None,
     progress: Progress | None = None,
 ) -> Iterator[torch.Tensor]:
     """Decode long codes chunk by chunk, yielding consecutive (1, n) float32 CPU pieces of the audio.
@@ -243,7 +232,7 @@ def iter_decode_codes(
     num_samples = total * hop if num_samples is None else num_samples
     if not 0 <= num_samples <= total * hop:
         raise InputError(f"{num_samples} samples asked for, the codes hold {total * hop}")
-    context = _context_frames(overlap_seconds, receptive_field(config).decode_frames, hop, rate)
+    context = receptive_field(config).decode_frames  # each chunk sees all the codes its audio depends on
     step = _chunk_frames(chunk_seconds, hop, rate)
     return _decode_pieces(model, codes[:levels], num_samples, context, step, progress)
 
@@ -272,7 +261,6 @@ def decode_codes(
     levels: int | None = None,
     num_samples: int | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-    overlap_seconds: float | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Decode long codes chunk by chunk; equals ``model.decode`` on the whole, with no seams.
@@ -284,11 +272,10 @@ def decode_codes(
         levels: how many levels to decode (default ``len(codes)``).
         num_samples: output length (default every sample the codes cover, T_0 * coarsest hop).
         chunk_seconds: audio per chunk (rounded to whole coarse frames); bounds the memory.
-        overlap_seconds: context on each side of a chunk; None = the measured receptive field.
         progress: called with (samples done, num_samples) after each chunk.
 
     Returns:
         (1, num_samples) float32 audio on the CPU.
     """
-    pieces = list(iter_decode_codes(model, codes, levels, num_samples, chunk_seconds, overlap_seconds, progress))
+    pieces = list(iter_decode_codes(model, codes, levels, num_samples, chunk_seconds, progress))
     return torch.cat(pieces, dim=-1) if pieces else torch.zeros(1, 0)

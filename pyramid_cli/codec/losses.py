@@ -3,8 +3,8 @@
 
 Differences from DAC, on purpose: magnitudes (not powers) go into log10, and the scales are
 *averaged* rather than summed (the training weights were tuned on that scale). The reported
-distances (``pyramid_cli.metrics``, DESIGN §7) sum them, as DAC and the paper do: 7x and 2x these. Both
-compute their spectra with ``pyramid_cli.spectra``.
+distances (``pyramid_cli.metrics.distances``, DESIGN §7) sum them, as DAC and the paper do: 7x and 2x these. Both
+compute their spectra with ``pyramid_cli.audio.spectra``.
 Inputs are (B, 1, T) or (B, T) audio; every loss returns a scalar.
 
 The GAN losses take discriminator outputs (``pyramid_cli.codec.discriminators.Features``: per
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyramid_cli.audio.spectra import MEL_BANDS, MEL_WINDOWS, STFT_WINDOWS, mel_magnitude, stft_magnitude
 from pyramid_cli.codec.discriminators import Features
-from pyramid_cli.spectra import MEL_BANDS, MEL_WINDOWS, STFT_WINDOWS, mel_magnitude, stft_magnitude
 
 
 def _log_l1(x: torch.Tensor, y: torch.Tensor, clamp_eps: float) -> torch.Tensor:
@@ -36,7 +36,7 @@ class MultiScaleMelLoss(nn.Module):
     """Mel distance: mean over resolutions of L1(log10(max(mel, eps))) (+ optional mel-magnitude L1).
 
     Defaults are DESIGN §7 (DAC's mel loss): windows 32…2048, hop window/4, 5…320 Slaney mel bands
-    (``pyramid_cli.spectra``, shared with the reported distances).
+    (``pyramid_cli.audio.spectra``, shared with the reported distances).
     """
 
     def __init__(

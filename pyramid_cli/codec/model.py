@@ -170,7 +170,7 @@ class PyramidCodec(nn.Module):
             fine_to_coarse.append(h)
         return [proj(f) for proj, f in zip(self.project, reversed(fine_to_coarse), strict=True)]
 
-    def quantize(self, features: Sequence[torch.Tensor], train: bool | None = None,
+    def quantize(self, features: Sequence[torch.Tensor], dropout: bool | None = None,
                  before_level: LevelHook | None = None) -> list[QuantizerOutput]:
         """Alg. 1, coarse → fine: Q[i], C[i] = RVQ_i(F[i] + U_i(Q[i-1])), no U term at level 0.
 
@@ -183,7 +183,7 @@ class PyramidCodec(nn.Module):
                 feature = feature + self.up_encode[i - 1](outputs[-1].z_q)
             if before_level is not None:
                 before_level(i, rvq, feature)
-            outputs.append(rvq(feature, train=train))
+            outputs.append(rvq(feature, dropout=dropout))
         return outputs
 
     def pad_to_frames(self, wav: torch.Tensor) -> torch.Tensor:
@@ -202,7 +202,7 @@ class PyramidCodec(nn.Module):
             Per level, level 0 first, (B, n_codebooks[i], T_i) long codes.
         """
         self._check_audio(wav)
-        return [out.codes for out in self.quantize(self.features(self.pad_to_frames(wav)), train=False)]
+        return [out.codes for out in self.quantize(self.features(self.pad_to_frames(wav)), dropout=False)]
 
     # ---- decoding (Alg. 2, Eq. 1) -----------------------------------------------------------------
 

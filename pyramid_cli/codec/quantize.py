@@ -288,16 +288,17 @@ class ResidualVectorQuantize(nn.Module):
         return [cast(VectorQuantize, q) for q in self.quantizers]
 
     def forward(
-        self, z: torch.Tensor, n_quantizers: int | None = None, train: bool | None = None
+        self, z: torch.Tensor, n_quantizers: int | None = None, dropout: bool | None = None
     ) -> QuantizerOutput:
         """Quantise ``z`` (B, D, T) with all stages (or the first ``n_quantizers`` out of training).
 
         Args:
             z: (B, D, T) latent.
             n_quantizers: stages to use (default all); in training it caps the dropout draw.
-            train: apply quantizer dropout and count code usage; defaults to ``self.training``.
+            dropout: apply quantizer dropout and count code usage (training's behaviour); defaults
+                to ``self.training``. Not ``train``, which would shadow ``nn.Module.train``.
         """
-        training = self.training if train is None else train
+        training = self.training if dropout is None else dropout
         batch = z.shape[0]
         n_q = self.n_codebooks if n_quantizers is None else min(n_quantizers, self.n_codebooks)
         kept = torch.full((batch,), n_q, device=z.device)  # stages kept per batch item

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyramid_cli import spectra
+from pyramid_cli.audio import spectra
 
 LOG_FLOOR = 1e-2  # magnitude floor before the log: -94 dB below a full-scale sine's 2,048-point peak
 MAX_LOG_MAGNITUDE = 12.0  # exp(12) ≈ 1.6e5, far above any real magnitude; keeps exp() finite

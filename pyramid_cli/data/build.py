@@ -34,7 +34,7 @@ from pyramid_cli.data.manifest import (
 )
 from pyramid_cli.data.sources import Source, shard_of, split_of
 from pyramid_cli.errors import DependencyError, ResourceError, UsageError
-from pyramid_cli.fileio import read_json_object, write_text_atomic
+from pyramid_cli.runtime.fileio import read_json_object, write_text_atomic
 
 AUDIO_FORMATS = ("flac", "wav")
 
@@ -109,7 +109,7 @@ class BuildSummary:
 
 def _render_item(source: Source, options: BuildOptions, split: str, soundfont_id: str) -> dict[str, Any]:
     """Parse or compose, merge, render and write one item. Runs inside a worker process."""
-    from pyramid_cli.audio import is_silent, peak_normalize, save_audio, trim_trailing_silence
+    from pyramid_cli.audio.io import is_silent, peak_normalize, save_audio, trim_trailing_silence
     from pyramid_cli.data.compose import compose_piece
     from pyramid_cli.data.midi import groups_present, initial_tempo, merge_tracks
     from pyramid_cli.data.midi_libs import (

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pyramid_cli.errors import FormatError
-from pyramid_cli.fileio import write_text_atomic
+from pyramid_cli.runtime.fileio import write_text_atomic
 
 MANIFEST = "manifest.jsonl"
 FAILURES = "failures.jsonl"

@@ -37,12 +37,12 @@ from pyramid_cli.data.tokens import (
     read_meta,
 )
 from pyramid_cli.errors import FormatError, InputError, PyramidError, UsageError
-from pyramid_cli.fileio import write_text_atomic
 from pyramid_cli.hub.identity import CodecIdentity, check_codec_identity
-from pyramid_cli.locking import LOCK_NAME
+from pyramid_cli.runtime.fileio import write_text_atomic
+from pyramid_cli.runtime.locking import LOCK_NAME
 
 if TYPE_CHECKING:
-    from pyramid_cli.pyrfile import PyrFile
+    from pyramid_cli.pyr.file import PyrFile
 
 
 @dataclass(frozen=True)

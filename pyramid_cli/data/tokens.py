@@ -55,7 +55,7 @@ import numpy as np
 from pyramid_cli.codec.api import LoadedCodec
 from pyramid_cli.data.manifest import SPLITS, read_jsonl
 from pyramid_cli.errors import FormatError, InputError, UsageError
-from pyramid_cli.fileio import read_json_object
+from pyramid_cli.runtime.fileio import read_json_object
 
 FORMAT = "pyramid-tokens"
 VERSION = 1

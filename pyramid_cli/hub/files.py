@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pyramid_cli.errors import FormatError, InputError, UsageError
-from pyramid_cli.fileio import read_json_object, write_bytes_atomic, write_text_atomic
+from pyramid_cli.runtime.fileio import read_json_object, write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     import torch

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError
-from pyramid_cli.fileio import read_json_object, write_text_atomic
 from pyramid_cli.hub.files import CONFIG_NAME, WEIGHTS_NAME, read_config, safetensors_header
+from pyramid_cli.runtime.fileio import read_json_object, write_text_atomic
 
 HASH_DIGITS = 16
 CHECKSUMS_NAME = "checksums.json"

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from pyramid_cli.errors import FormatError, InputError, UsageError
-from pyramid_cli.fileio import read_json_object
 from pyramid_cli.hub import bundle, hf, registry
 from pyramid_cli.hub.files import CONFIG_NAME, KIND_NAMES, README_NAME, WEIGHTS_NAME, is_model_dir
 from pyramid_cli.hub.identity import HASHED_FILES, write_checksums
+from pyramid_cli.runtime.fileio import read_json_object
 
 EXPORT_DIR = "export"
 METRICS_NAME = "metrics.jsonl"

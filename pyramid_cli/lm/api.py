@@ -26,7 +26,8 @@ from pyramid_cli.lm.decode import DecodeSettings, dtype_name
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import PyramidLM, check_codec
 from pyramid_cli.lm.sampling import ProgressCallback, SamplingSettings, generate
-from pyramid_cli.pyrfile import ProvenanceValue, PyrFile, PyrLevel
+from pyramid_cli.pyr.file import PyrFile, PyrLevel
+from pyramid_cli.pyr.header import ProvenanceValue
 
 MAX_SECONDS = 3600.0
 
@@ -47,14 +48,14 @@ def load_lm(ref: str | Path = DEFAULT_LM, device: str | torch.device = "cpu", *,
     Args:
         ref: a folder (config.json + model.safetensors), a bundled or cached name, or
             ``hf://org/repo[@rev]`` (see ``hub.registry.locate_model``).
-        device: a ``torch.device`` or a name for ``pyramid_cli.devices.resolve_device``.
+        device: a ``torch.device`` or a name for ``pyramid_cli.runtime.devices.resolve_device``.
         download: allow fetching an ``hf://`` reference missing from the cache.
 
     Raises:
         InputError: no such model, or a codec where an LM is needed. FormatError: the files differ
         from the folder's ``checksums.json``, or do not fit each other.
     """
-    from pyramid_cli.devices import resolve_device
+    from pyramid_cli.runtime.devices import resolve_device
 
     folder = locate_model(ref, kind="lm", download=download).path
     check_checksums(folder)
@@ -268,10 +269,10 @@ def generate_audio(
     """
     import secrets
 
-    from pyramid_cli.audio import load_audio
+    from pyramid_cli.audio.io import load_audio
     from pyramid_cli.codec.api import decode_pyr, encode_waveform, load_codec
-    from pyramid_cli.devices import resolve_device
     from pyramid_cli.hub.registry import resolve_recorded
+    from pyramid_cli.runtime.devices import resolve_device
 
     if not math.isfinite(seconds):
         raise UsageError(f"the length must be a finite number of seconds, got {seconds}")

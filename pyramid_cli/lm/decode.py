@@ -28,7 +28,7 @@ from torch import nn
 from pyramid_cli.errors import DependencyError, UsageError
 from pyramid_cli.lm.layout import TokenSequence, padded_key_slots
 from pyramid_cli.lm.model import KVCache, PyramidLM
-from pyramid_cli.threads import SAMPLING_THREADS
+from pyramid_cli.runtime.threads import SAMPLING_THREADS
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,7 +77,7 @@ class DecodeSettings:
         dtype: one of ``DTYPE_CHOICES`` (see ``resolve_dtype``).
         compile: ``torch.compile`` the per-token step (CUDA: ``mode="reduce-overhead"``, i.e.
             CUDA graphs). Compilation takes tens of seconds on first use in a process.
-        threads: CPU threads while sampling (``pyramid_cli.threads``: one by default, measured
+        threads: CPU threads while sampling (``pyramid_cli.runtime.threads``: one by default, measured
             fastest idle and 4x faster than two with another process busy); None = as set.
     """
 

@@ -24,7 +24,7 @@ from pyramid_cli.errors import UsageError
 from pyramid_cli.lm.decode import DecodeSettings, autocast, make_step
 from pyramid_cli.lm.layout import TokenSequence, key_mask
 from pyramid_cli.lm.model import KVCache, PyramidLM
-from pyramid_cli.threads import torch_threads
+from pyramid_cli.runtime.threads import torch_threads
 
 ProgressCallback = Callable[[int, int, int], None]  # (tokens generated, tokens to generate, level of the last)
 

@@ -6,7 +6,7 @@ RVQ commitment (0.25) and codebook (1.0) losses, and, switched on by ``gan``, DA
 (``pyramid_cli.train.codec_gan``; off by default: it makes a CPU step about 3x slower).
 
 ``train_codec`` resumes by default: a run folder holds config.json, metrics.jsonl, checkpoints/
-(step-*/ folders + ``last``/``best`` pointers, see ``pyramid_cli.checkpoint``) and export/ (the
+(step-*/ folders + ``last``/``best`` pointers, see ``pyramid_cli.train.checkpoint``) and export/ (the
 fp16 model to ship). Everything random is either restored from the checkpoint (torch RNG of each
 rank) or a pure function of (seed, step) or of (seed, crop index), so a resumed CPU run is
 bit-identical to an uninterrupted one, with or without GAN (the discriminator and its optimiser
@@ -25,13 +25,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from pyramid_cli.checkpoint import latest_checkpoint
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss
 from pyramid_cli.data.audio_dataset import CropSampler, NoteCropDataset, RandomCropDataset
 from pyramid_cli.errors import UsageError
-from pyramid_cli.fileio import read_json_object, write_text_atomic
+from pyramid_cli.runtime.fileio import read_json_object, write_text_atomic
 from pyramid_cli.train import codec_parts as parts_
+from pyramid_cli.train.checkpoint import latest_checkpoint
 from pyramid_cli.train.codec_gan import Adversary, autocast
 from pyramid_cli.train.common import DistInfo, seed_everything, setup_distributed, step_generator, teardown_distributed
 from pyramid_cli.train.config import CodecTrainConfig

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pyramid_cli.checkpoint import LoadedState, load_optimizer_state, optimizer_state
 from pyramid_cli.codec.discriminators import Discriminator, Features
 from pyramid_cli.codec.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from pyramid_cli.errors import FormatError, UsageError
+from pyramid_cli.train.checkpoint import LoadedState, load_optimizer_state, optimizer_state
 from pyramid_cli.train.common import DistInfo, check_replicas_in_sync, learning_rate
 from pyramid_cli.train.config import CodecTrainConfig
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from pyramid_cli.audio.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, mel_magnitude
 from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
 from pyramid_cli.codec.quantize import ResidualVectorQuantize, codebook_usage
@@ -24,9 +25,8 @@ from pyramid_cli.codec.spectral import log_magnitude as log_magnitude_of
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.audio_dataset import RandomCropDataset, fixed_clips
 from pyramid_cli.errors import FormatError, InputError, UsageError
-from pyramid_cli.fileio import read_json_object
-from pyramid_cli.metrics import mel_distance
-from pyramid_cli.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, mel_magnitude
+from pyramid_cli.metrics.distances import mel_distance
+from pyramid_cli.runtime.fileio import read_json_object
 from pyramid_cli.train.codec_gan import Adversary
 from pyramid_cli.train.common import DistInfo
 from pyramid_cli.train.config import CodecTrainConfig
@@ -202,7 +202,7 @@ def reseed_dead_codes(model: PyramidCodec, wav: torch.Tensor, info: DistInfo, ge
             replaced += rvq.reseed_dead_codes(inputs, generator=generator)
 
         # Alg. 1 as encoding runs it, with each level reseeded just before it quantizes its inputs.
-        model.quantize(model.features(model.pad_to_frames(wav.float())), train=False, before_level=reseed)
+        model.quantize(model.features(model.pad_to_frames(wav.float())), dropout=False, before_level=reseed)
     else:
         for stage in stages:
             stage.code_counts.zero_()

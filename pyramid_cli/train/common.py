@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pyramid_cli.devices import resolve_device
 from pyramid_cli.errors import UsageError
+from pyramid_cli.runtime.devices import resolve_device
 
 SCHEDULES = ("exponential", "cosine", "constant")
 
@@ -47,7 +47,7 @@ class DistInfo:
 
 
 def training_device(name: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
-    """``pyramid_cli.devices.resolve_device``, except that under torchrun "auto" and "cuda" mean
+    """``pyramid_cli.runtime.devices.resolve_device``, except that under torchrun "auto" and "cuda" mean
     cuda:<LOCAL_RANK> (one GPU per process)."""
     device = resolve_device(name)
     if distributed and device.type == "cuda" and name.strip().lower() in ("auto", "cuda"):

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from pyramid_cli.checkpoint import latest_checkpoint
 from pyramid_cli.data.tokens import TokenItem, TokenMeta, TokenSet
 from pyramid_cli.errors import UsageError
-from pyramid_cli.fileio import read_json_object, write_text_atomic
 from pyramid_cli.hub.identity import CodecIdentity
 from pyramid_cli.lm.config import LMConfig
 from pyramid_cli.lm.layout import Layout, TokenSequence, make_layout, special_tokens
 from pyramid_cli.lm.model import PyramidLM, check_codec
+from pyramid_cli.runtime.fileio import read_json_object, write_text_atomic
+from pyramid_cli.train.checkpoint import latest_checkpoint
 from pyramid_cli.train.common import DistInfo, seed_everything, setup_distributed, teardown_distributed
 from pyramid_cli.train.config import LMTrainConfig
 from pyramid_cli.train.loop import LogCallback, Progress, RunFolder, restore, run_loop

@@ -10,7 +10,7 @@ were checked to agree, so a resumed multi-process run continues each rank's rand
 quantizer dropout) exactly where it stopped.
 
 A run folder: ``config.json`` (the resolved settings), ``metrics.jsonl`` (one record a line),
-``checkpoints/`` (``pyramid_cli.checkpoint``) and ``export/`` (fp16 weights ready to load).
+``checkpoints/`` (``pyramid_cli.train.checkpoint``) and ``export/`` (fp16 weights ready to load).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-from pyramid_cli.checkpoint import LoadedState, load_training_state, save_training_state, step_dir_name
 from pyramid_cli.data.manifest import append_jsonl, read_jsonl, write_jsonl
 from pyramid_cli.errors import PyramidError
+from pyramid_cli.train.checkpoint import LoadedState, load_training_state, save_training_state, step_dir_name
 from pyramid_cli.train.common import (
     DistInfo,
     RunningMeans,

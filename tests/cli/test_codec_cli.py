@@ -23,7 +23,7 @@ import torch
 from pyramid_cli.cli import main
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.hub import identity, registry
-from pyramid_cli.pyrfile import PyrFile
+from pyramid_cli.pyr.file import PyrFile
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=8, latent_dim=16, decoder_dim=32)  # p111 strides
 RATE = 22050

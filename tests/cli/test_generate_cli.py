@@ -14,7 +14,7 @@ import torch
 
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.hub.identity import codec_identity
-from pyramid_cli.pyrfile import PyrFile
+from pyramid_cli.pyr.file import PyrFile
 
 TINY_CODEC = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)
 

@@ -9,13 +9,13 @@ import io
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cli_runner import Result
 
 from pyramid_cli.cli import main
 from pyramid_cli.codec import CodecConfig, PyramidCodec
@@ -25,18 +25,6 @@ from pyramid_cli.lm.model import PyramidLM
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=8, latent_dim=16, decoder_dim=32)
 RATE = 22050
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: bytes
-    stderr: str
-
-
-class _Terminal(io.BytesIO):
-    def isatty(self) -> bool:
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +42,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    """Run `pyramid ARGS` in-process; stdin is a terminal unless bytes are given."""
-
-    def run(*args: str, stdin: bytes | None = None) -> Result:
-        stream = _Terminal() if stdin is None else io.BytesIO(stdin)
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stream))
-        with pytest.raises(SystemExit) as exit_info:
-            main(list(args))
-        out, err = capsysbinary.readouterr()
-        return Result(int(exit_info.value.code or 0), out, err.decode())
-
-    return run
+def cli(pyramid: Callable[..., Result]) -> Callable[..., Result]:
+    """``pyramid ARGS`` in-process (tests/cli/conftest.py)."""
+    return pyramid
 
 
 def tone(seconds: float, rate: int = RATE) -> np.ndarray:
@@ -112,7 +91,7 @@ def test_non_finite_prompt_is_refused(cli, models, tmp_path: Path):
 def test_second_writer_is_refused_naming_the_holder(cli, models, tmp_path: Path, command: str):
     import os
 
-    from pyramid_cli.locking import folder_lock
+    from pyramid_cli.runtime.locking import folder_lock
 
     out = tmp_path / "out"
     args = {"build": ["dataset", "build", "--procedural", "1", "--procedural-seconds", "2", "--out", str(out)],
@@ -135,7 +114,7 @@ def test_second_writer_is_refused_naming_the_holder(cli, models, tmp_path: Path,
 
 
 def test_lock_is_released_and_reusable(tmp_path: Path):
-    from pyramid_cli.locking import LockedError, folder_lock
+    from pyramid_cli.runtime.locking import LockedError, folder_lock
 
     with folder_lock(tmp_path / "x"):
         with pytest.raises(LockedError, match="PID"):
@@ -150,7 +129,7 @@ def test_lock_is_released_and_reusable(tmp_path: Path):
 
 def test_encode_does_not_replace_a_file_written_meanwhile(cli, models, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch):
-    from pyramid_cli.pyrfile import PyrFile
+    from pyramid_cli.pyr.file import PyrFile
 
     sf.write(tmp_path / "a.wav", tone(1.0), RATE)
     target = tmp_path / "a.pyr"
@@ -170,7 +149,7 @@ def test_encode_does_not_replace_a_file_written_meanwhile(cli, models, tmp_path:
 
 
 def test_exclusive_atomic_write(tmp_path: Path):
-    from pyramid_cli.fileio import write_bytes_atomic
+    from pyramid_cli.runtime.fileio import write_bytes_atomic
 
     write_bytes_atomic(tmp_path / "f", b"one", exclusive=True)
     with pytest.raises(FileExistsError):
@@ -278,7 +257,7 @@ def test_full_disk_during_decode(cli, models, tmp_path: Path, monkeypatch: pytes
     import errno
 
     import pyramid_cli.cli.codec as codec_cli
-    from pyramid_cli.fileio import atomic_write
+    from pyramid_cli.runtime.fileio import atomic_write
 
     sf.write(tmp_path / "a.wav", tone(3.0), RATE)
     assert cli("encode", str(tmp_path / "a.wav"), "--model", str(models[0]), "--device", "cpu").code == 0
@@ -316,7 +295,7 @@ def test_full_disk_during_decode(cli, models, tmp_path: Path, monkeypatch: pytes
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path):
     import subprocess
 
-    from pyramid_cli.fileio import write_bytes_atomic
+    from pyramid_cli.runtime.fileio import write_bytes_atomic
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
@@ -333,7 +312,7 @@ SLOW_WRITER = (
     "import sys, time\n"
     "from pyramid_cli.cli import main\n"
     "import pyramid_cli.cli as cli\n"
-    "from pyramid_cli.fileio import atomic_write\n"
+    "from pyramid_cli.runtime.fileio import atomic_write\n"
     "def slow():\n"
     "    with atomic_write(sys.argv[1]) as handle:\n"
     "        handle.write(b'part'); handle.flush(); print('writing', flush=True); time.sleep(60)\n"
@@ -537,19 +516,19 @@ def test_starting_the_cli_does_not_import_torch():
 
 def test_info_reads_the_header_only_and_shows_the_same(cli, models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """With unpacking made impossible, info (table, --json, stdin) prints exactly what the whole file gives."""
-    import pyramid_cli.pyrfile as pyrfile
-    from pyramid_cli.codec.api import pyr_summary
+    import pyramid_cli.pyr.file as pyr_file
+    from pyramid_cli.pyr.file import pyr_summary
 
     sf.write(tmp_path / "a.wav", tone(3.0), RATE)
     assert cli("encode", str(tmp_path / "a.wav"), "--model", str(models[0]), "--device", "cpu").code == 0
     path = tmp_path / "a.pyr"
-    expected = pyr_summary(pyrfile.PyrFile.read(path), path.stat().st_size, str(path))  # codes unpacked
+    expected = pyr_summary(pyr_file.PyrFile.read(path), path.stat().st_size, str(path))  # codes unpacked
     table_before = cli("info", str(path))
 
     def no_unpacking(*args: object, **kwargs: object) -> None:
         raise AssertionError("info unpacked the codes")
 
-    monkeypatch.setattr(pyrfile, "unpack_codes", no_unpacking)
+    monkeypatch.setattr(pyr_file, "unpack_codes", no_unpacking)
     assert cli("decode", str(path), "-o", str(tmp_path / "a.out.wav"), "--model", str(models[0]),
                "--device", "cpu").code == 1  # the patch bites: reading the whole file needs unpacking
     as_json = cli("info", str(path), "--json")
@@ -564,7 +543,7 @@ def test_info_reads_the_header_only_and_shows_the_same(cli, models, tmp_path: Pa
 def test_info_does_not_import_torch(tmp_path: Path):
     """info of any file is a quick look: torch's import alone took 2 s and 600 MB (a 17 MB .pyr took
     2.2 s and 770 MB in info, 0.4 s and 50 MB without torch)."""
-    from pyramid_cli.pyrfile import PyrFile, PyrLevel
+    from pyramid_cli.pyr.file import PyrFile, PyrLevel
 
     PyrFile(codec_name="x", codec_hash="ab" * 16, sample_rate=RATE, num_samples=2048 * 4, original_sample_rate=RATE,
             original_channels=1, levels=[PyrLevel(2048, np.zeros((1, 4), np.int64))]).write(tmp_path / "x.pyr")

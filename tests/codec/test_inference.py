@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyramid_cli.codec import CodecConfig, PyramidCodec, p111_small
-from pyramid_cli.codec.inference import decode_codes, encode_audio, receptive_field
+from pyramid_cli.codec import CodecConfig, PyramidCodec, inference, p111_small
+from pyramid_cli.codec.inference import ReceptiveField, decode_codes, encode_audio, receptive_field
 from pyramid_cli.errors import InputError, UsageError
 
 # The p111 geometry (strides 4,4,4,4 then 2,2,2: hops 2048 / 1024 / 512) at toy widths.
@@ -54,21 +54,29 @@ def test_encode_is_chunk_invariant(model, wav, whole, chunk_seconds):
         assert torch.equal(chunked, reference), f"level {level}: {(chunked != reference).sum()} codes differ"
 
 
-def test_too_little_overlap_changes_the_codes(model, wav, whole):
+def no_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks without context on either side (the receptive field measured as nothing)."""
+    monkeypatch.setattr(inference, "receptive_field", lambda config: ReceptiveField(0, 0, config.hop_lengths[0],
+                                                                                     config.sample_rate))
+
+
+def test_too_little_overlap_changes_the_codes(model, wav, whole, monkeypatch: pytest.MonkeyPatch):
     """The overlap is what makes chunking exact: without it, codes next to chunk edges change."""
-    codes = encode_audio(model, wav, chunk_seconds=0.3, overlap_seconds=0.0)
+    no_overlap(monkeypatch)
+    codes = encode_audio(model, wav, chunk_seconds=0.3)
     assert any(not torch.equal(c, w) for c, w in zip(codes, whole, strict=True))
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3])
-def test_decode_is_chunk_invariant_and_exact_length(model, whole, levels):
+def test_decode_is_chunk_invariant_and_exact_length(model, whole, levels, monkeypatch: pytest.MonkeyPatch):
     with torch.inference_mode():
         reference = model.decode([c[None] for c in whole], levels=levels, length=LENGTH)[0]
     for chunk_seconds in (0.3, 1.1):
         audio = decode_codes(model, whole, levels=levels, num_samples=LENGTH, chunk_seconds=chunk_seconds)
         assert audio.shape == (1, LENGTH)
         assert (audio - reference).abs().max() < 1e-5  # float rounding only: no seam
-    seamy = decode_codes(model, whole, levels=levels, num_samples=LENGTH, chunk_seconds=0.3, overlap_seconds=0)
+    no_overlap(monkeypatch)
+    seamy = decode_codes(model, whole, levels=levels, num_samples=LENGTH, chunk_seconds=0.3)
     assert (seamy - reference).abs().max() > 1e-3
 
 
@@ -107,8 +115,6 @@ def test_bad_arguments(model, whole):
         encode_audio(model, torch.zeros(2, 100))
     with pytest.raises(UsageError, match="chunk length"):
         encode_audio(model, torch.zeros(1, 100), chunk_seconds=0)
-    with pytest.raises(UsageError, match="overlap"):
-        encode_audio(model, torch.zeros(1, 100), overlap_seconds=-1)
     with pytest.raises(InputError, match="samples asked for"):
         decode_codes(model, whole, num_samples=whole[0].shape[-1] * 2048 + 1)
     with pytest.raises(UsageError, match="cannot decode 3 levels"):

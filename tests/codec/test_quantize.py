@@ -113,8 +113,8 @@ def test_quantizer_dropout_keeps_a_prefix_of_stages():
         assert matches, f"item {b} is not a prefix sum of its stages"
         kept.append(matches[0])
     assert min(kept) < 4  # some items dropped stages
-    # Without training mode or with train=False nothing is dropped.
-    torch.testing.assert_close(rvq(z, train=False).z_q, rvq.from_codes(out.codes))
+    # Without training mode or with dropout=False nothing is dropped.
+    torch.testing.assert_close(rvq(z, dropout=False).z_q, rvq.from_codes(out.codes))
 
 
 def test_usage_stats_count_only_in_training():

@@ -29,7 +29,7 @@ from pyramid_cli.lm.decode import DecodeSettings, DecodeStep
 from pyramid_cli.lm.layout import TokenSequence, make_layout
 from pyramid_cli.lm.model import KVCache, PyramidLM
 from pyramid_cli.lm.sampling import SamplingSettings, generate
-from pyramid_cli.pyrfile import PyrFile
+from pyramid_cli.pyr.file import PyrFile
 
 pytestmark = pytest.mark.cuda
 

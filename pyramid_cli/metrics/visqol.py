@@ -39,7 +39,7 @@ class Visqol:
 
         None for clips too short for ViSQOL's patches (about a second).
         """
-        from pyramid_cli.audio import resample
+        from pyramid_cli.audio.io import resample
 
         def prepare(wav: np.ndarray) -> np.ndarray:
             wav = np.asarray(wav, dtype=np.float32).reshape(1, -1)

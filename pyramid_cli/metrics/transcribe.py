@@ -142,7 +142,7 @@ class Transcriber:
         """Transcribe mono audio (T,) at any rate (resampled to 22,050 Hz)."""
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if sample_rate != SAMPLE_RATE:
-            from pyramid_cli.audio import resample
+            from pyramid_cli.audio.io import resample
 
             audio = resample(audio, sample_rate, SAMPLE_RATE)
         note, onset, contour = self.posteriors(audio)

@@ -10,7 +10,7 @@ shaped (T,) and its sample rate and returns (n_frames, dim) embeddings. Two are 
 over 1-second windows (0.5 s hop):
 
 - ``notes`` (the default, `note_statistics`): statistics of the frame posteriors of the
-  transcription model (Basic Pitch, `pyramid_cli.transcribe`): which pitch classes and octaves
+  transcription model (Basic Pitch, `pyramid_cli.metrics.transcribe`): which pitch classes and octaves
   sound, which pitch classes start notes, how many notes start and sound at once, and how much
   the harmony changes within the second. It sees notes, not timbre: a drone or a buzz is far
   from music in it even when its loudness and spectral balance match (the mel statistics rated
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pyramid_cli.audio import load_audio, resample, to_mono
+from pyramid_cli.audio.io import load_audio, resample, to_mono
 from pyramid_cli.data.manifest import SPLITS, load_manifest
 from pyramid_cli.errors import InputError, UsageError
 
@@ -92,7 +92,7 @@ def mel_statistics(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     """
     import torch
 
-    from pyramid_cli.spectra import mel_magnitude, stft_magnitude
+    from pyramid_cli.audio.spectra import mel_magnitude, stft_magnitude
 
     mono = np.asarray(wav, dtype=np.float32)
     if mono.ndim == 2 and mono.shape[0] == 1:
@@ -162,7 +162,7 @@ def note_statistics_from_posteriors(note: np.ndarray, onset: np.ndarray) -> np.n
 
     A window of silence is all zeros (no empty profile is normalised).
     """
-    from pyramid_cli.transcribe import FRAMES_PER_SECOND, LOWEST_PITCH
+    from pyramid_cli.metrics.transcribe import FRAMES_PER_SECOND, LOWEST_PITCH
 
     note = np.asarray(note, dtype=np.float64)
     onset = np.asarray(onset, dtype=np.float64)
@@ -199,7 +199,7 @@ def note_statistics_embedding(threads: int = 1) -> EmbeddingFn:
     Raises:
         DependencyError: the transcription model is not installed (at call time of this factory).
     """
-    from pyramid_cli.transcribe import SAMPLE_RATE, Transcriber
+    from pyramid_cli.metrics.transcribe import SAMPLE_RATE, Transcriber
 
     transcriber = Transcriber(threads=threads)
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pyramid_cli.errors import FormatError
-from pyramid_cli.fileio import read_json_object, write_bytes_atomic, write_text_atomic
+from pyramid_cli.runtime.fileio import read_json_object, write_bytes_atomic, write_text_atomic
 
 STATE_FORMAT = "pyramid-training-state"
 STATE_VERSION = 1

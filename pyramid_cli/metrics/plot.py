@@ -9,8 +9,8 @@ import io
 
 import torch
 
+from pyramid_cli.audio.spectra import log_mel
 from pyramid_cli.errors import DependencyError
-from pyramid_cli.spectra import log_mel
 
 
 def spectrogram_png(rows: list[tuple[str, torch.Tensor]], sample_rate: int) -> bytes:

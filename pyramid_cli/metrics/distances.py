@@ -14,7 +14,7 @@ the numbers are on the scale of the paper's Table 1 (p111: mel 0.953, STFT 1.247
 training weights were tuned on that scale).
 
 A mel distance alone cannot tell a static buzz with the right spectral envelope from music, so
-`chroma_similarity` (dependency-free) and note onset F1 (`pyramid_cli.transcribe`) measure pitch.
+`chroma_similarity` (dependency-free) and note onset F1 (`pyramid_cli.metrics.transcribe`) measure pitch.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from pyramid_cli.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, STFT_WINDOWS, mel_magnitude, stft_magnitude
+from pyramid_cli.audio.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, STFT_WINDOWS, mel_magnitude, stft_magnitude
 
 Reduction = Literal["mean", "none"]
 

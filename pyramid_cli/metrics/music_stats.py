@@ -1,6 +1,6 @@
 """Is it music, and does it stay music? Statistics of a transcription, window by window.
 
-From the notes a transcription model finds (``pyramid_cli.transcribe``), per window (30 s by
+From the notes a transcription model finds (``pyramid_cli.metrics.transcribe``), per window (30 s by
 default): notes per second, distinct pitches, pitch-class entropy, the best-matching key and its
 clarity, the fraction of time some note sounds, and a repetition measure. A 3-minute piece that
 collapses into a drone or a loop shows it as falling notes per second, distinct pitches and
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pyramid_cli.transcribe import Note
+from pyramid_cli.metrics.transcribe import Note
 
 # Krumhansl & Kessler (1982) probe-tone ratings, tonic first.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])

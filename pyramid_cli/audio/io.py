@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from pyramid_cli.errors import InputError
-from pyramid_cli.fileio import atomic_write
+from pyramid_cli.runtime.fileio import atomic_write
 
 SAVE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
