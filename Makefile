@@ -75,7 +75,7 @@ bench: install system-deps
 # The prepared GPU check (issue 14): machine, `pytest -m cuda`, bf16 training with exact resume,
 # 3-minute pieces (paper-size LM eager and compiled, bundled LM), `pyramid bench --device cuda`, all
 # in under 8 minutes; reports in $(GPU_CHECK_OUT)/gpu-check.{json,md}. DEVICE=cpu: a tiny dry run
-# (about 30 s; the test suite runs it too).
+# (about a minute; `make test-slow` runs it too).
 DEVICE ?= cuda
 GPU_CHECK_OUT ?= gpu-check
 gpu-check: install

@@ -1,12 +1,17 @@
-"""Shared fixtures: the real MIDI files beside the repo (skipped when absent) and tiny corpora."""
+"""Shared fixtures: the real MIDI files beside the repo (skipped when absent), tiny corpora, and
+``pyramid``: the command line run in-process (``pyramid_cli.cli.main``: the installed command's own
+error mapping and exit codes, without a new process and its torch import per call)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import Result, _Terminal
 
 SHARED_MIDI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "midi"
 
@@ -47,3 +52,20 @@ def token_set_writer():
     from token_sets import write_token_set
 
     return write_token_set
+
+
+@pytest.fixture
+def pyramid(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Run ``pyramid ARGS`` in-process; stdin is a terminal unless bytes are given."""
+
+    def run(*args: str, stdin: bytes | None = None) -> Result:
+        stream = _Terminal() if stdin is None else io.BytesIO(stdin)
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stream))
+        from pyramid_cli.cli import main
+
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(args))
+        out, err = capsysbinary.readouterr()
+        return Result(int(exit_info.value.code or 0), out, err.decode())
+
+    return run

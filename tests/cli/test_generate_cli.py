@@ -1,10 +1,8 @@
-"""`pyramid train lm`, `pyramid generate` and `pyramid eval lm` end to end with tiny real models."""
+"""`pyramid train lm`, `pyramid generate` and `pyramid eval lm` end to end with tiny real models, in-process."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +13,10 @@ import torch
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.hub.identity import codec_identity
 from pyramid_cli.pyr.file import PyrFile
+from pyramid_cli.train.config import LMTrainConfig
+from pyramid_cli.train.lm import train_lm
 
 TINY_CODEC = CodecConfig(name="tiny-p111", encoder_dim=4, latent_dim=8, decoder_dim=32, codebook_size=64)
-
-
-def pyramid(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pyramid_cli", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +27,28 @@ def models(tmp_path_factory: pytest.TempPathFactory, token_set_writer) -> tuple[
     PyramidCodec(TINY_CODEC).eval().save_pretrained(root / "codec")
     name, digest = codec_identity(root / "codec")
     tokens = token_set_writer(root / "tokens", name, digest, {"train": [40, 30], "valid": [30], "test": [30]})
-    result = pyramid("train", "lm", "--tokens", str(tokens), "--run", str(root / "run"), "--preset", "tiny",
-                     "--steps", "6", "--batch-size", "2", "--device", "cpu", "--set", "eval_every=3",
-                     "--set", "eval_windows=4", "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["finished"] and report["step"] == 6
+    result = train_lm(root / "run", LMTrainConfig(model="tiny", steps=6, batch_size=2, device="cpu", eval_every=3,
+                                                  eval_windows=4), tokens)
+    assert result.finished and result.step == 6
     return root / "codec", root / "run" / "export", tokens
 
 
-def test_generate_writes_audio_and_reproducible_tokens(models: tuple[Path, Path, Path], tmp_path: Path):
+def test_train_lm_command(pyramid, models: tuple[Path, Path, Path], tmp_path: Path):
+    _, _, tokens = models
+    result = pyramid("train", "lm", "--tokens", str(tokens), "--run", str(tmp_path / "run"), "--preset", "tiny",
+                     "--steps", "2", "--batch-size", "2", "--device", "cpu", "--set", "eval_every=2",
+                     "--set", "eval_windows=4", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["finished"] and report["step"] == 2 and (tmp_path / "run" / "export" / "model.safetensors").exists()
+
+
+def test_generate_writes_audio_and_reproducible_tokens(pyramid, models: tuple[Path, Path, Path], tmp_path: Path):
     codec, lm, _ = models
     args = ["generate", "--seconds", "2", "--lm", str(lm), "--model", str(codec), "--seed", "3",
             "--temperature", "1.3", "--device", "cpu"]
     first = pyramid(*args, "-o", str(tmp_path / "a.wav"), "--save-tokens", str(tmp_path / "a.pyr"), "--json")
-    assert first.returncode == 0, first.stderr
+    assert first.code == 0, first.stderr
     summary = json.loads(first.stdout)
     assert summary["seed"] == 3 and summary["levels"] == 3 and summary["tokens_generated"] > 0
     audio, rate = sf.read(tmp_path / "a.wav")
@@ -54,22 +56,22 @@ def test_generate_writes_audio_and_reproducible_tokens(models: tuple[Path, Path,
     assert rate == 22050 and len(audio) == pyr.num_samples >= 2 * 22050
     assert pyr.frames == [22, 44, 88] and pyr.provenance["seed"] == 3 and pyr.provenance["temperature"] == 1.3
     second = pyramid(*args, "--save-tokens", str(tmp_path / "b.pyr"))
-    assert second.returncode == 0, second.stderr
+    assert second.code == 0, second.stderr
     assert (tmp_path / "a.pyr").read_bytes() == (tmp_path / "b.pyr").read_bytes(), "same seed, same tokens"
     decoded = pyramid("decode", str(tmp_path / "a.pyr"), "--model", str(codec), "--levels", "1", "--device", "cpu")
-    assert decoded.returncode == 0, decoded.stderr
+    assert decoded.code == 0, decoded.stderr
     again = pyramid(*args, "--save-tokens", str(tmp_path / "a.pyr"))
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.code == 1 and "already exists" in again.stderr
 
 
-def test_continuation_keeps_the_prompt(models: tuple[Path, Path, Path], tmp_path: Path):
+def test_continuation_keeps_the_prompt(pyramid, models: tuple[Path, Path, Path], tmp_path: Path):
     codec, lm, _ = models
     base = ["--lm", str(lm), "--model", str(codec), "--device", "cpu"]
     assert pyramid("generate", "--seconds", "2", *base, "--seed", "1", "--save-tokens", str(tmp_path / "p.pyr"),
-                   ).returncode == 0
+                   ).code == 0
     result = pyramid("generate", "--seconds", "3", *base, "--seed", "2", "--prompt", str(tmp_path / "p.pyr"),
                      "--prompt-seconds", "1", "--num-samples", "2", "--save-tokens", str(tmp_path / "c.pyr"), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     prompt = PyrFile.read(tmp_path / "p.pyr")
     for name in ("c-1.pyr", "c-2.pyr"):
         continued = PyrFile.read(tmp_path / name)
@@ -80,15 +82,15 @@ def test_continuation_keeps_the_prompt(models: tuple[Path, Path, Path], tmp_path
     assert json.loads(result.stdout)["prompt_seconds"] == pytest.approx(10 * 2048 / 22050)
 
 
-def test_coarse_sketch_and_eval(models: tuple[Path, Path, Path], tmp_path: Path):
+def test_coarse_sketch_and_eval(pyramid, models: tuple[Path, Path, Path], tmp_path: Path):
     codec, lm, tokens = models
     result = pyramid("generate", "--seconds", "2", "--lm", str(lm), "--model", str(codec), "--levels", "1",
                      "--device", "cpu", "-o", str(tmp_path / "s.wav"), "--save-tokens", str(tmp_path / "s.pyr"))
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert PyrFile.read(tmp_path / "s.pyr").n_levels == 1 and "seed" in result.stderr
     evaluated = pyramid("eval", "lm", "--tokens", str(tokens), "--lm", str(lm), "--windows", "4", "--device", "cpu",
                         "--json")
-    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.code == 0, evaluated.stderr
     record = json.loads(evaluated.stdout)
     assert record["split"] == "test" and all(record[f"tokens_l{i}"] > 0 for i in range(3))
 
@@ -107,37 +109,39 @@ def test_coarse_sketch_and_eval(models: tuple[Path, Path, Path], tmp_path: Path)
         (["--seconds", "2", "-o", "x.wav", "--dtype", "float16"], 2, "--dtype float16 needs a CUDA device"),
     ],
 )
-def test_bad_options(models: tuple[Path, Path, Path], tmp_path: Path, args: list[str], code: int, message: str):
+def test_bad_options(pyramid, models: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                     args: list[str], code: int, message: str):
     codec, lm, _ = models
-    result = pyramid("generate", *args, "--lm", str(lm), "--model", str(codec), "--device", "cpu", cwd=tmp_path)
-    assert result.returncode == code, result.stderr
+    monkeypatch.chdir(tmp_path)
+    result = pyramid("generate", *args, "--lm", str(lm), "--model", str(codec), "--device", "cpu")
+    assert result.code == code, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.wav").exists()
 
 
-def test_lm_of_another_codec_is_refused(models: tuple[Path, Path, Path], tmp_path: Path):
+def test_lm_of_another_codec_is_refused(pyramid, models: tuple[Path, Path, Path], tmp_path: Path):
     _, lm, _ = models
     torch.manual_seed(1)
     PyramidCodec(TINY_CODEC).eval().save_pretrained(tmp_path / "other")
     result = pyramid("generate", "--seconds", "1", "--lm", str(lm), "--model", str(tmp_path / "other"),
                      "--device", "cpu", "-o", str(tmp_path / "x.wav"))
-    assert result.returncode == 1 and "was trained on tokens of tiny-p111@" in result.stderr
+    assert result.code == 1 and "was trained on tokens of tiny-p111@" in result.stderr
     assert not (tmp_path / "x.wav").exists()
 
 
-def test_dtype_is_recorded_and_float32_is_the_cpu_default(models: tuple[Path, Path, Path], tmp_path: Path):
+def test_dtype_is_recorded_and_float32_is_the_cpu_default(pyramid, models: tuple[Path, Path, Path], tmp_path: Path):
     """On the CPU auto is float32 (the same tokens as --dtype float32); bfloat16 runs there too, and
     the provenance and the JSON summary say which dtype made the piece."""
     codec, lm, _ = models
     base = ["generate", "--seconds", "1", "--lm", str(lm), "--model", str(codec), "--seed", "4", "--device", "cpu"]
     auto = pyramid(*base, "--save-tokens", str(tmp_path / "auto.pyr"), "--json")
-    assert auto.returncode == 0, auto.stderr
+    assert auto.code == 0, auto.stderr
     assert json.loads(auto.stdout)["dtype"] == "float32" and json.loads(auto.stdout)["compiled"] is False
     explicit = pyramid(*base, "--dtype", "FLOAT32", "--save-tokens", str(tmp_path / "f32.pyr"))
-    assert explicit.returncode == 0, explicit.stderr
+    assert explicit.code == 0, explicit.stderr
     assert (tmp_path / "auto.pyr").read_bytes() == (tmp_path / "f32.pyr").read_bytes()
     bf16 = pyramid(*base, "--dtype", "bfloat16", "--save-tokens", str(tmp_path / "bf16.pyr"), "--json")
-    assert bf16.returncode == 0, bf16.stderr
+    assert bf16.code == 0, bf16.stderr
     pyr = PyrFile.read(tmp_path / "bf16.pyr")
     assert pyr.provenance["lm_dtype"] == "bfloat16" and pyr.provenance["lm_compiled"] is False
     assert PyrFile.read(tmp_path / "auto.pyr").provenance["lm_dtype"] == "float32"
@@ -145,12 +149,12 @@ def test_dtype_is_recorded_and_float32_is_the_cpu_default(models: tuple[Path, Pa
 
 
 @pytest.mark.slow  # torch.compile of the LM step takes about 20 s here
-def test_compiled_generation_gives_the_same_piece(models: tuple[Path, Path, Path], tmp_path: Path):
+def test_compiled_generation_gives_the_same_piece(pyramid, models: tuple[Path, Path, Path], tmp_path: Path):
     codec, lm, _ = models
     base = ["generate", "--seconds", "1", "--lm", str(lm), "--model", str(codec), "--seed", "9", "--device", "cpu"]
     plain = pyramid(*base, "--save-tokens", str(tmp_path / "plain.pyr"))
     compiled = pyramid(*base, "--compile", "--save-tokens", str(tmp_path / "fast.pyr"), "--json")
-    assert plain.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    assert plain.code == 0 and compiled.code == 0, compiled.stderr
     assert json.loads(compiled.stdout)["compiled"] is True
     fast, slow = PyrFile.read(tmp_path / "fast.pyr"), PyrFile.read(tmp_path / "plain.pyr")
     assert fast.provenance["lm_compiled"] is True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_hub import lay_out_hub_cache  # the layout huggingface_hub writes (tests/ is on sys.path via conftest)
+from hub_helpers import lay_out_hub_cache  # the layout huggingface_hub writes (tests/hub_helpers.py)
 
 from pyramid_cli.cli import main
 from pyramid_cli.codec import CodecConfig, PyramidCodec

@@ -463,10 +463,15 @@ def test_help_says_missing_output_folders_are_created(cli, command: list[str], e
 
 
 def _python(script: str, *args: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    import signal
     import subprocess
 
-    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)  # type: ignore[call-overload]
+    def default_sigint() -> None:
+        # A suite started in the background of a shell ignores SIGINT, and so would this child.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=default_sigint, **kwargs)  # type: ignore[call-overload]
 
 
 def test_ctrl_c_during_a_command_prints_the_interrupted_line(tmp_path: Path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,29 +175,25 @@ def test_usage_errors(corpus: Path, codec: LoadedCodec, tmp_path: Path) -> None:
         tokenize_corpus(corpus, codec, tmp_path / "other")
 
 
-def _pyramid(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pyramid_cli", "dataset", "tokenize", *args],
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_cli_end_to_end(corpus: Path, models: tuple[Path, Path], reference: Path, tmp_path: Path) -> None:
+def test_cli_end_to_end(pyramid, corpus: Path, models: tuple[Path, Path], reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "new" / "tokens"
-    done = _pyramid(str(corpus), "--out", str(out), "--model", str(models[0]), "--device", "cpu",
+    done = pyramid("dataset", "tokenize", str(corpus), "--out", str(out), "--model", str(models[0]), "--device", "cpu",
                     "--threads", "1", "--splits", "train,test", "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["encoded"] == 3 and summary["failed"] == 0 and summary["items"] == {"train": 2, "test": 1}
     assert TokenSet.open(out).splits() == ["train", "test"]
     for split in ("train", "test"):
         assert _files(out / split) == _files(reference / split)
 
-    missing = _pyramid(str(tmp_path / "nowhere"), "--out", str(out), "--model", str(models[0]))
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    missing = pyramid("dataset", "tokenize", str(tmp_path / "nowhere"), "--out", str(out), "--model", str(models[0]))
+    assert missing.code == 1 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().count("\n") == 0 and "nowhere" in missing.stderr
-    other = _pyramid(str(corpus), "--out", str(out), "--model", str(models[1]), "--device", "cpu")
-    assert other.returncode == 1 and "another folder" in other.stderr and "Traceback" not in other.stderr
-    usage = _pyramid(str(corpus), "--out", str(out), "--model", str(models[0]), "--splits", "holdout")
-    assert usage.returncode == 2 and "unknown split" in usage.stderr and "Traceback" not in usage.stderr
+    other = pyramid("dataset", "tokenize", str(corpus), "--out", str(out), "--model", str(models[1]), "--device", "cpu")
+    assert other.code == 1 and "another folder" in other.stderr and "Traceback" not in other.stderr
+    usage = pyramid("dataset", "tokenize", str(corpus), "--out", str(out), "--model", str(models[0]),
+                    "--splits", "holdout")
+    assert usage.code == 2 and "unknown split" in usage.stderr and "Traceback" not in usage.stderr
 
 
 @pytest.fixture(scope="module")
@@ -249,12 +243,12 @@ def test_merge_refuses_other_codecs_and_folders(shards: tuple[Path, Path], corpu
         tokenize_corpus(corpus, load_codec(models[0]), tmp_path / "t", shard=(2, 2))
 
 
-def test_cli_shard_and_merge_tokens(corpus: Path, models: tuple[Path, Path], shards: tuple[Path, Path],
+def test_cli_shard_and_merge_tokens(pyramid, corpus: Path, models: tuple[Path, Path], shards: tuple[Path, Path],
                                     reference: Path, tmp_path: Path) -> None:
-    usage = _pyramid(str(corpus), "--out", str(tmp_path / "t"), "--model", str(models[0]), "--shard", "2/2")
-    assert usage.returncode == 2 and "--shard must be i/n" in usage.stderr and "Traceback" not in usage.stderr
+    usage = pyramid("dataset", "tokenize", str(corpus), "--out", str(tmp_path / "t"), "--model", str(models[0]),
+                    "--shard", "2/2")
+    assert usage.code == 2 and "--shard must be i/n" in usage.stderr and "Traceback" not in usage.stderr
     assert not (tmp_path / "t").exists()
-    done = subprocess.run([sys.executable, "-m", "pyramid_cli", "dataset", "merge-tokens", str(tmp_path / "m"),
-                           *map(str, shards), "--json"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = pyramid("dataset", "merge-tokens", str(tmp_path / "m"), *map(str, shards), "--json")
+    assert done.code == 0, done.stderr
     assert json.loads(done.stdout)["merged"] == 4 and _files(tmp_path / "m") == _files(reference)

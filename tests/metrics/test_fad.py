@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from pyramid_cli.metrics.fad import (
 
 needs_transcription = pytest.mark.skipif(not transcribe.available(),
                                          reason="needs the evaluation packages (make install)")
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.flac"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "example.flac"
 
 RATE = 16000
 
@@ -176,21 +174,19 @@ def _corpus(root: Path) -> Path:
     return root
 
 
-def test_cli_json_and_missing_file(tmp_path: Path) -> None:
+def test_cli_json_and_missing_file(pyramid, tmp_path: Path) -> None:
     corpus = _corpus(tmp_path / "corpus")
     generated = tmp_path / "generated"
     generated.mkdir()
     sf.write(generated / "g.wav", tone(2.0, 262.0, seed=5), RATE)
-    done = subprocess.run([sys.executable, "-m", "pyramid_cli", "eval", "fad", str(generated), "--data", str(corpus),
-                           "--max-seconds", "1.5", "--embedding", "mel-stats", "--json"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = pyramid("eval", "fad", str(generated), "--data", str(corpus), "--max-seconds", "1.5", "--embedding",
+                   "mel-stats", "--json")
+    assert done.code == 0, done.stderr
     record = json.loads(done.stdout)
     assert record["embedding"] == "mel-stats" and record["dim"] == MEL_STATS_DIM
     assert record["n_generated_files"] == 1 and record["n_reference_files"] == 2
     assert record["distance"] >= 0 and record["reference_self_distance"] >= 0
-    missing = subprocess.run([sys.executable, "-m", "pyramid_cli", "eval", "fad", str(tmp_path / "nope.wav"),
-                              "--data", str(corpus)], capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 1
+    missing = pyramid("eval", "fad", str(tmp_path / "nope.wav"), "--data", str(corpus))
+    assert missing.code == 1
     assert "nope.wav" in missing.stderr and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

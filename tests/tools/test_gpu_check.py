@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "gpu_check.py"
 STAGES = ["cuda-tests", "data", "train-codec", "train-lm", "generate-small", "generate-paper",
           "generate-paper-compiled", "bench"]
@@ -30,6 +30,7 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comple
     return run_check(out), out
 
 
+@pytest.mark.slow  # about a minute on 2 cores: every stage of the check runs (`make test-slow`)
 def test_the_cpu_dry_run_passes_every_stage(dry_run):
     done, out = dry_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -54,6 +55,7 @@ def test_the_cpu_dry_run_passes_every_stage(dry_run):
         assert f"| {name} | {stages[name]['status']} |" in markdown
 
 
+@pytest.mark.slow  # the check script in a subprocess, like the dry run above
 def test_a_failing_stage_is_recorded_and_the_rest_still_runs(tmp_path: Path):
     # No data stage first: codec training finds no corpus and fails; the next stage still runs.
     done = run_check(tmp_path / "out", "--stages", "train-codec,generate-paper-compiled", "--work",

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not visqol_score.available(), reason="needs the 
 
 
 def test_visqol_ranks_a_low_pass_below_the_original() -> None:
-    example = Path(__file__).resolve().parents[1] / "examples" / "example.flac"
+    example = Path(__file__).resolve().parents[2] / "examples" / "example.flac"
     x = load_mono(example, 22050)[0, : 5 * 22050]
     low = band_limited_targets(torch.from_numpy(x)[None, None], 3)[0][0, 0].numpy()
     scorer = visqol_score.Visqol()

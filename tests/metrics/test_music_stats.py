@@ -66,7 +66,7 @@ def test_eval_music_cli_on_the_example(tmp_path: Path) -> None:
 
     from pyramid_cli.cli import app
 
-    example = Path(__file__).resolve().parents[1] / "examples" / "example.flac"
+    example = Path(__file__).resolve().parents[2] / "examples" / "example.flac"
     result = CliRunner().invoke(app, ["eval", "music", str(example), "--json", "--plot", str(tmp_path / "s.png")])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)

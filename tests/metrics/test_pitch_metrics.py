@@ -20,7 +20,7 @@ from pyramid_cli.metrics import transcribe
 from pyramid_cli.metrics.distances import chroma_similarity
 
 RATE = 22050
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.flac"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "example.flac"
 
 
 @pytest.fixture(scope="module")

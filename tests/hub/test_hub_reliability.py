@@ -24,7 +24,7 @@ from pyramid_cli.lm.model import PyramidLM
 from pyramid_cli.lm.model import check_codec as check_lm_codec
 
 TINY = CodecConfig(name="tiny-p111", encoder_dim=8, latent_dim=16, decoder_dim=32)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

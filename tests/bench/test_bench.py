@@ -145,21 +145,28 @@ def test_peers_build_with_their_published_token_rates(key: str) -> None:
     assert result.family == PEERS[key].family and result.encode.realtime_factor > 0
 
 
-def pyramid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pyramid_cli", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_cli_json() -> None:
+def test_cli_json(pyramid) -> None:
     result = pyramid("bench", "--json", "--seconds", "1", "--models", "p111_small", "--skip-peers", "--skip-lm",
-                     "--threads", "1", "--memory-seconds", "2")
-    assert result.returncode == 0, result.stderr
+                     "--threads", "1", "--skip-memory", "--in-process")
+    assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
     (codec,) = data["codecs"]
     assert codec["key"] == "p111_small" and codec["threads"] == 1 and codec["encode"]["realtime_factor"] > 0
     assert codec["tokens_per_second"] == pytest.approx(preset("p111_small").tokens_per_second())
     assert data["lm"] is None and data["machine"]["cpu_model"] and data["date"]
     assert "enc RTF" in result.stderr  # the table goes to stderr
-    (memory,) = data["memory"]  # the real `pyramid encode` / `decode` on a 2 s WAV, each in its own process
+
+
+@pytest.mark.slow
+def test_cli_json_measures_memory_in_real_processes() -> None:
+    """The isolated measurements and the real `pyramid encode` / `decode` on a 2 s WAV, each in its own process."""
+    result = subprocess.run([sys.executable, "-m", "pyramid_cli", "bench", "--json", "--seconds", "1", "--models",
+                             "p111_small", "--skip-peers", "--skip-lm", "--threads", "1", "--memory-seconds", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [codec["key"] for codec in data["codecs"]] == ["p111_small"]
+    (memory,) = data["memory"]
     assert memory["audio_seconds"] == 2 and memory["file_mb"] == pytest.approx(2 * 44100 * 2 * 2 / 2**20, rel=0.01)
     for command in ("encode", "decode"):
         assert memory[command]["peak_rss_mb"] > 50 and memory[command]["wall_seconds"] > 0
@@ -176,8 +183,8 @@ def test_bench_wav_is_a_cd_rip_of_the_asked_length(tmp_path: Path) -> None:
     assert (info.samplerate, info.channels, info.subtype, info.frames) == (44100, 2, "PCM_16", round(61.5 * 44100))
 
 
-def test_cli_usage_errors() -> None:
+def test_cli_usage_errors(pyramid) -> None:
     result = pyramid("bench", "--json", "--markdown", "--skip-lm")
-    assert result.returncode == 2 and "choose one" in result.stderr
+    assert result.code == 2 and "choose one" in result.stderr
     result = pyramid("bench", "--models", "no-such-model", "--skip-lm")
-    assert result.returncode == 2 and "no-such-model" in result.stderr
+    assert result.code == 2 and "no-such-model" in result.stderr
