@@ -86,7 +86,7 @@ def music_table(wav_path: Path, reference_path: Path) -> Table:
     reference, label = {}, "corpus (no figures in the LM folder)"
     if reference_path.is_file():
         record = json.loads(reference_path.read_text())
-        reference, label = record["mean"], f"its corpus's test split ({len(record['pieces'])} songs)"
+        reference, label = record["mean"], f"the LM's corpus, test split ({len(record['pieces'])} songs)"
     table = Table(title="is it music? (pyramid eval music, means over 30 s windows)")
     table.add_column("")
     table.add_column(wav_path.name, justify="right")

@@ -250,7 +250,7 @@ def eval_music(
                       f"{s['notes_per_second']:.2f}", f"{s['min_window_notes_per_second']:.2f}",
                       f"{s['distinct_pitches']:.1f}", f"{s['pitch_class_entropy']:.2f}", f"{s['key_clarity']:.2f}",
                       f"{s['sounding_fraction']:.2f}", f"{s['repetition']:.2f}")
-    if len(pieces) > 1:
+    if len(pieces) > 1 and mean:
         table.add_row(f"mean of {len(pieces)}", "", f"{mean['notes_per_second']:.2f}",
                       f"{mean['min_window_notes_per_second']:.2f}", f"{mean['distinct_pitches']:.1f}",
                       f"{mean['pitch_class_entropy']:.2f}", f"{mean['key_clarity']:.2f}",

@@ -62,8 +62,10 @@ class CodecConfig:
     # Spectral only: ConvNeXt blocks in the encoder and in the decoder.
     encoder_layers: int = 4
     decoder_layers: int = 8
-    # Spectral only: Griffin-Lim iterations of the phase reconstruction at decode time.
-    griffin_lim_iters: int = 32
+    # Spectral only: Griffin-Lim iterations of the phase reconstruction at decode time. 16 keeps
+    # the note codec's note F1, chroma, ViSQOL and mel of 32 at half the cost (20 test clips); 8
+    # loses 0.02 of note F1.
+    griffin_lim_iters: int = 16
     # Values per dimension of finite scalar quantisation (quantize.ScalarQuantize) instead of the
     # cosine-lookup VQ; their product must equal codebook_size. () = VQ (DAC's).
     fsq_levels: tuple[int, ...] = ()

@@ -48,7 +48,6 @@ EmbeddingFn = Callable[[np.ndarray, int], np.ndarray]
 """Mono float32 audio (T,) at a sample rate → (n_frames, dim) float embeddings."""
 
 DEFAULT_EMBEDDING = "notes"
-BUILT_IN_EMBEDDINGS = ("notes", "mel-stats")
 AUDIO_SUFFIXES = (".wav", ".flac")
 
 # The built-in embedding's analysis settings.
@@ -231,8 +230,8 @@ def load_embedding(spec: str | None, threads: int = 1) -> tuple[str, EmbeddingFn
         UsageError: the spec is malformed, the module cannot be imported, or the attribute is missing
             or not callable.
     """
-    if spec is None or spec == "notes":
-        return "notes", note_statistics_embedding(threads)
+    if spec is None or spec == DEFAULT_EMBEDDING:
+        return DEFAULT_EMBEDDING, note_statistics_embedding(threads)
     if spec == "mel-stats":
         return spec, mel_statistics
     module_name, sep, attribute = spec.partition(":")

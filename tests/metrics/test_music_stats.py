@@ -72,7 +72,12 @@ def test_eval_music_cli_on_the_example(tmp_path: Path) -> None:
     record = json.loads(result.stdout)
     summary = record["pieces"][0]["summary"]
     assert summary["notes_per_second"] > 5 and summary["distinct_pitches"] > 12 and summary["key_clarity"] > 0.6
+    assert record["mean"] == pytest.approx(summary)  # one piece: the mean over pieces is its summary
     assert (tmp_path / "s.png").stat().st_size > 1000
+    table = CliRunner().invoke(app, ["eval", "music", str(example), str(example), "--threads", "2"],
+                               env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "mean of 2" in table.output
 
 
 def test_a_sliver_past_the_last_window_joins_it() -> None:
