@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pyramid_cli.audio.io import save_audio
-from pyramid_cli.codec.api import decode_pyr, load_codec
-from pyramid_cli.hub.registry import DEFAULT_CODEC, DEFAULT_LM
-from pyramid_cli.lm.api import generate_pieces, load_lm
+from pyramid_cli.codec.api import decode_pyr
+from pyramid_cli.hub.registry import DEFAULT_LM
+from pyramid_cli.lm.api import generate_audio
 from pyramid_cli.lm.sampling import SamplingSettings
 from pyramid_cli.metrics import music_stats, transcribe
 
@@ -37,10 +37,10 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("demo"))
     args = parser.parse_args()
     console = Console(stderr=True)
-    lm = load_lm(args.lm, "cpu")
-    codec = load_codec(args.model or lm.model.config.codec_name or DEFAULT_CODEC, "cpu")
-    result = generate_pieces(lm, codec, args.seconds, sampling=SamplingSettings(args.temperature, 100),
-                             seed=args.seed)
+    # Decoded below instead, each level count timed on its own.
+    made = generate_audio(args.seconds, lm=args.lm, codec=args.model, sampling=SamplingSettings(args.temperature, 100),
+                          seed=args.seed, device="cpu", decode_audio=False)
+    lm, codec, result = made.lm, made.codec, made.result
     piece = result.pieces[0]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     piece.write(args.out_dir / "generated.pyr")
