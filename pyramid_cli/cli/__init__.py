@@ -96,6 +96,9 @@ def main(args: list[str] | None = None) -> None:
     import signal
     import threading
 
+    from pyramid_cli.runtime.threads import choose_wait_policy
+
+    choose_wait_policy(sys.argv[1:] if args is None else args)
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)

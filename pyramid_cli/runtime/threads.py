@@ -7,16 +7,32 @@ across threads that the OS may deschedule. Measured with the bundled LM on 2 cor
 75-80. OpenMP's passive wait policy rescued 2 threads under load (233-299) but cost 25-30% idle.
 So sampling runs on one thread unless told otherwise. The codec (audio-rate convolutions, large
 STFTs) and training keep torch's default of one thread per core.
+
+The codec's threads wait passively. Decoding 60 s with the note codec (16 Griffin-Lim iterations,
+`pyramid decode --threads N`, two rounds each): idle, 2 threads took 5.5-5.6 s with OpenMP's
+default (spinning) wait policy and 5.7-6.0 s with the passive one (1 thread: 6.8-6.9 s); beside
+one busy process 8.5-8.6 s against 6.8-7.0 s; beside a test run 27-31 s against 6.0-7.4 s. So
+every command but training runs with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already
+sets it (training was not measured, and a training machine is usually dedicated).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import torch
-
 SAMPLING_THREADS = 1
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+
+
+def choose_wait_policy(argv: Sequence[str]) -> None:
+    """Ask OpenMP for passive waiting unless the command is ``train`` or the user chose a policy.
+
+    Must run before torch is imported: OpenMP reads the variable once, when it starts.
+    """
+    if list(argv[:1]) != ["train"]:
+        os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
 
 
 @contextmanager
@@ -25,6 +41,8 @@ def torch_threads(count: int | None) -> Iterator[None]:
     if count is None:
         yield
         return
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -51,3 +55,28 @@ def test_generation_samples_on_the_settings_threads(monkeypatch: pytest.MonkeyPa
         assert seen == [1, 2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+def test_every_command_but_training_waits_passively(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyramid_cli.runtime.threads import WAIT_POLICY_ENV, choose_wait_policy
+
+    monkeypatch.delenv(WAIT_POLICY_ENV, raising=False)
+    choose_wait_policy(["train", "codec", "--data", "corpus"])
+    assert WAIT_POLICY_ENV not in os.environ
+    choose_wait_policy(["decode", "song.pyr"])
+    assert os.environ[WAIT_POLICY_ENV] == "PASSIVE"
+    monkeypatch.setenv(WAIT_POLICY_ENV, "ACTIVE")  # the user's choice wins
+    choose_wait_policy(["generate"])
+    assert os.environ[WAIT_POLICY_ENV] == "ACTIVE"
+
+
+def test_the_command_line_sets_the_policy_before_torch_starts() -> None:
+    code = ("import os, sys\n"
+            "from pyramid_cli.cli import main\n"
+            "assert 'torch' not in sys.modules\n"
+            "try:\n    main(['info', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "PASSIVE"
