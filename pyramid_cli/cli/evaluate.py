@@ -147,6 +147,7 @@ def eval_lm(
     windows: Annotated[int, typer.Option(help="Number of fixed windows drawn from the split.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the window draw (the same seed gives the same windows).")] = 1234,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Negative log-likelihood per level: nats and bits per token, bits per second of audio.
@@ -166,6 +167,7 @@ def eval_lm(
 
     if windows < 1:
         raise UsageError("--windows must be at least 1")
+    apply_threads(threads)
     loaded = load_lm(lm or DEFAULT_LM, device)
     token_set = TokenSet.open(tokens)
     check_codec(loaded.model.config, CodecIdentity(token_set.codec_name, token_set.codec_hash),

@@ -89,7 +89,7 @@ def test_coarse_sketch_and_eval(pyramid, models: tuple[Path, Path, Path], tmp_pa
     assert result.code == 0, result.stderr
     assert PyrFile.read(tmp_path / "s.pyr").n_levels == 1 and "seed" in result.stderr
     evaluated = pyramid("eval", "lm", "--tokens", str(tokens), "--lm", str(lm), "--windows", "4", "--device", "cpu",
-                        "--json")
+                        "--threads", "1", "--json")
     assert evaluated.code == 0, evaluated.stderr
     record = json.loads(evaluated.stdout)
     assert record["split"] == "test" and all(record[f"tokens_l{i}"] > 0 for i in range(3))
