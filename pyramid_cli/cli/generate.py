@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import TextColumn
 
 from pyramid_cli.cli._shared import (
@@ -118,6 +119,9 @@ def generate(
                       f"{', compiled' if start.compiled else ''})", soft_wrap=True)
         progress.start()
 
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
     def on_progress(done: int, total: int, level: int) -> None:
         if done % 50 == 0 or done == total:
             elapsed = progress.tasks[task].elapsed or 1e-9
@@ -128,7 +132,7 @@ def generate(
         made = generate_audio(length, lm=lm or DEFAULT_LM, codec=model, sampling=sampling, seed=seed,
                               num_samples=num_samples, levels=levels, prompt=prompt, prompt_seconds=prompt_seconds,
                               decode=decode, device=device, decode_audio=output is not None, on_start=on_start,
-                              on_progress=on_progress)
+                              on_progress=on_progress, warn=warn)
     finally:
         progress.stop()
     written: list[str] = []

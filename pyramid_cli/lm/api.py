@@ -249,6 +249,7 @@ def generate_audio(
     decode_audio: bool = True,
     on_start: Callable[[GenerationStart], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> GeneratedAudio:
     """Generate pieces of music: load the models, encode the prompt, sample, decode.
 
@@ -262,6 +263,8 @@ def generate_audio(
         decode_audio: also decode each piece to audio (``GeneratedAudio.audio``).
         on_start: called once the models are loaded, before sampling.
         on_progress: called with (tokens done, tokens in all, level) while sampling.
+        warn: called with a one-line message about a prompt that is used but deserves a word (a
+            truncated WAV: only the part the file holds is the prompt).
 
     Raises:
         UsageError: a length or prompt length that is not a positive finite number of seconds,
@@ -269,8 +272,7 @@ def generate_audio(
     """
     import secrets
 
-    from pyramid_cli.audio.io import load_audio
-    from pyramid_cli.codec.api import decode_pyr, encode_waveform, load_codec
+    from pyramid_cli.codec.api import decode_pyr, encode_file, load_codec
     from pyramid_cli.hub.registry import resolve_recorded
     from pyramid_cli.runtime.devices import resolve_device
 
@@ -297,8 +299,7 @@ def generate_audio(
         if path.suffix.lower() == ".pyr":
             prompt_pyr = PyrFile.read(path)
         else:
-            wav, rate = load_audio(path)
-            prompt_pyr = encode_waveform(wav, rate, codec, name=str(path))
+            prompt_pyr = encode_file(path, codec, name=str(path), warn=warn)
     if on_start is not None:
         on_start(GenerationStart(seed, loaded, codec, seconds, torch_device, dtype_name(compute_dtype),
                                  decode.compile))

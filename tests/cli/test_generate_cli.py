@@ -160,3 +160,18 @@ def test_compiled_generation_gives_the_same_piece(pyramid, models: tuple[Path, P
     assert fast.provenance["lm_compiled"] is True
     for a, b in zip(fast.levels, slow.levels, strict=True):
         np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_a_truncated_wav_prompt_is_used_with_a_warning(pyramid, models: tuple[Path, Path, Path], tmp_path: Path):
+    """As `pyramid encode` does: the readable part is the prompt, and one warning says how much that is."""
+    codec, lm, _ = models
+    t = np.arange(2 * 22050) / 22050
+    sf.write(tmp_path / "whole.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050, subtype="PCM_16")
+    whole = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[: 44 + (len(whole) - 44) // 2])
+    result = pyramid("generate", "--seconds", "3", "--lm", str(lm), "--model", str(codec), "--device", "cpu",
+                     "--seed", "1", "--prompt", str(tmp_path / "cut.wav"), "--save-tokens", str(tmp_path / "c.pyr"))
+    assert result.code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {tmp_path / 'cut.wav'}: the file is truncated: its header declares 2.00 s, it "
+                        "holds 1.00 s (50%); encoding the readable part"], result.stderr
