@@ -11,7 +11,8 @@ STFTs) and training keep torch's default of one thread per core.
 The codec's threads wait passively. Decoding 60 s with the note codec (16 Griffin-Lim iterations,
 `pyramid decode --threads N`, two rounds each): idle, 2 threads took 5.5-5.6 s with OpenMP's
 default (spinning) wait policy and 5.7-6.0 s with the passive one (1 thread: 6.8-6.9 s); beside
-one busy process 8.5-8.6 s against 6.8-7.0 s; beside a test run 27-31 s against 6.0-7.4 s. So
+one busy process 8.5-8.6 s against 6.8-7.0 s; beside a test run 27-31 s against 6.0-7.4 s
+(3 minutes idle: 8.2-8.6 s against 9.1 s). So
 every command but training runs with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already
 sets it (training was not measured, and a training machine is usually dedicated).
 """
