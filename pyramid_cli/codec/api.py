@@ -45,8 +45,9 @@ SILENCE_DB = -80.0  # a peak below this (about 3 LSB of 16-bit audio) holds noth
 class LoadedCodec:
     """A codec ready for inference and its identity; unpacks as ``model, name, hash``.
 
-    ``aliases`` are other hashes of the same weights that earlier versions recorded (the SHA-256
-    of the whole file, see ``hub.identity.weights_hash``): tokens that carry one of them are still accepted.
+    ``aliases``: other hashes whose tokens are this codec's: of the same weights as earlier versions
+    recorded them (the SHA-256 of the whole file, see ``hub.identity.weights_hash``), and of the codecs
+    in its config's ``same_tokens_as`` (same encoder and quantizers); tokens that carry one are accepted.
     """
 
     model: PyramidCodec
@@ -92,7 +93,9 @@ def load_codec(ref: str | Path = DEFAULT_CODEC, device: str | torch.device = "cp
     model.fold_weight_norm().eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return LoadedCodec(model, name, digest, (legacy,) if legacy != digest else ())
+    # Earlier hashes of these weights, and codecs whose tokens these are (a fine-tuned decoder).
+    aliases = ((legacy,) if legacy != digest else ()) + model.config.same_tokens_as
+    return LoadedCodec(model, name, digest, aliases)
 
 
 def encode_file(

@@ -10,6 +10,7 @@ level and the model is exactly a DAC.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -72,12 +73,18 @@ class CodecConfig:
     # Spectral only: > 0 adds a note head (codec/spectral.py NoteHead) whose notes sound through this
     # many harmonic partials each; trained against MIDI piano rolls, so the codes must carry the notes.
     harmonics: int = 0
+    # Note head only: each key gets its own partial profile besides the shared one (spectral.NoteHead).
+    key_partials: bool = False
+    # Weights hashes (hub.identity.weights_hash) of codecs whose encoder and quantizers this one has
+    # unchanged: a decoder fine-tuned with a frozen tokenizer (train setting freeze_tokenizer). Their
+    # tokens are this codec's tokens, so their .pyr files, token sets and LMs are accepted.
+    same_tokens_as: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.model_type != CODEC_MODEL_TYPE or not 1 <= self.version <= CONFIG_VERSION:
             raise UsageError(f"codec config: model_type must be {CODEC_MODEL_TYPE!r} and version in "
                              f"1..{CONFIG_VERSION}, got {self.model_type!r} version {self.version}")
-        for key in ("encoder_rates", "pyramid_rates", "n_codebooks", "fsq_levels"):
+        for key in ("encoder_rates", "pyramid_rates", "n_codebooks", "fsq_levels", "same_tokens_as"):
             value = getattr(self, key)
             if not isinstance(value, tuple):
                 # Frozen dataclass: normalise lists from JSON or callers to tuples once, here.
@@ -125,6 +132,10 @@ class CodecConfig:
                 raise UsageError("codec config: layer, iteration and harmonic counts must be >= 0")
         elif self.harmonics:
             raise UsageError("codec config: harmonics (a note head) needs architecture 'spectral'")
+        if self.key_partials and not self.harmonics:
+            raise UsageError("codec config: key_partials needs a note head (harmonics > 0)")
+        if any(not isinstance(h, str) or not re.fullmatch(r"[0-9a-f]{16}", h) for h in self.same_tokens_as):
+            raise UsageError("codec config: same_tokens_as must list 16-hex-digit weights hashes")
         if self.pyramid_residual_units < 0:
             raise UsageError("codec config: pyramid_residual_units must be >= 0")
 
@@ -198,6 +209,8 @@ ADDED_LATER: dict[str, Any] = {
     "griffin_lim_iters": 32,
     "fsq_levels": [],
     "harmonics": 0,
+    "key_partials": False,
+    "same_tokens_as": [],
 }
 ARCHITECTURES = ("waveform", "spectral")
 

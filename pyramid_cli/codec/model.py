@@ -58,6 +58,8 @@ class CodecOutput:
             (B, n_fft/2+1, T / finest hop) as the decoder predicts it.
         note_logits: codecs with a note head (``harmonics`` > 0) only: level index i → (B, 88,
             T / finest hop) logits of MIDI keys 21..108 sounding, as decoded from levels 0..i.
+        partials: codecs with a note head only: level index i → (B, T / finest hop, 88, harmonics),
+            each key's partial amplitudes were it sounding (``spectral.NoteHead``).
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
         commitment_loss: scalar, summed over levels (weight it 0.25, DAC).
         codebook_loss: scalar, summed over levels (weight it 1.0, DAC).
@@ -71,6 +73,7 @@ class CodecOutput:
     diversity_loss: torch.Tensor
     spectra: dict[int, torch.Tensor] | None = None
     note_logits: dict[int, torch.Tensor] | None = None
+    partials: dict[int, torch.Tensor] | None = None
 
 
 class PyramidCodec(nn.Module):
@@ -108,7 +111,7 @@ class PyramidCodec(nn.Module):
             strided_conv_transpose(c.latent_dim, c.latent_dim, s) for s in c.level_rates
         )
         self.decoder = (SpectralDecoder(c.n_fft, c.latent_dim, c.decoder_dim, c.decoder_layers, c.harmonics,
-                                        c.sample_rate)
+                                        c.sample_rate, c.key_partials)
                         if self.spectral else self._waveform_decoder(c))
 
     @staticmethod
@@ -302,17 +305,20 @@ class PyramidCodec(nn.Module):
                 decode; default every level. Targets for Y[i]: ``band_limited_targets`` (Eq. 2–3).
         """
         self._check_audio(wav)
-        outputs = self.quantize(self.features(self.pad_to_frames(wav)))
+        # With a frozen encoder (decoder-only fine-tuning: the codes stay the same) no graph is kept for it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.tokenizer_trainable):
+            outputs = self.quantize(self.features(self.pad_to_frames(wav)))
         levels = range(self.config.n_levels) if levels_to_decode is None else levels_to_decode
         if any(not 0 <= i < self.config.n_levels for i in levels):
             raise UsageError(f"levels_to_decode must be level indices in 0..{self.config.n_levels - 1}")
         r = self.pyramid_latents([out.z_q for out in outputs])
-        spectra = note_logits = None
+        spectra = note_logits = partials = None
         if self.spectral:
             decoded = {i: self.decoder(self.lift(r[i], i), self.band(i)) for i in levels}
-            spectra = {i: spectrum for i, (spectrum, _) in decoded.items()}
+            spectra = {i: d.log_magnitude for i, d in decoded.items()}
             if self.config.harmonics:
-                note_logits = {i: logits for i, (_, logits) in decoded.items()}
+                note_logits = {i: d.note_logits for i, d in decoded.items()}
+                partials = {i: d.partials for i, d in decoded.items()}
             # Phase reconstruction only outside training: the losses compare magnitudes.
             reconstructions = {} if self.training else {
                 i: self.spectrum_to_audio(s, wav.shape[-1]) for i, s in spectra.items()}
@@ -321,6 +327,7 @@ class PyramidCodec(nn.Module):
         return CodecOutput(
             spectra=spectra,
             note_logits=note_logits,
+            partials=partials,
             reconstructions=reconstructions,
             codes=[out.codes for out in outputs],
             commitment_loss=torch.stack([out.commitment_loss for out in outputs]).sum(),
@@ -329,6 +336,36 @@ class PyramidCodec(nn.Module):
         )
 
     # ---- weights ----------------------------------------------------------------------------------
+
+    def tokenizer_modules(self) -> list[nn.Module]:
+        """The modules that decide the codes (Alg. 1): encoder, pyramid down path, quantizers.
+
+        Freezing them (``freeze_tokenizer``) leaves the codes of any input unchanged, so a decoder
+        fine-tuned that way reads every ``.pyr`` file and token set of the codec it started from.
+        """
+        return [self.encoder, self.down, self.project, self.quantizers, self.up_encode]
+
+    @property
+    def tokenizer_trainable(self) -> bool:
+        return any(p.requires_grad for m in self.tokenizer_modules() for p in m.parameters())
+
+    def freeze_tokenizer(self) -> PyramidCodec:
+        """Stop training the modules of ``tokenizer_modules`` (in place); the decoder stays trainable.
+
+        They also stay in eval mode from then on (``train``): the scalar quantizer's BatchNorm
+        would otherwise update its running statistics, which decide the codes.
+        """
+        for module in self.tokenizer_modules():
+            module.requires_grad_(False)
+        self.tokenizer_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> PyramidCodec:
+        super().train(mode)
+        if getattr(self, "tokenizer_frozen", False):
+            for module in self.tokenizer_modules():
+                module.eval()
+        return self
 
     def fold_weight_norm(self) -> PyramidCodec:
         """Bake the weight-norm parametrizations into plain weights (faster inference), in place."""

@@ -23,6 +23,8 @@ ConvNeXt block: Liu et al., "A ConvNet for the 2020s" (CVPR 2022), in its 1-D fo
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -156,28 +158,60 @@ class NoteHead(nn.Module):
 
     templates: torch.Tensor
 
-    def __init__(self, dim: int, n_fft: int, sample_rate: int, harmonics: int) -> None:
+    def __init__(self, dim: int, n_fft: int, sample_rate: int, harmonics: int, key_partials: bool = False) -> None:
         super().__init__()
         self.notes = nn.Linear(dim, 2 * PIANO_KEYS + harmonics)
         with torch.no_grad():  # start with few notes on (sigmoid(-4) ≈ 0.02), as most keys are silent
             self.notes.bias[:PIANO_KEYS].fill_(-4.0)
+        # Each key's own partial profile, added to the shared one: a bass and a treble note differ in
+        # timbre, and fitting one profile per key instead of per frame raised the oracle's note F1
+        # from 0.59 to 0.65 (codec card). Zero at the start, so a grown head renders as before.
+        self.key_partials = nn.Linear(dim, PIANO_KEYS * harmonics) if key_partials else None
+        if self.key_partials is not None:
+            nn.init.zeros_(self.key_partials.weight)
+            nn.init.zeros_(self.key_partials.bias)
         self.register_buffer("templates", harmonic_templates(n_fft, sample_rate, harmonics).flatten(0, 1),
                              persistent=False)  # (P * K, F); a function of the config, not weights
         self.harmonics = harmonics
 
-    def forward(self, hidden: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, dim) → note logits (B, 88, T) and harmonic magnitudes (B, F, T) below bin ``bins``."""
+    def forward(self, hidden: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, dim) → note logits (B, 88, T), harmonic magnitudes (B, F, T) below bin ``bins``, and
+        each key's partial amplitudes were it sounding (B, T, 88, harmonics), which a partial loss
+        can compare with the target's (``partial_amplitudes``)."""
         logits, gain, weights = self.notes(hidden).split([PIANO_KEYS, PIANO_KEYS, self.harmonics], dim=-1)
-        amplitude = torch.sigmoid(logits) * nn.functional.softplus(gain) * HARMONIC_SCALE  # (B, T, P)
-        partials = amplitude[..., :, None] * torch.softmax(weights, dim=-1)[..., None, :]  # (B, T, P, K)
+        weights = weights[..., None, :]  # (B, T, 1, K): one profile for every key
+        if self.key_partials is not None:
+            weights = weights + self.key_partials(hidden).unflatten(-1, (PIANO_KEYS, self.harmonics))
+        level = nn.functional.softplus(gain) * HARMONIC_SCALE  # (B, T, P)
+        ungated = level[..., None] * torch.softmax(weights, dim=-1)  # (B, T, P, K)
+        partials = torch.sigmoid(logits)[..., None] * ungated
         magnitude = partials.flatten(2) @ self.templates[:, :bins]  # (B, T, bins)
         magnitude = nn.functional.pad(magnitude, (0, self.templates.shape[1] - bins))
-        return logits.transpose(1, 2), magnitude.transpose(1, 2)
+        return logits.transpose(1, 2), magnitude.transpose(1, 2), ungated
+
+
+def partial_amplitudes(magnitude: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+    """(B, F, T) STFT magnitudes → (B, T, J): the least-squares amplitude of each of the J template
+    bumps (``harmonic_templates`` flattened), fitted alone: <template, magnitude> / <template, template>.
+
+    Overlapping partials of other notes add to a fit; that is the price of a closed form, and it
+    errs towards partials that are present. Templates above Nyquist (all zero) fit 0.
+    """
+    energy = (templates * templates).sum(-1).clamp(min=1e-6)
+    return (magnitude.transpose(1, 2) @ templates.T) / energy
 
 
 # A partial of amplitude A shows as A * n_fft / 4 in a Hann-windowed STFT; 32 is a loud note's partial
 # sum (A ≈ 0.06) at 2,048 points, so a fresh head starts at a plausible level.
 HARMONIC_SCALE = 32.0
+
+
+class DecodedSpectrum(NamedTuple):
+    """What ``SpectralDecoder`` returns; the last two are None without a note head."""
+
+    log_magnitude: torch.Tensor  # (B, F, frames)
+    note_logits: torch.Tensor | None = None  # (B, 88, frames)
+    partials: torch.Tensor | None = None  # (B, frames, 88, harmonics): ``NoteHead``'s ungated amplitudes
 
 
 class SpectralDecoder(nn.Module):
@@ -189,13 +223,13 @@ class SpectralDecoder(nn.Module):
     """
 
     def __init__(self, n_fft: int, latent_dim: int, dim: int, layers: int, harmonics: int = 0,
-                 sample_rate: int = 22050) -> None:
+                 sample_rate: int = 22050, key_partials: bool = False) -> None:
         super().__init__()
         self.net = ConvNeXtStack(latent_dim, dim, n_fft // 2 + 1, layers)
-        self.note_head = NoteHead(dim, n_fft, sample_rate, harmonics) if harmonics else None
+        self.note_head = NoteHead(dim, n_fft, sample_rate, harmonics, key_partials) if harmonics else None
 
-    def forward(self, latent: torch.Tensor, band: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-magnitudes (B, F, frames) and note logits (B, 88, frames) or None.
+    def forward(self, latent: torch.Tensor, band: float = 1.0) -> DecodedSpectrum:
+        """Log-magnitudes (B, F, frames), and with a note head its note logits and partials.
 
         ``band``: the fraction of the spectrum the decoded level keeps (Eq. 2); the notes'
         partials above it are left out, as the level's target has none.
@@ -203,10 +237,11 @@ class SpectralDecoder(nn.Module):
         hidden = self.net.hidden(latent)
         free = self.net.out(hidden).transpose(1, 2).clamp(max=MAX_LOG_MAGNITUDE)
         if self.note_head is None:
-            return free, None
+            return DecodedSpectrum(free)
         bins = max(1, round(band * free.shape[1]))
-        logits, harmonic = self.note_head(hidden, bins)
-        return (free.exp() + harmonic).clamp(min=LOG_FLOOR).log().clamp(max=MAX_LOG_MAGNITUDE), logits
+        logits, harmonic, partials = self.note_head(hidden, bins)
+        log_magnitude = (free.exp() + harmonic).clamp(min=LOG_FLOOR).log().clamp(max=MAX_LOG_MAGNITUDE)
+        return DecodedSpectrum(log_magnitude, logits, partials)
 
 
 def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, iterations: int, length: int,

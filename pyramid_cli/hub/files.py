@@ -104,6 +104,11 @@ def _type_problem(kind: str, value: Any, limit: int) -> str | None:
         if len(value) > MAX_TUPLE:
             return f"has {len(value):,} entries; at most {MAX_TUPLE}"
         return next((f"entry {problem}" for problem in map(integer, value) if problem), None)
+    if kind.startswith("tuple[str"):
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_TUPLE:
+            return f"must be a list of at most {MAX_TUPLE} strings, got {_shown(value)}"
+        return next((f"entry {_type_problem('str', item, limit)}" for item in value
+                     if _type_problem("str", item, limit)), None)
     return None
 
 

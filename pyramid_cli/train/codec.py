@@ -29,6 +29,8 @@ from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss
 from pyramid_cli.data.audio_dataset import CropSampler, NoteCropDataset, RandomCropDataset
 from pyramid_cli.errors import UsageError
+from pyramid_cli.hub.files import MAX_TUPLE, WEIGHTS_NAME
+from pyramid_cli.hub.identity import weights_hash
 from pyramid_cli.runtime.fileio import read_json_object, write_text_atomic
 from pyramid_cli.train import codec_parts as parts_
 from pyramid_cli.train.checkpoint import latest_checkpoint
@@ -102,10 +104,17 @@ def _codec_config(run: RunFolder, cfg: CodecTrainConfig, resume: Path | None,
                              "use a new run folder, or start a new one from its weights (init_from)")
         return saved
     wanted = cfg.codec_config()
-    if init_from is not None:
-        source = parts_.read_model_config(Path(init_from))
-        return wanted if parts_.grows_note_head(source, wanted) else source
-    return wanted
+    if init_from is None:
+        if cfg.freeze_tokenizer:
+            raise UsageError("freeze_tokenizer fine-tunes the decoder of a trained codec: give --init-from")
+        return wanted
+    source = parts_.read_model_config(Path(init_from))
+    config = wanted if parts_.added_parts(source, wanted) else source
+    if cfg.freeze_tokenizer:  # its tokens are the start model's: same name, and its hash accepted
+        start_hash = weights_hash(Path(init_from) / WEIGHTS_NAME)
+        earlier = tuple(h for h in source.same_tokens_as if h != start_hash)
+        config = replace(config, name=source.name, same_tokens_as=(*earlier, start_hash)[-MAX_TUPLE:])
+    return config
 
 
 def _dataset(cfg: CodecTrainConfig, corpus: Path, codec_config: CodecConfig) -> RandomCropDataset:
@@ -134,8 +143,11 @@ def _train(run: RunFolder, cfg: CodecTrainConfig, corpus: Path, info: DistInfo, 
     adversary = Adversary(cfg, info) if cfg.gan else None  # its init follows the model's from the seed
     if resume is None and init_from is not None:
         parts_.load_init_weights(model, Path(init_from))
+    if cfg.freeze_tokenizer:
+        model.freeze_tokenizer()
     model.to(info.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     seed_everything(cfg.seed, info.rank)
     progress, position = Progress(), 0
     if resume is not None:

@@ -94,6 +94,8 @@ class CodecTrainConfig(TrainSettings):
     note_weight: float = 1.0  # codecs with a note head: BCE of its note logits against the MIDI piano roll
     note_pos_weight: float = 1.0  # weight of the sounding keys in that BCE (> 1 trades precision for recall)
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
+    partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
+    freeze_tokenizer: bool = False  # fine-tune the decoder only: the codes, .pyr files and LMs of the start model stay valid
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
     codebook_weight: float = 1.0  # RVQ codebook loss (DAC)
@@ -130,7 +132,10 @@ class CodecTrainConfig(TrainSettings):
                       "note_pos_weight"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
-                          "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight"))
+                          "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight",
+                          "partial_weight"))
+        if self.freeze_tokenizer and self.reseed_dead_codes_every:
+            raise UsageError("freeze_tokenizer keeps the codebooks as they are: set reseed_dead_codes_every=0")
 
     def codec_config(self) -> CodecConfig:
         """The model architecture this config names."""

@@ -14,11 +14,14 @@ import soundfile as sf
 import torch
 
 from pyramid_cli.codec import CodecConfig, PyramidCodec
+from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.config import p111_notes
-from pyramid_cli.codec.spectral import PIANO_KEYS, PIANO_LOW, NoteHead, harmonic_templates
+from pyramid_cli.codec.spectral import (PIANO_KEYS, PIANO_LOW, NoteHead, harmonic_templates, partial_amplitudes,
+                                        stft_magnitude)
 from pyramid_cli.data.audio_dataset import NoteCropDataset, RandomCropDataset
 from pyramid_cli.data.notes import midi_notes, piano_roll
 from pyramid_cli.errors import InputError, UsageError
+from pyramid_cli.hub.identity import weights_hash
 from pyramid_cli.train import CodecTrainConfig, train_codec
 
 RATE = 22050
@@ -44,12 +47,43 @@ def test_note_head_renders_only_the_keys_it_turns_on_and_only_within_the_band() 
         head.notes.bias.zero_()
         head.notes.bias[:PIANO_KEYS] = -30.0  # every key off
         head.notes.bias[69 - PIANO_LOW] = 30.0  # A4 on
-    logits, magnitude = head(torch.zeros(1, 5, 4), bins=1025)
+    logits, magnitude, partials = head(torch.zeros(1, 5, 4), bins=1025)
     assert logits.shape == (1, PIANO_KEYS, 5) and magnitude.shape == (1, 1025, 5)
     peaks = set(torch.topk(magnitude[0, :, 0], 8).indices.tolist())
     assert peaks == {round(k * 440 * 2048 / RATE) for k in range(1, 9)}
-    _, quarter = head(torch.zeros(1, 5, 4), bins=256)  # level 0 of 3 keeps a quarter of the band
+    assert partials.shape == (1, 5, PIANO_KEYS, 8) and partials[0, 0, 0].sum() > 0  # ungated: key 0 too
+    _, quarter, _ = head(torch.zeros(1, 5, 4), bins=256)  # level 0 of 3 keeps a quarter of the band
     assert quarter[0, 256:].abs().max() == 0 and quarter[0, :256].max() > 1
+
+
+def test_partial_fit_recovers_the_amplitudes_of_a_harmonic_tone() -> None:
+    t = torch.arange(RATE) / RATE
+    f0, amplitudes = 220.0, (0.2, 0.05, 0.0, 0.1)  # A3: partials 1, 2 and 4
+    wav = sum(a * torch.sin(2 * math.pi * f0 * (k + 1) * t) for k, a in enumerate(amplitudes))
+    magnitude = stft_magnitude(wav.reshape(1, 1, -1), 2048, 512)
+    templates = harmonic_templates(2048, RATE, 8)
+    fitted = partial_amplitudes(magnitude, templates.flatten(0, 1)).unflatten(-1, (PIANO_KEYS, 8))
+    a3 = fitted[0, 20, 57 - PIANO_LOW, :4] / (2048 / 4)  # a Hann-windowed sine of amplitude A peaks at A n_fft / 4
+    torch.testing.assert_close(a3, torch.tensor(amplitudes), atol=0.01, rtol=0.1)
+    # A key whose first partial is 6 bins away sees nothing (a semitone here is 1.3 bins: that would overlap).
+    assert fitted[0, 20, 62 - PIANO_LOW, 0] < 0.01 * fitted[0, 20, 57 - PIANO_LOW, 0]
+
+
+def test_key_partials_start_as_the_shared_profile_and_then_differ_per_key() -> None:
+    torch.manual_seed(0)
+    shared = NoteHead(4, 2048, RATE, 8)
+    per_key = NoteHead(4, 2048, RATE, 8, key_partials=True)
+    per_key.load_state_dict(shared.state_dict(), strict=False)
+    hidden = torch.randn(1, 5, 4)
+    for a, b in zip(shared(hidden, 1025), per_key(hidden, 1025), strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        per_key.key_partials.bias.normal_()
+    profiles = per_key(hidden, 1025)[2][0, 0]  # (88, 8)
+    profiles = profiles / profiles.sum(-1, keepdim=True)
+    assert (profiles[0] - profiles[40]).abs().max() > 0.01
+    with pytest.raises(UsageError, match="key_partials"):
+        CodecConfig(key_partials=True)  # no note head
 
 
 def test_config_and_preset() -> None:
@@ -152,3 +186,37 @@ def test_training_learns_the_roll_and_grows_a_head_on_a_spectral_codec(tmp_path:
         wav = torch.from_numpy(sf.read(corpus / "audio/train/song1.flac", dtype="float32")[0])[None, None]
         logits = grown(wav[..., :RATE], levels_to_decode=[2]).note_logits[2].mean(-1)[0]
     assert PIANO_LOW + int(logits.argmax()) == 67  # the song's one note
+
+
+def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(tmp_path: Path) -> None:
+    corpus, midi_dir = write_midi_corpus(tmp_path)
+    fast = dict(crop_seconds=0.5, batch_size=4, lr=3e-3, warmup_steps=0, eval_clips=1, eval_seconds=0.5,
+                log_every=1, eval_every=0, checkpoint_every=0, reseed_dead_codes_every=0, seed=1,
+                levels_per_step="all", notes_from=str(midi_dir))
+    train_codec(tmp_path / "base", CodecTrainConfig(**fast, model=TINY.to_dict(), steps=1), corpus)
+    start = tmp_path / "base/export"
+    tuned_config = replace(TINY, key_partials=True, name="renamed")  # the start model's name is kept
+    config = CodecTrainConfig(**fast, model=tuned_config.to_dict(), steps=4, freeze_tokenizer=True,
+                              partial_weight=1.0)
+    with pytest.raises(UsageError, match="init-from"):
+        train_codec(tmp_path / "x", config, corpus)
+    with pytest.raises(UsageError, match="reseed"):
+        replace(config, reseed_dead_codes_every=10)
+    train_codec(tmp_path / "tuned", config, corpus, init_from=start)
+
+    before, after = PyramidCodec.from_pretrained(start), PyramidCodec.from_pretrained(tmp_path / "tuned/export")
+    assert after.config.key_partials and after.config.name == "tiny-notes"
+    assert after.config.same_tokens_as == (weights_hash(start / "model.safetensors"),)
+    old, new = before.state_dict(), after.state_dict()
+    tokenizer = [k for k in old if not k.startswith(("decoder.", "up_decode."))]
+    assert tokenizer and all(torch.equal(old[k], new[k]) for k in tokenizer)
+    assert not torch.equal(old["decoder.note_head.notes.weight"], new["decoder.note_head.notes.weight"])
+    wav = torch.from_numpy(sf.read(corpus / "audio/train/song0.flac", dtype="float32")[0])[None, None]
+    with torch.no_grad():
+        for a, b in zip(before.encode(wav), after.encode(wav), strict=True):
+            assert torch.equal(a, b)
+    logs = [json.loads(line) for line in (tmp_path / "tuned/metrics.jsonl").read_text().splitlines()]
+    assert all(r["partials_l0"] > 0 for r in logs if r["kind"] == "train")
+    loaded = load_codec(tmp_path / "tuned/export")
+    assert loaded.hash != weights_hash(start / "model.safetensors")
+    assert loaded.matches("tiny-notes", weights_hash(start / "model.safetensors"))  # its .pyr files still decode
