@@ -131,15 +131,25 @@ def build(
 
 @app.command()
 def info(
-    corpus: Annotated[Path, typer.Argument(help="A corpus folder made by `pyramid dataset build`.")],
+    corpus: Annotated[Path, typer.Argument(
+        help="A corpus folder made by `pyramid dataset build`, or a token folder made by `dataset tokenize`.")],
     json_output: JsonOption = False,
 ) -> None:
-    """Files and hours per split and per instrument group.
+    """Files and hours per split and per instrument group; for a token folder, how much of each
+    codebook every split uses (codes used, perplexity).
 
-    Example: pyramid dataset info corpus
+    Examples:
+
+      pyramid dataset info corpus
+
+      pyramid dataset info tokens
     """
     from pyramid_cli.data.corpus import corpus_stats
+    from pyramid_cli.data.tokens import META_NAME
 
+    if (corpus / META_NAME).is_file():
+        _token_info(corpus, json_output)
+        return
     stats = corpus_stats(corpus)
     if json_output:
         print_json(stats)
@@ -155,6 +165,28 @@ def info(
         table.add_row(group, str(entry["files"]), format_hours(entry["hours"]))
     console.print(table)
     console.print(f"failed sources: {stats['failures']}   sample rate: {stats['sample_rates']}")
+
+
+def _token_info(folder: Path, json_output: bool) -> None:
+    from pyramid_cli.data.tokens import TokenSet, token_stats
+
+    stats = token_stats(TokenSet.open(folder))
+    if json_output:
+        print_json(stats)
+        return
+    table = Table(title=f"{folder}: tokens of {stats['codec']}, {stats['codebook_size']} codes per codebook")
+    for column in ("split", "items", "audio", "level", "frames", "codes used", "perplexity"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, entry in stats["splits"].items():
+        for level in entry["levels"]:
+            for book in level["codebooks"]:
+                first = level["level"] == 0 and book is level["codebooks"][0]
+                table.add_row(split if first else "", str(entry["items"]) if first else "",
+                              format_hours(entry["hours"]) if first else "", str(level["level"]),
+                              f"{level['frames']:,}", f"{book['used']} ({100 * book['used'] / book['size']:.0f}%)",
+                              f"{book['perplexity']:.0f}")
+        table.add_section()
+    console.print(table)
 
 
 @app.command()

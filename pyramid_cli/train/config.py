@@ -95,7 +95,7 @@ class CodecTrainConfig(TrainSettings):
     note_pos_weight: float = 1.0  # weight of the sounding keys in that BCE (> 1 trades precision for recall)
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
-    freeze_tokenizer: bool = False  # fine-tune the decoder only: the codes, .pyr files and LMs of the start model stay valid
+    freeze_tokenizer: bool = False  # decoder only: the start model's codes, .pyr files and LMs stay valid
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
     codebook_weight: float = 1.0  # RVQ codebook loss (DAC)

@@ -16,8 +16,14 @@ import torch
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.config import p111_notes
-from pyramid_cli.codec.spectral import (PIANO_KEYS, PIANO_LOW, NoteHead, harmonic_templates, partial_amplitudes,
-                                        stft_magnitude)
+from pyramid_cli.codec.spectral import (
+    PIANO_KEYS,
+    PIANO_LOW,
+    NoteHead,
+    harmonic_templates,
+    partial_amplitudes,
+    stft_magnitude,
+)
 from pyramid_cli.data.audio_dataset import NoteCropDataset, RandomCropDataset
 from pyramid_cli.data.notes import midi_notes, piano_roll
 from pyramid_cli.errors import InputError, UsageError

@@ -186,6 +186,15 @@ def test_cli_end_to_end(pyramid, corpus: Path, models: tuple[Path, Path], refere
     for split in ("train", "test"):
         assert _files(out / split) == _files(reference / split)
 
+    info = pyramid("dataset", "info", str(out), "--json")
+    assert info.code == 0, info.stderr
+    stats = json.loads(info.stdout)["splits"]
+    for split in ("train", "test"):
+        for level, array in enumerate(TokenSet.open(out).arrays(split)):
+            book = stats[split]["levels"][level]["codebooks"][0]
+            assert book["used"] == len(np.unique(array[:, 0])) and 1 <= book["perplexity"] <= book["used"]
+    assert "codes used" in pyramid("dataset", "info", str(out)).stderr  # tables go to the console (stderr)
+
     missing = pyramid("dataset", "tokenize", str(tmp_path / "nowhere"), "--out", str(out), "--model", str(models[0]))
     assert missing.code == 1 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().count("\n") == 0 and "nowhere" in missing.stderr
