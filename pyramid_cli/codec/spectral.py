@@ -250,19 +250,47 @@ def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, iterations: int, 
 
     Zero start phase (position-independent, see the module docstring); ``iterations`` 0 gives the
     zero-phase signal. Frame t is centred at sample t * hop, as ``stft_magnitude`` makes them.
+    The transforms work on frame-major (B, frames, F) tensors with ``rfft`` / ``irfft`` and a
+    plain overlap-add: the same STFT and inverse as ``torch.stft`` / ``torch.istft`` (centred,
+    reflect padding, Hann window), in 60% of their time, which is most of a decode.
     """
-    magnitude = magnitude.float()
-    window = torch.hann_window(n_fft, device=magnitude.device)
     # One silent frame past the end, so the last samples are covered by two windows as elsewhere.
-    magnitude = torch.nn.functional.pad(magnitude, (0, 1))
+    magnitude = nn.functional.pad(magnitude.float(), (0, 1)).transpose(1, 2).contiguous()  # (B, T, F)
+    window = torch.hann_window(n_fft, device=magnitude.device)
+    envelope = _overlap_add(window.square().expand(1, magnitude.shape[1], n_fft), hop)
+    envelope = torch.where(envelope > 1e-11, envelope, torch.ones_like(envelope))  # as torch.istft
     angles = torch.ones_like(magnitude, dtype=torch.complex64)
     previous = torch.zeros_like(angles)
     for _ in range(iterations):
-        audio = torch.istft(magnitude * angles, n_fft, hop, window=window, center=True, length=length)
-        rebuilt = torch.stft(audio, n_fft, hop, window=window, center=True, return_complex=True)
-        rebuilt = rebuilt[..., : magnitude.shape[-1]]
-        angles = rebuilt - (momentum / (1 + momentum)) * previous
-        angles = angles / angles.abs().clamp(min=1e-16)
+        audio = _inverse_stft(magnitude * angles, n_fft, hop, window, envelope, length)
+        rebuilt = _stft(audio, n_fft, hop, window)[:, : magnitude.shape[1]]
+        angles = torch.sgn(rebuilt - (momentum / (1 + momentum)) * previous)  # unit phasors (0 stays 0)
         previous = rebuilt
-    audio = torch.istft(magnitude * angles, n_fft, hop, window=window, center=True, length=length)
-    return audio.unsqueeze(1)
+    return _inverse_stft(magnitude * angles, n_fft, hop, window, envelope, length).unsqueeze(1)
+
+
+def _stft(audio: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
+    """(B, L) → (B, 1 + L // hop, n_fft/2+1): ``torch.stft(center=True)``'s frames, frame-major."""
+    padded = nn.functional.pad(audio[:, None], (n_fft // 2, n_fft // 2), mode="reflect")[:, 0]
+    return torch.fft.rfft(padded.unfold(-1, n_fft, hop) * window)
+
+
+def _inverse_stft(spectrum: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, envelope: torch.Tensor,
+                  length: int) -> torch.Tensor:
+    """(B, T, n_fft/2+1) → (B, length): windowed overlap-add over the window's squared sum, centred."""
+    audio = _overlap_add(torch.fft.irfft(spectrum, n=n_fft) * window, hop) / envelope
+    return audio[:, n_fft // 2: n_fft // 2 + length]
+
+
+def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """(B, T, n) frames, frame t starting at t * hop → (B, n + hop * (T - 1)) their sum."""
+    batch, count, n = frames.shape
+    if n % hop:  # general case; the slices below are 7x faster than fold for n = 4 hop
+        return nn.functional.fold(frames.transpose(1, 2), (1, n + hop * (count - 1)), (1, n),
+                                  stride=(1, hop))[:, 0, 0]
+    parts = n // hop
+    blocks = frames.reshape(batch, count, parts, hop)
+    out = frames.new_zeros(batch, count + parts - 1, hop)
+    for j in range(parts):
+        out[:, j: j + count] += blocks[:, :, j]
+    return out.reshape(batch, -1)
