@@ -113,8 +113,8 @@ def _codec_config(run: RunFolder, cfg: CodecTrainConfig, resume: Path | None,
     if cfg.freeze_tokenizer:  # its tokens are the start model's: same name, and its hash accepted
         start_hash = weights_hash(Path(init_from) / WEIGHTS_NAME)
         earlier = tuple(h for h in source.same_tokens_as if h != start_hash)
-        config = replace(config, name=source.name, same_tokens_as=(*earlier, start_hash)[-MAX_TUPLE:])
-    return config
+        return replace(config, name=source.name, same_tokens_as=(*earlier, start_hash)[-MAX_TUPLE:])
+    return replace(config, same_tokens_as=())  # a trained encoder makes other codes
 
 
 def _dataset(cfg: CodecTrainConfig, corpus: Path, codec_config: CodecConfig) -> RandomCropDataset:
@@ -136,6 +136,9 @@ def _train(run: RunFolder, cfg: CodecTrainConfig, corpus: Path, info: DistInfo, 
     if info.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run.path / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if cfg.note_level_weights and len(cfg.note_level_weights) != codec_config.n_levels:
+        raise UsageError(f"note_level_weights needs one factor per level ({codec_config.n_levels}), "
+                         f"got {list(cfg.note_level_weights)}")
     if cfg.gan and codec_config.architecture == "spectral":
         raise UsageError("GAN training needs a waveform codec; a spectral codec is trained on magnitudes")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank

@@ -78,7 +78,8 @@ def codec_loss(
                 logits = out.note_logits[i].float()[..., : rolls.shape[-1]]  # the model pads the crop
                 parts[f"notes_l{i}"] = F.binary_cross_entropy_with_logits(
                     logits, rolls, pos_weight=torch.tensor(cfg.note_pos_weight, device=logits.device))
-                total = total + cfg.note_weight * parts[f"notes_l{i}"]
+                level_weight = cfg.note_level_weights[i] if cfg.note_level_weights else 1.0
+                total = total + cfg.note_weight * level_weight * parts[f"notes_l{i}"]
                 if cfg.partial_weight and out.partials is not None:
                     band = 0.5 ** (len(out.codes) - 1 - i)
                     parts[f"partials_l{i}"] = partial_loss(out.partials[i].float(), rolls, targets[i],

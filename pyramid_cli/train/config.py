@@ -93,6 +93,7 @@ class CodecTrainConfig(TrainSettings):
     pitch_weight: float = 0.0  # spectral codecs: semitone-band log-magnitude loss (codec_parts.spectral_losses)
     note_weight: float = 1.0  # codecs with a note head: BCE of its note logits against the MIDI piano roll
     note_pos_weight: float = 1.0  # weight of the sounding keys in that BCE (> 1 trades precision for recall)
+    note_level_weights: tuple[float, ...] = ()  # per decoded level, a factor on note_weight (() = 1 each)
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
     freeze_tokenizer: bool = False  # decoder only: the start model's codes, .pyr files and LMs stay valid
@@ -122,6 +123,9 @@ class CodecTrainConfig(TrainSettings):
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON gives lists
+        self.note_level_weights = tuple(self.note_level_weights)
+        if any(not isinstance(w, (int, float)) or w < 0 for w in self.note_level_weights):
+            raise UsageError(f"note_level_weights must be non-negative numbers, got {self.note_level_weights}")
         self.discriminator_config()  # a bad preset name or key fails here, not mid-run
         if self.levels_per_step not in ("random", "all"):
             raise UsageError(f"levels_per_step must be 'random' or 'all', got {self.levels_per_step!r}")

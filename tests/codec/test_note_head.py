@@ -208,6 +208,8 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
         train_codec(tmp_path / "x", config, corpus)
     with pytest.raises(UsageError, match="reseed"):
         replace(config, reseed_dead_codes_every=10)
+    with pytest.raises(UsageError, match="one factor per level"):
+        train_codec(tmp_path / "y", replace(config, note_level_weights=(1.0,)), corpus, init_from=start)
     train_codec(tmp_path / "tuned", config, corpus, init_from=start)
 
     before, after = PyramidCodec.from_pretrained(start), PyramidCodec.from_pretrained(tmp_path / "tuned/export")
@@ -223,6 +225,9 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
             assert torch.equal(a, b)
     logs = [json.loads(line) for line in (tmp_path / "tuned/metrics.jsonl").read_text().splitlines()]
     assert all(r["partials_l0"] > 0 for r in logs if r["kind"] == "train")
+    retrained = tmp_path / "retrained"  # training the encoder too makes other codes: no claim to the old ones
+    train_codec(retrained, replace(config, freeze_tokenizer=False, steps=1), corpus, init_from=tmp_path / "tuned/export")
+    assert PyramidCodec.from_pretrained(retrained / "export").config.same_tokens_as == ()
     loaded = load_codec(tmp_path / "tuned/export")
     assert loaded.hash != weights_hash(start / "model.safetensors")
     assert loaded.matches("tiny-notes", weights_hash(start / "model.safetensors"))  # its .pyr files still decode
