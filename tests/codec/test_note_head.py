@@ -226,7 +226,8 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
     logs = [json.loads(line) for line in (tmp_path / "tuned/metrics.jsonl").read_text().splitlines()]
     assert all(r["partials_l0"] > 0 for r in logs if r["kind"] == "train")
     retrained = tmp_path / "retrained"  # training the encoder too makes other codes: no claim to the old ones
-    train_codec(retrained, replace(config, freeze_tokenizer=False, steps=1), corpus, init_from=tmp_path / "tuned/export")
+    train_codec(retrained, replace(config, freeze_tokenizer=False, steps=1), corpus,
+                init_from=tmp_path / "tuned/export")
     assert PyramidCodec.from_pretrained(retrained / "export").config.same_tokens_as == ()
     loaded = load_codec(tmp_path / "tuned/export")
     assert loaded.hash != weights_hash(start / "model.safetensors")
