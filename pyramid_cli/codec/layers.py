@@ -9,6 +9,7 @@ Shapes are (B, C, T) throughout.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ def WNConv1d(  # noqa: N802 - named like the class it returns, as in DAC
     conv = nn.Conv1d(
         in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias
     )
-    return weight_norm(conv)
+    return _weight_norm(conv)
 
 
 def WNConvTranspose1d(  # noqa: N802
@@ -44,7 +45,34 @@ def WNConvTranspose1d(  # noqa: N802
     conv = nn.ConvTranspose1d(
         in_channels, out_channels, kernel_size, stride=stride, padding=padding, output_padding=output_padding
     )
+    return _weight_norm(conv)
+
+
+ConvT = TypeVar("ConvT", nn.Conv1d, nn.ConvTranspose1d)
+
+
+def _weight_norm(conv: ConvT) -> ConvT:
+    """``weight_norm(conv)``, except on the meta device, where a model is built only for its shapes
+    (``parametrized_shapes``): the parametrization's norm has no meta kernel there, and its Python
+    fallback imports ``torch._dynamo``, 1.4 s at the start of every command that loads a codec."""
+    if conv.weight.is_meta:
+        conv.weight_norm_deferred = True  # type: ignore[assignment]  # a plain attribute, not a submodule
+        return conv
     return weight_norm(conv)
+
+
+def parametrized_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of ``module`` as a weight-normalised model stores them, for a model
+    built on the meta device (``_weight_norm`` left its convs plain): ``X.weight`` becomes
+    ``X.parametrizations.weight.original0`` (the norms, one per output channel) and ``original1``."""
+    shapes = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    for name, sub in module.named_modules():
+        if getattr(sub, "weight_norm_deferred", False):
+            prefix = f"{name}." if name else ""
+            weight = shapes.pop(f"{prefix}weight")
+            shapes[f"{prefix}parametrizations.weight.original0"] = (weight[0],) + (1,) * (len(weight) - 1)
+            shapes[f"{prefix}parametrizations.weight.original1"] = weight
+    return shapes
 
 
 def fold_weight_norm(module: nn.Module) -> nn.Module:

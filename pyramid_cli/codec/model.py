@@ -29,6 +29,7 @@ from pyramid_cli.codec.layers import (
     WNConv1d,
     fold_weight_norm,
     is_weight_norm_folded,
+    parametrized_shapes,
     strided_conv_transpose,
 )
 from pyramid_cli.codec.quantize import QuantizerOutput, ResidualVectorQuantize
@@ -394,9 +395,8 @@ class PyramidCodec(nn.Module):
         folded = not any(".parametrizations." in key for key in safetensors_header(weights_path))
         with torch.device("meta"):  # the shapes the config implies, checked before anything is allocated
             probe = cls(config)
-            if folded:
-                probe.fold_weight_norm()
-        check_weight_shapes(weights_path, {k: tuple(v.shape) for k, v in probe.state_dict().items()}, "codec")
+        shapes = {k: tuple(v.shape) for k, v in probe.state_dict().items()} if folded else parametrized_shapes(probe)
+        check_weight_shapes(weights_path, shapes, "codec")
         state = read_weights(directory, "codec")
         model = cls(config)
         if folded:

@@ -86,7 +86,9 @@ class VectorQuantize(nn.Module):
         # Under cosine lookup a bias can dominate the projection and point every latent one way.
         self.in_proj = WNConv1d(input_dim, codebook_dim, kernel_size=1, bias=projection_bias)
         self.out_proj = WNConv1d(codebook_dim, input_dim, kernel_size=1)
-        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        # Embedding's own init (normal_) draws the same values, but on the meta device, where
+        # from_pretrained builds a shape probe, normal_ imports torch._dynamo (about 1 s); randn does not.
+        self.codebook = nn.Embedding(codebook_size, codebook_dim, _weight=torch.randn(codebook_size, codebook_dim))
         # Training statistic, not a weight: kept out of checkpoints (persistent=False).
         self.register_buffer("code_counts", torch.zeros(codebook_size), persistent=False)
 
@@ -192,7 +194,7 @@ class ScalarQuantize(VectorQuantize):
         del self.codebook  # the grid is the codebook
         self.standardise = nn.BatchNorm1d(len(levels), affine=False, momentum=0.01)
         levels_t = torch.tensor(levels, dtype=torch.float32)
-        basis = torch.cumprod(torch.tensor((1,) + tuple(levels[:-1]), dtype=torch.float32), dim=0)
+        basis = torch.tensor([math.prod(levels[:i]) for i in range(len(levels))], dtype=torch.float32)
         self.register_buffer("levels", levels_t, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
 

@@ -136,9 +136,12 @@ def harmonic_templates(n_fft: int, sample_rate: int, harmonics: int) -> torch.Te
     The bump's width (0.7 bins) matches the main lobe of a Hann window, so a template is what
     ``stft_magnitude`` shows for a steady harmonic tone. Partials at or above Nyquist are zero.
     """
-    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
-    f0 = 440.0 * 2.0 ** ((torch.arange(PIANO_KEYS, dtype=torch.float64) + PIANO_LOW - 69) / 12)
-    partials = f0[:, None] * torch.arange(1, harmonics + 1, dtype=torch.float64)  # (P, K) Hz
+    # Always computed on the CPU: a model built on the meta device (a shape probe) must not run
+    # these ops there, where their Python fallbacks import torch._dynamo (about 1 s).
+    cpu = torch.device("cpu")
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64, device=cpu)
+    f0 = 440.0 * 2.0 ** ((torch.arange(PIANO_KEYS, dtype=torch.float64, device=cpu) + PIANO_LOW - 69) / 12)
+    partials = f0[:, None] * torch.arange(1, harmonics + 1, dtype=torch.float64, device=cpu)  # (P, K) Hz
     centres = partials * n_fft / sample_rate  # in bins
     bumps = torch.exp(-0.5 * ((bins - centres[..., None]) / 0.7) ** 2)
     return (bumps * (partials < sample_rate / 2)[..., None]).float()

@@ -138,13 +138,19 @@ class PyramidLM(nn.Module):
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.stream_embedding = nn.Embedding(config.n_streams, config.d_model)
+        # randn draws what Embedding's own init would (the init below overwrites it anyway), and unlike
+        # normal_ it runs on the meta device, where from_pretrained builds its shape probe.
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model,
+                                            _weight=torch.randn(config.vocab_size, config.d_model))
+        self.stream_embedding = nn.Embedding(config.n_streams, config.d_model,
+                                             _weight=torch.randn(config.n_streams, config.d_model))
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(config.d_model, config.n_head, config.dropout, config.rope_base) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if self.head.weight.is_meta:  # a shape probe: nothing to initialise (normal_ would import torch._dynamo)
+            return
         self.apply(self._init_weights)
         for name, parameter in self.named_parameters():
             if name.endswith("proj.weight") or name.endswith("down.weight"):
