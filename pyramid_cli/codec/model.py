@@ -43,6 +43,7 @@ from pyramid_cli.hub.files import (
     safetensors_header,
     write_model_folder,
 )
+from pyramid_cli.runtime.devices import cpu_bf16_decoding
 
 # Called with (level, RVQ_i, its inputs) before each level quantizes (``PyramidCodec.quantize``).
 LevelHook = Callable[[int, ResidualVectorQuantize, torch.Tensor], None]
@@ -236,7 +237,10 @@ class PyramidCodec(nn.Module):
         if not self.spectral:
             return self.decoder(latent)[..., :length]
         level = self.config.n_levels - 1 if level is None else level
-        return self.spectrum_to_audio(self.decoder(latent, self.band(level))[0], length)
+        fast = not self.training and cpu_bf16_decoding(latent.device)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            log_magnitude = self.decoder(latent, self.band(level)).log_magnitude
+        return self.spectrum_to_audio(log_magnitude.float(), length)
 
     def spectrum_to_audio(self, log_magnitude: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """Spectral codecs: decoder output (B, F, frames) → (B, 1, frames * finest hop)[..., :length] audio."""

@@ -8,6 +8,8 @@ usage error with a one-line reason, not a CUDA traceback.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 
 import torch
@@ -65,3 +67,26 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         raise UsageError(f"device {spec}: this machine has {count} CUDA device{'s' * (count != 1)} "
                          f"(cuda:0..cuda:{count - 1})", option="device")
     return torch.device("cuda", index)
+
+
+BF16_DECODER_ENV = "PYRAMID_CPU_BF16"  # "0" keeps spectral decoders in float32 on CPUs that have bf16
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_native_bf16() -> bool:
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private in torch 2.11: guarded
+    try:
+        return bool(probe()) if callable(probe) else False
+    except Exception:  # noqa: BLE001 - an unknown CPU is treated as one without bf16
+        return False
+
+
+def cpu_bf16_decoding(device: torch.device) -> bool:
+    """Whether a spectral decoder may run under bf16 autocast on ``device``.
+
+    Only on CPUs with native bf16 (AVX512-BF16; elsewhere it is emulated and slower), and not
+    when ``PYRAMID_CPU_BF16=0``. It halves the decoder's time with the same figures (note F1,
+    chroma and mel within 0.003 on 20 test clips; see the codec card); encoders never use it,
+    as the codes must be exact.
+    """
+    return device.type == "cpu" and os.environ.get(BF16_DECODER_ENV, "1") != "0" and _cpu_has_native_bf16()

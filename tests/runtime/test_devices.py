@@ -51,3 +51,38 @@ def test_a_device_error_names_the_setting_and_the_cli_its_flag():
     with pytest.raises(UsageError) as error:
         resolve_device("tpu")
     assert error.value.option == "device" and error_message(error.value).startswith("--device tpu: unknown device")
+
+
+def test_cpu_bf16_decoding_only_on_cpu_and_not_when_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyramid_cli.runtime import devices
+
+    monkeypatch.setattr(devices, "_cpu_has_native_bf16", lambda: True)
+    assert devices.cpu_bf16_decoding(torch.device("cpu"))
+    assert not devices.cpu_bf16_decoding(torch.device("meta"))
+    monkeypatch.setenv(devices.BF16_DECODER_ENV, "0")
+    assert not devices.cpu_bf16_decoding(torch.device("cpu"))
+    monkeypatch.delenv(devices.BF16_DECODER_ENV)
+    monkeypatch.setattr(devices, "_cpu_has_native_bf16", lambda: False)
+    assert not devices.cpu_bf16_decoding(torch.device("cpu"))
+
+
+def test_bf16_decoding_is_close_to_float32_and_codes_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyramid_cli.codec import CodecConfig, PyramidCodec
+    from pyramid_cli.runtime import devices
+
+    torch.manual_seed(0)
+    config = CodecConfig(name="tiny", architecture="spectral", encoder_rates=(256,), encoder_dim=16, decoder_dim=32,
+                         latent_dim=16, encoder_layers=1, decoder_layers=2, griffin_lim_iters=0,
+                         fsq_levels=(4, 4, 4, 4, 4), harmonics=4)
+    model = PyramidCodec(config).eval()
+    wav = 0.1 * torch.randn(1, 1, 22050)
+    results = {}
+    for bf16 in (False, True):
+        monkeypatch.setattr(devices, "_cpu_has_native_bf16", lambda value=bf16: value)
+        with torch.inference_mode():
+            codes = model.encode(wav)
+            results[bf16] = (codes, model.decode(codes, length=wav.shape[-1]))
+    assert all(torch.equal(a, b) for a, b in zip(results[False][0], results[True][0], strict=True))
+    assert results[True][1].dtype == torch.float32
+    assert not torch.equal(results[True][1], results[False][1])  # the bf16 path did run
+    torch.testing.assert_close(results[True][1], results[False][1], atol=0.02, rtol=0.05)
