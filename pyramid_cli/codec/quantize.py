@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyramid_cli.codec.layers import WNConv1d
+from pyramid_cli.runtime.devices import normal_unless_meta
 
 
 @dataclass
@@ -86,9 +87,9 @@ class VectorQuantize(nn.Module):
         # Under cosine lookup a bias can dominate the projection and point every latent one way.
         self.in_proj = WNConv1d(input_dim, codebook_dim, kernel_size=1, bias=projection_bias)
         self.out_proj = WNConv1d(codebook_dim, input_dim, kernel_size=1)
-        # Embedding's own init (normal_) draws the same values, but on the meta device, where
-        # from_pretrained builds a shape probe, normal_ imports torch._dynamo (about 1 s); randn does not.
-        self.codebook = nn.Embedding(codebook_size, codebook_dim, _weight=torch.randn(codebook_size, codebook_dim))
+        # Embedding's own init, except on the meta device (from_pretrained's shape probe).
+        self.codebook = nn.Embedding(codebook_size, codebook_dim,
+                                     _weight=normal_unless_meta(codebook_size, codebook_dim))
         # Training statistic, not a weight: kept out of checkpoints (persistent=False).
         self.register_buffer("code_counts", torch.zeros(codebook_size), persistent=False)
 

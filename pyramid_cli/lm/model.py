@@ -31,6 +31,7 @@ from pyramid_cli.hub.files import (
 )
 from pyramid_cli.hub.identity import CodecIdentity, check_codec_identity
 from pyramid_cli.lm.config import LMConfig
+from pyramid_cli.runtime.devices import normal_unless_meta
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
@@ -138,12 +139,11 @@ class PyramidLM(nn.Module):
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
         self.config = config
-        # randn draws what Embedding's own init would (the init below overwrites it anyway), and unlike
-        # normal_ it runs on the meta device, where from_pretrained builds its shape probe.
+        # Embedding's own init, except on the meta device (from_pretrained's shape probe; see normal_unless_meta).
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model,
-                                            _weight=torch.randn(config.vocab_size, config.d_model))
+                                            _weight=normal_unless_meta(config.vocab_size, config.d_model))
         self.stream_embedding = nn.Embedding(config.n_streams, config.d_model,
-                                             _weight=torch.randn(config.n_streams, config.d_model))
+                                             _weight=normal_unless_meta(config.n_streams, config.d_model))
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(config.d_model, config.n_head, config.dropout, config.rope_base) for _ in range(config.n_layer))

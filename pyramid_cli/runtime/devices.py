@@ -90,3 +90,11 @@ def cpu_bf16_decoding(device: torch.device) -> bool:
     as the codes must be exact.
     """
     return device.type == "cpu" and os.environ.get(BF16_DECODER_ENV, "1") != "0" and _cpu_has_native_bf16()
+
+
+def normal_unless_meta(*shape: int) -> torch.Tensor:
+    """``torch.randn(*shape)`` (the values ``nn.Embedding`` initialises itself with), left empty on the
+    meta device: there both ``randn`` and ``normal_`` run Python fallbacks that import sympy or
+    ``torch._dynamo`` (0.3-1 s at the start of a command that loads a model)."""
+    weight = torch.empty(*shape)
+    return weight if weight.is_meta else weight.normal_()
