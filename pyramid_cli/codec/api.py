@@ -22,8 +22,8 @@ from pyramid_cli.codec.inference import (
     DEFAULT_CHUNK_SECONDS,
     Progress,
     encode_audio,
+    encode_reach,
     iter_decode_codes,
-    receptive_field,
 )
 from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.errors import CodecMismatchError, InputError, UsageError
@@ -199,7 +199,7 @@ def _check_signal(name: str, peak: float, num_samples: int, codec: LoadedCodec) 
 def _pyr(codec: LoadedCodec, codes: list[torch.Tensor], num_samples: int, original_sample_rate: int,
          original_channels: int, name: str, chunk_seconds: float) -> PyrFile:
     config = codec.model.config
-    overlap = receptive_field(config).encode_seconds  # the context every chunk was encoded with
+    overlap = encode_reach(config) * config.hop_lengths[0] / config.sample_rate  # each chunk's context
     return PyrFile(
         codec_name=codec.name,
         codec_hash=codec.hash,

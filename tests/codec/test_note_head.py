@@ -16,6 +16,7 @@ import torch
 from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.config import p111_notes
+from pyramid_cli.codec.inference import decode_codes
 from pyramid_cli.codec.spectral import (
     PIANO_KEYS,
     PIANO_LOW,
@@ -111,6 +112,22 @@ def test_codec_returns_note_logits_per_level_and_decodes() -> None:
     with torch.inference_mode():
         codes = model.encode(wav)
         assert model.decode(codes, levels=1, length=RATE).shape == (2, 1, RATE)
+
+
+def test_chunked_decoding_with_a_note_head_equals_whole_signal_decoding() -> None:
+    """The receptive-field probe leaves the note head out (it is frame-local): chunking stays exact."""
+    torch.manual_seed(0)
+    model = PyramidCodec(replace(TINY, key_partials=True)).eval()
+    with torch.no_grad():  # a head that renders notes in every frame, so that its reach would show
+        model.decoder.note_head.notes.bias.normal_()
+        model.decoder.note_head.key_partials.weight.normal_(std=0.1)
+    length = 3 * RATE + 333
+    wav = 0.2 * torch.randn(1, length)
+    with torch.inference_mode():
+        codes = [c[0] for c in model.encode(wav[None])]
+        reference = model.decode([c[None] for c in codes], length=length)[0]
+    audio = decode_codes(model, codes, num_samples=length, chunk_seconds=0.5)
+    assert (audio - reference).abs().max() < 1e-4
 
 
 def test_piano_roll_frames() -> None:
