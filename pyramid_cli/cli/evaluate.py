@@ -87,9 +87,19 @@ def eval_codec(
     console.print(table)
     if result.input_notes_per_second is not None:
         console.print(f"input: {result.input_notes_per_second:.1f} notes/s transcribed")
+    for s in result.levels:
+        if s.extra_notes is not None and s.missed_notes is not None:
+            console.print(f"{s.levels} level{'s' if s.levels > 1 else ''}: of the extra notes "
+                          f"{_share(s.extra_octave_notes, s.extra_notes)} are octaves of input notes; of the missed "
+                          f"notes {_share(s.missed_in_sustain_notes, s.missed_notes)} fall inside a held decoded note "
+                          "of that pitch (a re-struck key without a new attack)")
     usage = ", ".join(f"L{u.level}/{u.codebook}: {u.used}/{u.size} used, perplexity {u.perplexity:.0f}"
                       for u in result.codebooks)
     console.print(f"codebooks: {usage}")
+
+
+def _share(part: float | None, whole: float) -> str:
+    return "-" if part is None or whole <= 0 else f"{part / whole:.0%}"
 
 
 def plot(

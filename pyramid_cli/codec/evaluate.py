@@ -28,7 +28,7 @@ from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.manifest import load_manifest
 from pyramid_cli.errors import InputError
 from pyramid_cli.metrics.distances import chroma_similarity, mel_distance, si_sdr, stft_distance, waveform_distance
-from pyramid_cli.metrics.transcribe import onset_f1
+from pyramid_cli.metrics.transcribe import note_errors, onset_f1
 
 if TYPE_CHECKING:
     from pyramid_cli.metrics.transcribe import Transcriber
@@ -50,6 +50,12 @@ class LevelScores:
     note_precision: float | None = None
     note_recall: float | None = None
     notes_per_second: float | None = None  # in the decode (the input's: CodecEvaluation.input_notes_per_second)
+    # ``transcribe.note_errors`` per clip, averaged: the decode's extra notes and how many of them are
+    # octaves of an input note; the input's missed notes and how many fall inside a held decode note.
+    extra_notes: float | None = None
+    extra_octave_notes: float | None = None
+    missed_notes: float | None = None
+    missed_in_sustain_notes: float | None = None
     visqol: float | None = None  # ViSQOL v3 audio mode, MOS-LQO 1-5 against the full signal (None: not measured)
 
 
@@ -110,8 +116,9 @@ def evaluate_codec(
 ) -> CodecEvaluation:
     """Scores per number of decoded levels, averaged over clips, and codebook usage.
 
-    With a ``transcriber``, also note onset precision / recall / F1 (mir_eval, 50 ms) and notes
-    per second; F1 is averaged over clips. With ``visqol``, ViSQOL's MOS-LQO against the full signal.
+    With a ``transcriber``, also note onset precision / recall / F1 (mir_eval, 50 ms), notes per
+    second and what the wrong notes are (``transcribe.note_errors``); F1 is averaged over clips.
+    With ``visqol``, ViSQOL's MOS-LQO against the full signal.
     """
     config = codec.config
     device = next(codec.parameters()).device
@@ -152,8 +159,11 @@ def evaluate_codec(
             if transcriber is not None and reference_notes is not None:
                 estimate = transcriber.transcribe(decoded[0, 0].cpu().numpy(), config.sample_rate)
                 precision, recall, f1 = onset_f1(reference_notes, estimate.notes)
+                errors = note_errors(reference_notes, estimate.notes)
                 scores.update(note_f1=f1, note_precision=precision, note_recall=recall,
-                              notes_per_second=estimate.notes_per_second)
+                              notes_per_second=estimate.notes_per_second, extra_notes=errors.extra,
+                              extra_octave_notes=errors.extra_octave, missed_notes=errors.missed,
+                              missed_in_sustain_notes=errors.missed_in_sustain)
             mos = None if visqol is None else visqol.score(decoded[0, 0].cpu().numpy(), wav[0, 0].cpu().numpy(),
                                                            config.sample_rate)
             if mos is not None:

@@ -212,6 +212,21 @@ def decode_notes(
     return sorted(notes, key=lambda note: (note.start, note.pitch))
 
 
+def _mir_eval() -> Any:
+    try:
+        import mir_eval
+    except ImportError as exc:
+        raise DependencyError(f"note F1 needs mir_eval: {INSTALL_HINT}") from exc
+    return mir_eval
+
+
+def _arrays(notes: list[Note]) -> tuple[np.ndarray, np.ndarray]:
+    """mir_eval's (intervals (n, 2) s, pitches (n,) Hz) of ``notes``."""
+    intervals = np.array([[n.start, max(n.end, n.start + 1e-3)] for n in notes]).reshape(-1, 2)
+    pitches = 440.0 * 2.0 ** ((np.array([n.pitch for n in notes], float) - 69) / 12)
+    return intervals, pitches
+
+
 def onset_f1(reference: list[Note], estimate: list[Note], onset_tolerance: float = 0.05) -> tuple[float, float, float]:
     """Note onset precision, recall and F1 (mir_eval.transcription, offsets ignored, 50 ms, 50 cents).
 
@@ -221,19 +236,40 @@ def onset_f1(reference: list[Note], estimate: list[Note], onset_tolerance: float
         return 1.0, 1.0, 1.0
     if not reference or not estimate:
         return 0.0, 0.0, 0.0
-    try:
-        import mir_eval
-    except ImportError as exc:
-        raise DependencyError(f"note F1 needs mir_eval: {INSTALL_HINT}") from exc
-
-    def arrays(notes: list[Note]) -> tuple[np.ndarray, np.ndarray]:
-        intervals = np.array([[n.start, max(n.end, n.start + 1e-3)] for n in notes])
-        pitches = 440.0 * 2.0 ** ((np.array([n.pitch for n in notes], float) - 69) / 12)
-        return intervals, pitches
-
-    ref_intervals, ref_pitches = arrays(reference)
-    est_intervals, est_pitches = arrays(estimate)
-    precision, recall, f1, _ = mir_eval.transcription.precision_recall_f1_overlap(
-        ref_intervals, ref_pitches, est_intervals, est_pitches, onset_tolerance=onset_tolerance, offset_ratio=None
+    precision, recall, f1, _ = _mir_eval().transcription.precision_recall_f1_overlap(
+        *_arrays(reference), *_arrays(estimate), onset_tolerance=onset_tolerance, offset_ratio=None
     )
     return float(precision), float(recall), float(f1)
+
+
+@dataclass(frozen=True)
+class NoteErrors:
+    """What onset F1's unmatched notes are, counted (``note_errors``).
+
+    Why: an F1 says how many notes are wrong, not why. A decode's extra notes may be octaves of the
+    input's (a pitch-class-right, octave-wrong codec) and its misses may sit inside a note of the
+    same pitch that the decode holds on (a re-struck key rendered without a new attack); each
+    calls for a different fix.
+    """
+
+    extra: int  # decode notes matching no input note
+    extra_octave: int  # of those, one or two octaves from an input note starting within the tolerance
+    missed: int  # input notes matching no decode note
+    missed_in_sustain: int  # of those, inside a decode note of the same pitch that started earlier
+
+
+def note_errors(reference: list[Note], estimate: list[Note], onset_tolerance: float = 0.05) -> NoteErrors:
+    """Classify the notes that ``onset_f1`` leaves unmatched (same matching: mir_eval, offsets ignored)."""
+    matched: list[tuple[int, int]] = []
+    if reference and estimate:
+        matched = _mir_eval().transcription.match_notes(*_arrays(reference), *_arrays(estimate),
+                                                        onset_tolerance=onset_tolerance, offset_ratio=None)
+    matched_reference = {i for i, _ in matched}
+    matched_estimate = {j for _, j in matched}
+    extra = [n for j, n in enumerate(estimate) if j not in matched_estimate]
+    missed = [n for i, n in enumerate(reference) if i not in matched_reference]
+    octave = sum(any(abs(r.pitch - n.pitch) in (12, 24) and abs(r.start - n.start) <= onset_tolerance
+                     for r in reference) for n in extra)
+    sustained = sum(any(e.pitch == n.pitch and e.start < n.start - onset_tolerance and n.start < e.end
+                        for e in estimate) for n in missed)
+    return NoteErrors(extra=len(extra), extra_octave=octave, missed=len(missed), missed_in_sustain=sustained)

@@ -70,6 +70,15 @@ def test_eval_codec_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert exit_info.value.code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == "tiny" and report["clips"] == 1 and len(report["levels"]) == 3
+    from pyramid_cli.metrics import transcribe
+    if transcribe.available():  # the wrong notes, counted per level, and their kinds in the table's notes
+        level = report["levels"][0]
+        assert level["extra_notes"] >= level["extra_octave_notes"] >= 0
+        assert level["missed_notes"] >= level["missed_in_sustain_notes"] >= 0
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", "codec", "--data", str(corpus), "--model", str(model_dir), "--clips", "1",
+                  "--clip-seconds", "0.5", "--device", "cpu", "--no-visqol"])
+        assert exit_info.value.code == 0 and "of the missed notes" in capsys.readouterr().err  # the table's stream
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "codec", "--data", str(corpus), "--model", str(model_dir), "--split", "valid"])
     assert exit_info.value.code == 1 and "'valid' split is empty" in capsys.readouterr().err

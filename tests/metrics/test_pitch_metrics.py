@@ -81,6 +81,23 @@ def test_onset_f1_edge_cases() -> None:
     assert transcribe.onset_f1([], [note]) == (0.0, 0.0, 0.0)
 
 
+def test_note_errors_name_octaves_and_notes_lost_inside_held_notes() -> None:
+    pytest.importorskip("mir_eval")
+    Note = transcribe.Note
+    reference = [Note(0.0, 0.4, 60, 1.0), Note(0.5, 0.9, 60, 1.0),  # C4 struck twice
+                 Note(1.0, 1.5, 64, 1.0), Note(2.0, 2.5, 67, 1.0)]
+    estimate = [Note(0.0, 0.9, 60, 1.0),  # matches the first C4 and holds through the second: one miss inside it
+                Note(1.01, 1.5, 64, 1.0),  # a match
+                Note(1.02, 1.5, 76, 1.0),  # an octave above the E4: an extra octave note
+                Note(3.0, 3.2, 50, 1.0)]  # an extra note nowhere near the input's
+    errors = transcribe.note_errors(reference, estimate)
+    assert errors == transcribe.NoteErrors(extra=2, extra_octave=1, missed=2, missed_in_sustain=1)
+    assert transcribe.note_errors([], estimate) == transcribe.NoteErrors(4, 0, 0, 0)
+    assert transcribe.note_errors(reference, []) == transcribe.NoteErrors(0, 0, 4, 0)
+    perfect = transcribe.note_errors(reference, reference)
+    assert perfect.extra == perfect.missed == 0
+
+
 def test_missing_model_is_a_clear_dependency_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(transcribe.MODEL_ENV, str(tmp_path / "absent.onnx"))
     assert not transcribe.available()
