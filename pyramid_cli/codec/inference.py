@@ -71,7 +71,7 @@ def _probe_config(config: CodecConfig) -> CodecConfig:
     """Same strides and levels (the geometry), narrowest widths: a cheap model to measure reach.
 
     No note head: it maps each decoder frame to that frame's magnitudes, so it reaches no further,
-    and its harmonic templates would cost a third of the probe's time.
+    and its harmonic templates would cost a fifth of the probe's time.
     """
     return dataclasses.replace(
         config, encoder_dim=2, latent_dim=4, decoder_dim=2 ** (len(config.decoder_rates) + 1),
@@ -157,7 +157,7 @@ def receptive_field(config: CodecConfig) -> ReceptiveField:
     straight-through quantisers, so their support is exactly the set of inputs a code or a sample
     depends on. The result depends on the architecture (strides, kernels, residual units), not on
     the widths or the weights. Each half is measured when first needed and cached per config
-    (``encode_reach``: 0.03 s for the note codec; ``decode_reach``: 0.2 s, through Griffin-Lim):
+    (``encode_reach``: 0.05 s for the note codec; ``decode_reach``: 0.2 s, through Griffin-Lim):
     a process that only encodes never measures the decoder.
     """
     return ReceptiveField(encode_reach(config), decode_reach(config), config.hop_lengths[0], config.sample_rate)
