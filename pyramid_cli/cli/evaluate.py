@@ -87,12 +87,13 @@ def eval_codec(
     console.print(table)
     if result.input_notes_per_second is not None:
         console.print(f"input: {result.input_notes_per_second:.1f} notes/s transcribed")
-    for s in result.levels:
-        if s.extra_notes is not None and s.missed_notes is not None:
-            console.print(f"{s.levels} level{'s' if s.levels > 1 else ''}: of the extra notes "
-                          f"{_share(s.extra_octave_notes, s.extra_notes)} are octaves of input notes; of the missed "
-                          f"notes {_share(s.missed_in_sustain_notes, s.missed_notes)} fall inside a held decoded note "
-                          "of that pitch (a re-struck key without a new attack)")
+    shares = [f"{s.levels}: {_share(s.extra_octave_notes, s.extra_notes)} / "
+              f"{_share(s.missed_in_sustain_notes, s.missed_notes)}"
+              for s in result.levels if s.extra_notes is not None and s.missed_notes is not None]
+    if shares:
+        console.print("wrong notes per number of levels: the extra notes that are octaves of input notes / the missed "
+                      "notes inside a held decoded note of that pitch (a re-struck key without a new attack): "
+                      + ", ".join(shares))
     usage = ", ".join(f"L{u.level}/{u.codebook}: {u.used}/{u.size} used, perplexity {u.perplexity:.0f}"
                       for u in result.codebooks)
     console.print(f"codebooks: {usage}")
