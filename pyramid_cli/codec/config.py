@@ -75,6 +75,10 @@ class CodecConfig:
     harmonics: int = 0
     # Note head only: each key gets its own partial profile besides the shared one (spectral.NoteHead).
     key_partials: bool = False
+    # Note head only: a logit per key and frame that the key is struck again in the next frame, which
+    # silences its partials for that frame (spectral.NoteHead); without it a repeated note or a
+    # unison of two instruments decodes as one held note.
+    note_onsets: bool = False
     # Weights hashes (hub.identity.weights_hash) of codecs whose encoder and quantizers this one has
     # unchanged: a decoder fine-tuned with a frozen tokenizer (train setting freeze_tokenizer). Their
     # tokens are this codec's tokens, so their .pyr files, token sets and LMs are accepted.
@@ -134,6 +138,8 @@ class CodecConfig:
             raise UsageError("codec config: harmonics (a note head) needs architecture 'spectral'")
         if self.key_partials and not self.harmonics:
             raise UsageError("codec config: key_partials needs a note head (harmonics > 0)")
+        if self.note_onsets and not self.harmonics:
+            raise UsageError("codec config: note_onsets needs a note head (harmonics > 0)")
         if any(not isinstance(h, str) or not re.fullmatch(r"[0-9a-f]{16}", h) for h in self.same_tokens_as):
             raise UsageError("codec config: same_tokens_as must list 16-hex-digit weights hashes")
         if self.pyramid_residual_units < 0:
@@ -210,6 +216,7 @@ ADDED_LATER: dict[str, Any] = {
     "fsq_levels": [],
     "harmonics": 0,
     "key_partials": False,
+    "note_onsets": False,
     "same_tokens_as": [],
 }
 ARCHITECTURES = ("waveform", "spectral")

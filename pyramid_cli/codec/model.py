@@ -62,6 +62,8 @@ class CodecOutput:
             T / finest hop) logits of MIDI keys 21..108 sounding, as decoded from levels 0..i.
         partials: codecs with a note head only: level index i → (B, T / finest hop, 88, harmonics),
             each key's partial amplitudes were it sounding (``spectral.NoteHead``).
+        onset_logits: codecs whose note head has ``note_onsets`` only: level index i → (B, 88,
+            T / finest hop) logits of each key being struck again in the next frame.
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
         commitment_loss: scalar, summed over levels (weight it 0.25, DAC).
         codebook_loss: scalar, summed over levels (weight it 1.0, DAC).
@@ -76,6 +78,7 @@ class CodecOutput:
     spectra: dict[int, torch.Tensor] | None = None
     note_logits: dict[int, torch.Tensor] | None = None
     partials: dict[int, torch.Tensor] | None = None
+    onset_logits: dict[int, torch.Tensor] | None = None
 
 
 class PyramidCodec(nn.Module):
@@ -113,7 +116,7 @@ class PyramidCodec(nn.Module):
             strided_conv_transpose(c.latent_dim, c.latent_dim, s) for s in c.level_rates
         )
         self.decoder = (SpectralDecoder(c.n_fft, c.latent_dim, c.decoder_dim, c.decoder_layers, c.harmonics,
-                                        c.sample_rate, c.key_partials)
+                                        c.sample_rate, c.key_partials, c.note_onsets)
                         if self.spectral else self._waveform_decoder(c))
 
     @staticmethod
@@ -317,13 +320,15 @@ class PyramidCodec(nn.Module):
         if any(not 0 <= i < self.config.n_levels for i in levels):
             raise UsageError(f"levels_to_decode must be level indices in 0..{self.config.n_levels - 1}")
         r = self.pyramid_latents([out.z_q for out in outputs])
-        spectra = note_logits = partials = None
+        spectra = note_logits = partials = onset_logits = None
         if self.spectral:
             decoded = {i: self.decoder(self.lift(r[i], i), self.band(i)) for i in levels}
             spectra = {i: d.log_magnitude for i, d in decoded.items()}
             if self.config.harmonics:
                 note_logits = {i: d.note_logits for i, d in decoded.items()}
                 partials = {i: d.partials for i, d in decoded.items()}
+            if self.config.note_onsets:
+                onset_logits = {i: d.onset_logits for i, d in decoded.items()}
             # Phase reconstruction only outside training: the losses compare magnitudes.
             reconstructions = {} if self.training else {
                 i: self.spectrum_to_audio(s, wav.shape[-1]) for i, s in spectra.items()}
@@ -333,6 +338,7 @@ class PyramidCodec(nn.Module):
             spectra=spectra,
             note_logits=note_logits,
             partials=partials,
+            onset_logits=onset_logits,
             reconstructions=reconstructions,
             codes=[out.codes for out in outputs],
             commitment_loss=torch.stack([out.commitment_loss for out in outputs]).sum(),

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pyramid_cli.data.manifest import SPLITS, load_manifest
-from pyramid_cli.data.notes import midi_notes, piano_roll
+from pyramid_cli.data.notes import midi_notes, onset_roll, piano_roll
 from pyramid_cli.errors import InputError, UsageError
 
 
@@ -182,8 +182,9 @@ def describe(dataset: RandomCropDataset) -> dict[str, Any]:
 
 
 class NoteCropDataset(RandomCropDataset):
-    """``RandomCropDataset`` whose items are (crop (1, T), piano roll (88, T // hop)): the same crops
-    (same seed and index), with the notes of the MIDI files the corpus was rendered from.
+    """``RandomCropDataset`` whose items are (crop (1, T), piano roll (88, T // hop), onset roll (88,
+    T // hop)): the same crops (same seed and index), with the notes of the MIDI files the corpus was
+    rendered from (``data.notes``).
 
     Args:
         midi_dir: the ``--midi-dir`` the corpus was built from (each record's ``source`` is
@@ -212,7 +213,9 @@ class NoteCropDataset(RandomCropDataset):
             self._notes[song] = midi_notes(self.midi_paths[song])
         return self._notes[song]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         song, offset, crop = self.draw(index)
-        roll = piano_roll(self.notes(song), offset, self.crop_samples // self.hop, self.hop, self.sample_rate)
-        return torch.from_numpy(crop).unsqueeze(0), torch.from_numpy(roll)
+        notes, frames = self.notes(song), self.crop_samples // self.hop
+        roll = piano_roll(notes, offset, frames, self.hop, self.sample_rate)
+        onsets = onset_roll(notes, offset, frames, self.hop, self.sample_rate)
+        return torch.from_numpy(crop).unsqueeze(0), torch.from_numpy(roll), torch.from_numpy(onsets)

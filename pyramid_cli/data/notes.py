@@ -31,6 +31,16 @@ def midi_notes(path: str | Path) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
 
+def _note_frames(notes: np.ndarray, offset: int, hop: int, sample_rate: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per note: key index (0..87), first frame and end frame (exclusive), unclipped."""
+    first = (notes[:, 0] * sample_rate - offset) / hop  # in frames, fractional
+    last = (notes[:, 1] * sample_rate - offset) / hop
+    end = np.maximum(np.ceil(last).astype(np.int64), np.round(first).astype(np.int64) + 1)
+    start = np.minimum(np.ceil(first).astype(np.int64), end - 1)
+    return notes[:, 2].astype(np.int64) - PIANO_LOW, start, end
+
+
 def piano_roll(notes: np.ndarray, offset: int, frames: int, hop: int, sample_rate: int) -> np.ndarray:
     """(88, frames) float32: 1 where a key sounds in frame t (time (offset + t * hop) / sample_rate).
 
@@ -39,6 +49,22 @@ def piano_roll(notes: np.ndarray, offset: int, frames: int, hop: int, sample_rat
     roll = np.zeros((PIANO_KEYS, frames), np.float32)
     if not len(notes):
         return roll
+    keys, start, end = _note_frames(notes, offset, hop, sample_rate)
+    for key, a, b in zip(keys, np.clip(start, 0, frames), np.clip(end, 0, frames), strict=True):
+        if a < b:
+            roll[key, a:b] = 1.0
+    return roll
+
+
+def onset_roll(notes: np.ndarray, offset: int, frames: int, hop: int, sample_rate: int) -> np.ndarray:
+    """(88, frames) float32: 1 where a note starts, in the first frame that ``piano_roll`` marks for it."""
+    roll = np.zeros((PIANO_KEYS, frames), np.float32)
+    if not len(notes):
+        return roll
+    keys, start, _ = _note_frames(notes, offset, hop, sample_rate)
+    inside = (start >= 0) & (start < frames)
+    roll[keys[inside], start[inside]] = 1.0
+    return roll
     first = (notes[:, 0] * sample_rate - offset) / hop  # in frames, fractional
     last = (notes[:, 1] * sample_rate - offset) / hop
     start = np.ceil(first).astype(np.int64)

@@ -215,7 +215,8 @@ class _CodecTask:
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         cfg, info, n_levels = self.cfg, self.info, self.model.config.n_levels
         batch = next(self.batches)
-        wav, rolls = batch if isinstance(batch, list) else (batch, None)  # (B, 1, T), (B, 88, frames)
+        # (B, 1, T), and with MIDI the sounding and onset rolls (B, 88, frames) each
+        wav, rolls, onsets = batch if isinstance(batch, list) else (batch, None, None)
         wav = self.wav = wav.to(info.device, non_blocking=True)
         if cfg.levels_per_step == "random":  # the same level on every rank, and after a resume
             levels = [int(torch.randint(n_levels, (1,), generator=step_generator(cfg.seed, step, 0)))]
@@ -230,7 +231,8 @@ class _CodecTask:
         if gan is not None:  # DAC's order: the discriminator learns from this step's output first
             values.update(gan.discriminator_step(targets, out.reconstructions, step))
         loss, parts = parts_.codec_loss(out, targets, cfg, self.mel_weight, self.mel_loss, self.stft_loss, gan,
-                                        None if rolls is None else rolls.to(info.device))
+                                        None if rolls is None else rolls.to(info.device),
+                                        None if onsets is None else onsets.to(info.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))

@@ -48,6 +48,7 @@ def codec_loss(
     stft_loss: MultiScaleSTFTLoss | None,
     adversary: Adversary | None = None,
     rolls: torch.Tensor | None = None,
+    onsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 3: the sum over decoded levels of the losses of Y[i] against its band-limited target.
 
@@ -58,6 +59,8 @@ def codec_loss(
             the decoded levels, like the mel terms).
         rolls: (B, 88, frames) MIDI piano rolls of the crops; with a note head, its logits at
             every decoded level learn them (binary cross-entropy, weight ``note_weight``).
+        onsets: (B, 88, frames) MIDI onset rolls; with ``note_onsets``, the head's re-strike logits
+            at frame t learn the onsets of frame t + 1 (binary cross-entropy, weight ``onset_weight``).
 
     Returns:
         The scalar training loss (float32) and its named parts (per level ``mel_l{i}`` ...).
@@ -86,6 +89,11 @@ def codec_loss(
                                                            2 * (out.spectra[i].shape[1] - 1), band,
                                                            mel_loss.sample_rate)
                     total = total + cfg.partial_weight * parts[f"partials_l{i}"]
+                if cfg.onset_weight and out.onset_logits is not None and onsets is not None:
+                    logits = out.onset_logits[i].float()[..., : onsets.shape[-1] - 1]
+                    parts[f"onsets_l{i}"] = F.binary_cross_entropy_with_logits(
+                        logits, onsets[..., 1:], pos_weight=torch.tensor(cfg.onset_pos_weight, device=logits.device))
+                    total = total + cfg.onset_weight * parts[f"onsets_l{i}"]
         return total, parts
     estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
     for i, target in targets.items():
@@ -314,18 +322,23 @@ def read_model_config(directory: Path) -> CodecConfig:
 
 
 def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | None:
-    """The weight-name prefixes ``target`` has beyond ``source`` when it is ``source`` plus a note head
-    or plus per-key partials (fine-tuning may add those, nothing else); () for the same architecture;
-    None when it is another model. Names and ``same_tokens_as`` do not count."""
+    """The weight-name prefixes ``target`` has beyond ``source`` when it is ``source`` plus a note head,
+    or plus per-key partials or re-strike logits in its note head (fine-tuning may add those, nothing
+    else); () for the same architecture; None when it is another model. Names and ``same_tokens_as``
+    do not count."""
     def bare(config: CodecConfig, **changes: Any) -> CodecConfig:
         return replace(config, name="", same_tokens_as=(), **changes)
 
     if bare(source) == bare(target):
         return ()
-    if target.harmonics and not source.harmonics and bare(source) == bare(target, harmonics=0, key_partials=False):
+    if target.harmonics and not source.harmonics and bare(source) == bare(target, harmonics=0, key_partials=False,
+                                                                          note_onsets=False):
         return ("decoder.note_head.",)
-    if target.key_partials and not source.key_partials and bare(source) == bare(target, key_partials=False):
-        return ("decoder.note_head.key_partials.",)
+    if source.harmonics:  # parts of the note head, each grown alone or together
+        parts = {"key_partials": "decoder.note_head.key_partials.", "note_onsets": "decoder.note_head.onsets."}
+        grown = [name for name in parts if getattr(target, name) and not getattr(source, name)]
+        if grown and bare(source) == bare(target, **{name: False for name in grown}):
+            return tuple(parts[name] for name in grown)
     return None
 
 

@@ -96,6 +96,8 @@ class CodecTrainConfig(TrainSettings):
     note_level_weights: tuple[float, ...] = ()  # per decoded level, a factor on note_weight (() = 1 each)
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
+    onset_weight: float = 0.0  # note head with note_onsets: BCE of its re-strike logits against MIDI onsets
+    onset_pos_weight: float = 1.0  # weight of the onsets in that BCE (onsets are rare: 1 in ~400 key-frames)
     freeze_tokenizer: bool = False  # decoder only: the start model's codes, .pyr files and LMs stay valid
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
@@ -133,11 +135,11 @@ class CodecTrainConfig(TrainSettings):
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         self.check_ranges(
             positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last",
-                      "note_pos_weight"),
+                      "note_pos_weight", "onset_pos_weight"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
                           "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight",
-                          "partial_weight"))
+                          "partial_weight", "onset_weight"))
         if self.freeze_tokenizer and self.reseed_dead_codes_every:
             raise UsageError("freeze_tokenizer keeps the codebooks as they are: set reseed_dead_codes_every=0")
 

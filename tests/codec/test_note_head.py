@@ -17,6 +17,7 @@ from pyramid_cli.codec import CodecConfig, PyramidCodec
 from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.config import p111_notes
 from pyramid_cli.codec.inference import decode_codes
+from pyramid_cli.codec.losses import MultiScaleMelLoss
 from pyramid_cli.codec.spectral import (
     PIANO_KEYS,
     PIANO_LOW,
@@ -26,10 +27,11 @@ from pyramid_cli.codec.spectral import (
     stft_magnitude,
 )
 from pyramid_cli.data.audio_dataset import NoteCropDataset, RandomCropDataset
-from pyramid_cli.data.notes import midi_notes, piano_roll
+from pyramid_cli.data.notes import midi_notes, onset_roll, piano_roll
 from pyramid_cli.errors import InputError, UsageError
 from pyramid_cli.hub.identity import weights_hash
 from pyramid_cli.train import CodecTrainConfig, train_codec
+from pyramid_cli.train.codec_parts import added_parts, codec_loss, level_targets
 
 RATE = 22050
 TINY = CodecConfig(name="tiny-notes", architecture="spectral", encoder_rates=(256,), encoder_dim=16,
@@ -54,12 +56,13 @@ def test_note_head_renders_only_the_keys_it_turns_on_and_only_within_the_band() 
         head.notes.bias.zero_()
         head.notes.bias[:PIANO_KEYS] = -30.0  # every key off
         head.notes.bias[69 - PIANO_LOW] = 30.0  # A4 on
-    logits, magnitude, partials = head(torch.zeros(1, 5, 4), bins=1025)
+    logits, magnitude, partials, onsets = head(torch.zeros(1, 5, 4), bins=1025)
+    assert onsets is None  # no re-strike logits unless asked for
     assert logits.shape == (1, PIANO_KEYS, 5) and magnitude.shape == (1, 1025, 5)
     peaks = set(torch.topk(magnitude[0, :, 0], 8).indices.tolist())
     assert peaks == {round(k * 440 * 2048 / RATE) for k in range(1, 9)}
     assert partials.shape == (1, 5, PIANO_KEYS, 8) and partials[0, 0, 0].sum() > 0  # ungated: key 0 too
-    _, quarter, _ = head(torch.zeros(1, 5, 4), bins=256)  # level 0 of 3 keeps a quarter of the band
+    quarter = head(torch.zeros(1, 5, 4), bins=256).magnitude  # level 0 of 3 keeps a quarter of the band
     assert quarter[0, 256:].abs().max() == 0 and quarter[0, :256].max() > 1
 
 
@@ -82,7 +85,7 @@ def test_key_partials_start_as_the_shared_profile_and_then_differ_per_key() -> N
     per_key = NoteHead(4, 2048, RATE, 8, key_partials=True)
     per_key.load_state_dict(shared.state_dict(), strict=False)
     hidden = torch.randn(1, 5, 4)
-    for a, b in zip(shared(hidden, 1025), per_key(hidden, 1025), strict=True):
+    for a, b in zip(shared(hidden, 1025)[:3], per_key(hidden, 1025)[:3], strict=True):
         torch.testing.assert_close(a, b)
     with torch.no_grad():
         per_key.key_partials.bias.normal_()
@@ -91,6 +94,72 @@ def test_key_partials_start_as_the_shared_profile_and_then_differ_per_key() -> N
     assert (profiles[0] - profiles[40]).abs().max() > 0.01
     with pytest.raises(UsageError, match="key_partials"):
         CodecConfig(key_partials=True)  # no note head
+
+
+def test_onset_logits_start_nearly_off_and_silence_a_key_for_one_frame() -> None:
+    torch.manual_seed(0)
+    plain = NoteHead(4, 2048, RATE, 8)
+    head = NoteHead(4, 2048, RATE, 8, onsets=True)
+    head.load_state_dict(plain.state_dict(), strict=False)
+    a4, c4 = 69 - PIANO_LOW, 60 - PIANO_LOW
+    with torch.no_grad():
+        for h in (plain, head):  # A4 and C4 sound in every frame (their partials do not overlap)
+            h.notes.weight.zero_()
+            h.notes.bias[:PIANO_KEYS] = -30.0
+            h.notes.bias[[a4, c4]] = 30.0
+    hidden = torch.zeros(1, 5, 4)
+    fresh, before = head(hidden, 1025), plain(hidden, 1025)
+    assert fresh.onset_logits.shape == (1, PIANO_KEYS, 5)
+    torch.testing.assert_close(fresh.magnitude, before.magnitude, rtol=0.003, atol=0.0)  # sigmoid(-6) = 0.0025
+    with torch.no_grad():  # A4 is struck again after frame 2: its partials fall silent there, nothing else
+        head.onsets.weight[a4, 0] = 60.0
+        head.onsets.bias.fill_(-30.0)
+    hidden[0, 2, 0] = 1.0
+    out = head(hidden, 1025)
+    partial = round(440 * 2048 / RATE)
+    assert out.magnitude[0, partial, 2] < 0.01 * out.magnitude[0, partial, 1]
+    c4_partial = round(261.63 * 2048 / RATE)
+    torch.testing.assert_close(out.magnitude[0, c4_partial, 2], out.magnitude[0, c4_partial, 1])
+    torch.testing.assert_close(out.logits, fresh.logits)  # the sounding logits are unchanged
+    assert out.onset_logits[0, a4].argmax() == 2 and out.onset_logits[0, c4].max() < 0
+    with pytest.raises(UsageError, match="note_onsets"):
+        CodecConfig(note_onsets=True)  # no note head
+
+
+def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None:
+    torch.manual_seed(0)
+    model = PyramidCodec(replace(TINY, note_onsets=True)).train()
+    wav = 0.1 * torch.randn(2, 1, RATE)
+    out = model(wav, levels_to_decode=[1])
+    frames = out.spectra[1].shape[-1]
+    onsets = (torch.rand(2, PIANO_KEYS, frames) < 0.01).float()
+    rolls = torch.zeros(2, PIANO_KEYS, frames)
+    targets = level_targets(wav, [1], TINY.n_levels)
+    cfg = CodecTrainConfig(model=TINY.to_dict(), onset_weight=1.0, onset_pos_weight=5.0)
+
+    def loss_with(logits: torch.Tensor) -> float:
+        parts = codec_loss(replace(out, onset_logits={1: logits}), targets, cfg, 1.0, MultiScaleMelLoss(RATE),
+                           None, rolls=rolls, onsets=onsets)[1]
+        return float(parts["onsets_l1"])
+
+    ahead = torch.full_like(onsets, -20.0)
+    ahead[..., :-1] = 40.0 * onsets[..., 1:] - 20.0  # says at t what starts at t + 1
+    assert loss_with(ahead) < 1e-6
+    assert loss_with(40.0 * onsets - 20.0) > 0.1  # the same frame: wrong by one
+    model.eval()
+    assert codec_loss(out, targets, replace(cfg, onset_weight=0.0), 1.0, MultiScaleMelLoss(RATE), None,
+                      rolls=rolls, onsets=onsets)[1].keys().isdisjoint({"onsets_l1"})
+
+
+def test_fine_tuning_may_grow_only_note_head_parts() -> None:
+    assert added_parts(TINY, TINY) == ()
+    assert added_parts(replace(TINY, harmonics=0), replace(TINY, key_partials=True, note_onsets=True)) == (
+        "decoder.note_head.",)
+    assert added_parts(TINY, replace(TINY, note_onsets=True)) == ("decoder.note_head.onsets.",)
+    assert added_parts(TINY, replace(TINY, key_partials=True, note_onsets=True, name="x")) == (
+        "decoder.note_head.key_partials.", "decoder.note_head.onsets.")
+    assert added_parts(TINY, replace(TINY, note_onsets=True, decoder_layers=2)) is None
+    assert added_parts(replace(TINY, note_onsets=True), TINY) is None  # parts are never dropped
 
 
 def test_config_and_preset() -> None:
@@ -117,10 +186,12 @@ def test_codec_returns_note_logits_per_level_and_decodes() -> None:
 def test_chunked_decoding_with_a_note_head_equals_whole_signal_decoding() -> None:
     """The receptive-field probe leaves the note head out (it is frame-local): chunking stays exact."""
     torch.manual_seed(0)
-    model = PyramidCodec(replace(TINY, key_partials=True)).eval()
+    model = PyramidCodec(replace(TINY, key_partials=True, note_onsets=True)).eval()
     with torch.no_grad():  # a head that renders notes in every frame, so that its reach would show
         model.decoder.note_head.notes.bias.normal_()
         model.decoder.note_head.key_partials.weight.normal_(std=0.1)
+        model.decoder.note_head.onsets.weight.normal_(std=0.5)
+        model.decoder.note_head.onsets.bias.zero_()
     length = 3 * RATE + 333
     wav = 0.2 * torch.randn(1, length)
     with torch.inference_mode():
@@ -140,6 +211,22 @@ def test_piano_roll_frames() -> None:
     assert roll[72 - PIANO_LOW, round(RATE / hop)] == 1
     shifted = piano_roll(notes, offset=10 * hop, frames=90, hop=hop, sample_rate=RATE)
     np.testing.assert_array_equal(shifted, roll[:, 10:])
+
+
+def test_onset_roll_marks_the_first_frame_of_each_note_and_re_struck_keys() -> None:
+    hop = 512
+    notes = np.array([[0.0, 0.5, 60], [0.5, 1.0, 60], [1.0, 1.001, 72], [0.3, 2.0, 64]])
+    roll = piano_roll(notes, offset=0, frames=100, hop=hop, sample_rate=RATE)
+    onsets = onset_roll(notes, offset=0, frames=100, hop=hop, sample_rate=RATE)
+    c4 = 60 - PIANO_LOW
+    assert roll[c4, : math.ceil(RATE / hop)].all()  # a repeated note: one unbroken stretch of the roll...
+    assert np.flatnonzero(onsets[c4]).tolist() == [0, math.ceil(0.5 * RATE / hop)]  # ...and two onsets
+    for key in (72, 64):
+        first = int(np.flatnonzero(roll[key - PIANO_LOW])[0])
+        assert np.flatnonzero(onsets[key - PIANO_LOW]).tolist() == [first]
+    assert onsets.sum() == 4
+    later = onset_roll(notes, offset=20 * hop, frames=80, hop=hop, sample_rate=RATE)
+    np.testing.assert_array_equal(later, onsets[:, 20:])  # onsets before the crop are not marked
 
 
 def write_midi_corpus(root: Path) -> tuple[Path, Path]:
@@ -174,10 +261,11 @@ def test_note_crops_are_the_plain_crops_with_their_rolls(tmp_path: Path) -> None
     plain = RandomCropDataset(corpus, "train", 1.0, seed=3)
     noted = NoteCropDataset(corpus, "train", 1.0, midi_dir, hop=512, seed=3)
     for index in range(6):
-        crop, roll = noted[index]
+        crop, roll, onsets = noted[index]
         torch.testing.assert_close(crop, plain[index])
         song, offset = noted.locate(index)
-        assert roll.shape == (PIANO_KEYS, RATE // 512)
+        assert roll.shape == onsets.shape == (PIANO_KEYS, RATE // 512)
+        assert (onsets <= roll).all()
         keys = {PIANO_LOW + int(k) for k in torch.nonzero(roll.sum(1)).flatten()}
         if song == 1:
             assert keys == {67}
@@ -218,9 +306,9 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
                 levels_per_step="all", notes_from=str(midi_dir))
     train_codec(tmp_path / "base", CodecTrainConfig(**fast, model=TINY.to_dict(), steps=1), corpus)
     start = tmp_path / "base/export"
-    tuned_config = replace(TINY, key_partials=True, name="renamed")  # the start model's name is kept
+    tuned_config = replace(TINY, key_partials=True, note_onsets=True, name="renamed")  # the start's name is kept
     config = CodecTrainConfig(**fast, model=tuned_config.to_dict(), steps=4, freeze_tokenizer=True,
-                              partial_weight=1.0)
+                              partial_weight=1.0, onset_weight=1.0)
     with pytest.raises(UsageError, match="init-from"):
         train_codec(tmp_path / "x", config, corpus)
     with pytest.raises(UsageError, match="reseed"):
@@ -230,7 +318,7 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
     train_codec(tmp_path / "tuned", config, corpus, init_from=start)
 
     before, after = PyramidCodec.from_pretrained(start), PyramidCodec.from_pretrained(tmp_path / "tuned/export")
-    assert after.config.key_partials and after.config.name == "tiny-notes"
+    assert after.config.key_partials and after.config.note_onsets and after.config.name == "tiny-notes"
     assert after.config.same_tokens_as == (weights_hash(start / "model.safetensors"),)
     old, new = before.state_dict(), after.state_dict()
     tokenizer = [k for k in old if not k.startswith(("decoder.", "up_decode."))]
@@ -241,7 +329,7 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
         for a, b in zip(before.encode(wav), after.encode(wav), strict=True):
             assert torch.equal(a, b)
     logs = [json.loads(line) for line in (tmp_path / "tuned/metrics.jsonl").read_text().splitlines()]
-    assert all(r["partials_l0"] > 0 for r in logs if r["kind"] == "train")
+    assert all(r["partials_l0"] > 0 and r["onsets_l0"] > 0 for r in logs if r["kind"] == "train")
     retrained = tmp_path / "retrained"  # training the encoder too makes other codes: no claim to the old ones
     train_codec(retrained, replace(config, freeze_tokenizer=False, steps=1), corpus,
                 init_from=tmp_path / "tuned/export")
