@@ -217,7 +217,6 @@ class NoteHead(nn.Module):
                               None if onsets is None else onsets.transpose(1, 2))
 
 
-
 def partial_amplitudes(magnitude: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
     """(B, F, T) STFT magnitudes → (B, T, J): the least-squares amplitude of each of the J template
     bumps (``harmonic_templates`` flattened), fitted alone: <template, magnitude> / <template, template>.

@@ -65,13 +65,3 @@ def onset_roll(notes: np.ndarray, offset: int, frames: int, hop: int, sample_rat
     inside = (start >= 0) & (start < frames)
     roll[keys[inside], start[inside]] = 1.0
     return roll
-    first = (notes[:, 0] * sample_rate - offset) / hop  # in frames, fractional
-    last = (notes[:, 1] * sample_rate - offset) / hop
-    start = np.ceil(first).astype(np.int64)
-    end = np.maximum(np.ceil(last).astype(np.int64), np.round(first).astype(np.int64) + 1)
-    start = np.minimum(start, end - 1)
-    keys = notes[:, 2].astype(np.int64) - PIANO_LOW
-    for key, a, b in zip(keys, np.clip(start, 0, frames), np.clip(end, 0, frames), strict=True):
-        if a < b:
-            roll[key, a:b] = 1.0
-    return roll
