@@ -216,8 +216,11 @@ def eval_music(
     Each file is transcribed (Basic Pitch, needs `make install`'s evaluation packages) and
     summarised per window: notes per second, distinct pitches, pitch-class entropy (bits), the
     best Krumhansl-Kessler key and its clarity (correlation), the share of time a note sounds,
-    and repetition (share of 1 s segments that copy an earlier one). Run it on a corpus split's
-    audio too (e.g. corpus/audio/test) to put generated figures beside the data's.
+    repetition (share of 1 s segments that copy an earlier one), and loudness (dBFS). The
+    transcription hears quiet passages as well as loud ones, so "quiet" counts the windows 30 dB
+    or more below the piece's loudest: a listener hears silence there, whatever notes were found.
+    Run it on a corpus split's audio too (e.g. corpus/audio/test) to put generated figures beside
+    the data's.
 
     Example: pyramid eval music piece.wav --plot piece.stats.png
     """
@@ -239,7 +242,8 @@ def eval_music(
         for path in files:
             wav = load_mono(path, transcribe.SAMPLE_RATE, name=str(path))[0]
             result = transcriber.transcribe(wav, transcribe.SAMPLE_RATE)
-            windows = music_stats.window_stats(result.notes, result.duration, window)
+            windows = music_stats.window_stats(result.notes, result.duration, window, wav=wav,
+                                               sample_rate=transcribe.SAMPLE_RATE)
             pieces.append({"file": str(path), "seconds": result.duration, "notes": len(result.notes),
                            "summary": music_stats.summarise(windows), "windows": [w.to_dict() for w in windows]})
             progress.advance(task)
@@ -254,7 +258,7 @@ def eval_music(
         return
     table = Table(title=f"music statistics per {window:g} s window (means over windows)")
     for column in ("file", "minutes", "notes/s", "min window notes/s", "distinct pitches", "entropy (bits)",
-                   "key clarity", "sounding", "repetition"):
+                   "key clarity", "sounding", "repetition", "quiet windows"):
         table.add_column(column, justify="right")
     for piece in pieces:
         s = piece["summary"]
@@ -262,12 +266,13 @@ def eval_music(
         table.add_row(Path(str(piece["file"])).name, f"{float(piece['seconds']) / 60:.1f}",  # type: ignore[arg-type]
                       f"{s['notes_per_second']:.2f}", f"{s['min_window_notes_per_second']:.2f}",
                       f"{s['distinct_pitches']:.1f}", f"{s['pitch_class_entropy']:.2f}", f"{s['key_clarity']:.2f}",
-                      f"{s['sounding_fraction']:.2f}", f"{s['repetition']:.2f}")
+                      f"{s['sounding_fraction']:.2f}", f"{s['repetition']:.2f}", f"{s['quiet_windows']:.0f}")
     if len(pieces) > 1 and mean:
         table.add_row(f"mean of {len(pieces)}", "", f"{mean['notes_per_second']:.2f}",
                       f"{mean['min_window_notes_per_second']:.2f}", f"{mean['distinct_pitches']:.1f}",
                       f"{mean['pitch_class_entropy']:.2f}", f"{mean['key_clarity']:.2f}",
-                      f"{mean['sounding_fraction']:.2f}", f"{mean['repetition']:.2f}")
+                      f"{mean['sounding_fraction']:.2f}", f"{mean['repetition']:.2f}",
+                      f"{mean['quiet_windows']:.2f}")
     console.print(table)
     if plot_output is not None:
         console.print(f"wrote {plot_output}")

@@ -15,6 +15,10 @@ entropy, or rising repetition, in its later windows.
   pitch-class vector and onset count; the share of segments that have an earlier twin (cosine
   similarity ≥ 0.99 and the same onset count, starting at least ``min_lag`` seconds before) is
   the repetition. Songs repeat too (choruses); a loop or a drone scores near 1.
+- Loudness (when the audio is given): each window's RMS level in dBFS. The transcription model
+  normalises its input, so it finds notes in a passage 45 dB below the rest of the piece, which
+  a listener hears as silence; a window ``QUIET_DB`` or more below the piece's loudest counts as
+  quiet, whatever notes were found in it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from pyramid_cli.metrics.transcribe import Note
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+QUIET_DB = 30.0  # a window this far below the loudest is quiet (the test split's 19 songs: 8 dB at most)
+SILENCE_DBFS = -120.0  # the level reported for digital silence
 
 
 @dataclass
@@ -46,6 +52,7 @@ class WindowStats:
     key_clarity: float  # correlation with the best key profile, -1 … 1 (0 with no notes)
     sounding_fraction: float  # share of the window with at least one note sounding
     repetition: float  # share of 1 s segments with an earlier twin in the piece
+    loudness_db: float | None = None  # RMS level in dBFS (None: the audio was not given)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,13 +122,25 @@ def _same(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> bool:
     return float(va @ vb) >= 0.99
 
 
+def loudness_db(wav: np.ndarray) -> float:
+    """RMS level of mono samples in dBFS; ``SILENCE_DBFS`` for digital silence or no samples."""
+    if not wav.size:
+        return SILENCE_DBFS
+    rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
+    return max(20.0 * math.log10(rms), SILENCE_DBFS) if rms > 0 else SILENCE_DBFS
+
+
 def window_stats(notes: list[Note], duration: float, window: float = 30.0, segment: float = 1.0,
-                 min_lag: float = 2.0) -> list[WindowStats]:
+                 min_lag: float = 2.0, wav: np.ndarray | None = None, sample_rate: int | None = None,
+                 ) -> list[WindowStats]:
     """Statistics of every ``window``-second window of a piece of ``duration`` seconds.
 
     A remainder shorter than half a window joins the last window (a 180.001 s piece has six
-    windows, not a seventh, silent one of 1 ms); a longer one is a shorter last window.
+    windows, not a seventh, silent one of 1 ms); a longer one is a shorter last window. With the
+    piece's mono samples ``wav`` at ``sample_rate``, each window also gets its loudness.
     """
+    if wav is not None and not sample_rate:
+        raise ValueError("loudness needs the sample rate of wav")
     if duration <= 0 or window <= 0:
         raise ValueError("duration and window must be positive")
     segments = _segments(notes, duration, segment)
@@ -142,13 +161,16 @@ def window_stats(notes: list[Note], duration: float, window: float = 30.0, segme
             distinct_pitches=len({n.pitch for n in inside}), pitch_class_entropy=entropy_bits(histogram),
             key=key, key_clarity=clarity, sounding_fraction=_sounding_fraction(notes, start, end),
             repetition=sum(window_repeats) / max(len(window_repeats), 1),
+            loudness_db=None if wav is None or sample_rate is None else loudness_db(
+                wav[round(start * sample_rate): round(end * sample_rate)]),
         ))
     return stats
 
 
 def summarise(stats: list[WindowStats]) -> dict[str, float]:
     """Means over the windows, the weakest window's notes per second, and the drift of the last
-    minute against the first (relative change of notes/s; 0 = stable)."""
+    minute against the first (relative change of notes/s; 0 = stable). With loudness: how far the
+    quietest window is below the loudest (dB), and how many windows are quiet (``QUIET_DB``)."""
     if not stats:
         return {}
     rates = [s.notes_per_second for s in stats]
@@ -165,6 +187,10 @@ def summarise(stats: list[WindowStats]) -> dict[str, float]:
     if stats[-1].end >= 120.0:
         a, b = np.mean([s.notes_per_second for s in first]), np.mean([s.notes_per_second for s in last])
         summary["last_vs_first_minute_notes_per_second"] = float((b - a) / a) if a > 0 else float("nan")
+    levels = [s.loudness_db for s in stats if s.loudness_db is not None]
+    if levels:
+        summary["quietest_window_below_loudest_db"] = max(levels) - min(levels)
+        summary["quiet_windows"] = float(sum(level <= max(levels) - QUIET_DB for level in levels))
     return summary
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pyramid_cli.metrics import music_stats, transcribe
@@ -60,6 +61,24 @@ def test_sounding_fraction_merges_overlapping_notes() -> None:
     assert music_stats.window_stats(notes, 30.0)[0].sounding_fraction == pytest.approx(20 / 30)
 
 
+def test_a_near_silent_window_is_quiet_whatever_notes_were_found_in_it() -> None:
+    rate = 1000
+    t = np.arange(90 * rate) / rate
+    wav = 0.1 * np.sin(2 * np.pi * 220 * t)  # -23 dBFS
+    wav[: 30 * rate] *= 10 ** (-45 / 20)  # the first window 45 dB down: a normalising transcriber still hears it
+    notes = melody(C_MAJOR_SCALE, 0.5, repeats=22)
+    stats = music_stats.window_stats(notes, 90.0, wav=wav, sample_rate=rate)
+    assert [round(s.loudness_db) for s in stats] == [-68, -23, -23]
+    assert stats[0].notes_per_second == stats[1].notes_per_second  # the notes alone cannot tell
+    summary = music_stats.summarise(stats)
+    assert summary["quiet_windows"] == 1 and summary["quietest_window_below_loudest_db"] == pytest.approx(45, abs=0.1)
+    wav[: 30 * rate] *= 10 ** (25 / 20)  # 20 dB down: a quiet intro, not silence
+    assert music_stats.summarise(music_stats.window_stats(notes, 90.0, wav=wav, sample_rate=rate))["quiet_windows"] == 0
+    assert music_stats.window_stats(notes, 90.0)[0].loudness_db is None  # no audio given
+    assert "quiet_windows" not in music_stats.summarise(music_stats.window_stats(notes, 90.0))
+    assert music_stats.loudness_db(np.zeros(10)) == music_stats.SILENCE_DBFS
+
+
 @pytest.mark.skipif(not transcribe.available(), reason="needs the evaluation packages (make install)")
 def test_eval_music_cli_on_the_example(tmp_path: Path) -> None:
     from typer.testing import CliRunner
@@ -72,6 +91,7 @@ def test_eval_music_cli_on_the_example(tmp_path: Path) -> None:
     record = json.loads(result.stdout)
     summary = record["pieces"][0]["summary"]
     assert summary["notes_per_second"] > 5 and summary["distinct_pitches"] > 12 and summary["key_clarity"] > 0.6
+    assert summary["quiet_windows"] == 0 and -40 < record["pieces"][0]["windows"][0]["loudness_db"] < -3
     assert record["mean"] == pytest.approx(summary)  # one piece: the mean over pieces is its summary
     assert (tmp_path / "s.png").stat().st_size > 1000
     table = CliRunner().invoke(app, ["eval", "music", str(example), str(example), "--threads", "2"],
