@@ -77,10 +77,12 @@ def codec_loss(
             total = (total + mel_weight * level_parts["mel"] + level_parts["log_mag"] + level_parts["convergence"]
                      + cfg.pitch_weight * level_parts["pitch"])
         if out.note_logits is not None and rolls is not None:
+            silent_octaves = octave_weights(rolls, cfg.note_octave_weight) if cfg.note_octave_weight != 1 else None
             for i in targets:
                 logits = out.note_logits[i].float()[..., : rolls.shape[-1]]  # the model pads the crop
                 parts[f"notes_l{i}"] = F.binary_cross_entropy_with_logits(
-                    logits, rolls, pos_weight=torch.tensor(cfg.note_pos_weight, device=logits.device))
+                    logits, rolls, weight=silent_octaves,
+                    pos_weight=torch.tensor(cfg.note_pos_weight, device=logits.device))
                 level_weight = cfg.note_level_weights[i] if cfg.note_level_weights else 1.0
                 total = total + cfg.note_weight * level_weight * parts[f"notes_l{i}"]
                 if cfg.partial_weight and out.partials is not None:
@@ -111,6 +113,17 @@ def codec_loss(
         parts.update(gan)
         total = total + cfg.adv_weight * gan["adv"] + cfg.feat_weight * gan["feat"]
     return total, parts
+
+
+def octave_weights(rolls: torch.Tensor, weight: float) -> torch.Tensor:
+    """(B, 88, T) → per key and frame: ``weight`` where the key is silent but a key one or two octaves
+    away sounds, 1 elsewhere. The note head's extra notes are often octaves of true ones (the codec
+    card), and a plain BCE counts such a mistake no more than any other silent key."""
+    near = torch.zeros_like(rolls)
+    for shift in (12, 24):
+        near[:, shift:] = torch.maximum(near[:, shift:], rolls[:, :-shift])
+        near[:, :-shift] = torch.maximum(near[:, :-shift], rolls[:, shift:])
+    return 1 + (weight - 1) * near * (1 - rolls)
 
 
 PARTIAL_FLOOR = 0.1  # magnitude below which partials count as silent (about -50 dB under a loud note's)

@@ -93,6 +93,7 @@ class CodecTrainConfig(TrainSettings):
     pitch_weight: float = 0.0  # spectral codecs: semitone-band log-magnitude loss (codec_parts.spectral_losses)
     note_weight: float = 1.0  # codecs with a note head: BCE of its note logits against the MIDI piano roll
     note_pos_weight: float = 1.0  # weight of the sounding keys in that BCE (> 1 trades precision for recall)
+    note_octave_weight: float = 1.0  # weight of silent keys an octave or two from a sounding one in that BCE
     note_level_weights: tuple[float, ...] = ()  # per decoded level, a factor on note_weight (() = 1 each)
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
@@ -135,7 +136,8 @@ class CodecTrainConfig(TrainSettings):
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         self.check_ranges(
             positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last",
-                      "note_pos_weight", "onset_pos_weight"),
+                      "note_pos_weight", "onset_pos_weight",
+                      "note_octave_weight"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
                           "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight",

@@ -31,7 +31,7 @@ from pyramid_cli.data.notes import midi_notes, onset_roll, piano_roll
 from pyramid_cli.errors import InputError, UsageError
 from pyramid_cli.hub.identity import weights_hash
 from pyramid_cli.train import CodecTrainConfig, train_codec
-from pyramid_cli.train.codec_parts import added_parts, codec_loss, level_targets
+from pyramid_cli.train.codec_parts import added_parts, codec_loss, level_targets, octave_weights
 
 RATE = 22050
 TINY = CodecConfig(name="tiny-notes", architecture="spectral", encoder_rates=(256,), encoder_dim=16,
@@ -149,6 +149,16 @@ def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None
     model.eval()
     assert codec_loss(out, targets, replace(cfg, onset_weight=0.0), 1.0, MultiScaleMelLoss(RATE), None,
                       rolls=rolls, onsets=onsets)[1].keys().isdisjoint({"onsets_l1"})
+
+
+def test_octave_weights_single_out_silent_keys_an_octave_or_two_from_a_sounding_one() -> None:
+    rolls = torch.zeros(1, PIANO_KEYS, 3)
+    rolls[0, 40, 1] = rolls[0, 52, 1] = 1  # two keys an octave apart sound in frame 1
+    weights = octave_weights(rolls, 4.0)
+    assert [k for k in range(PIANO_KEYS) if weights[0, k, 1] != 1] == [16, 28, 64, 76]  # not 40 or 52: they sound
+    assert (weights[0, [16, 28, 64, 76], 1] == 4).all() and (weights[0, :, [0, 2]] == 1).all()
+    with pytest.raises(UsageError, match="note_octave_weight"):
+        CodecTrainConfig(note_octave_weight=0.0)
 
 
 def test_fine_tuning_may_grow_only_note_head_parts() -> None:
