@@ -72,7 +72,8 @@ def main() -> None:
 REFERENCE_STATS = "corpus-music-stats.json"
 STAT_ROWS = (("notes per second", "notes_per_second", ".1f"), ("distinct pitches", "distinct_pitches", ".1f"),
              ("pitch-class entropy (bits)", "pitch_class_entropy", ".2f"), ("key clarity", "key_clarity", ".2f"),
-             ("share of time a note sounds", "sounding_fraction", ".2f"), ("repetition", "repetition", ".2f"))
+             ("share of time a note sounds", "sounding_fraction", ".2f"), ("repetition", "repetition", ".2f"),
+             ("quiet windows (30 dB down)", "quiet_windows", ".0f"))
 
 
 def music_table(wav_path: Path, reference_path: Path) -> Table:
@@ -81,7 +82,7 @@ def music_table(wav_path: Path, reference_path: Path) -> Table:
 
     wav = load_mono(wav_path, transcribe.SAMPLE_RATE)[0]
     notes = transcribe.Transcriber().transcribe(wav, transcribe.SAMPLE_RATE)
-    windows = music_stats.window_stats(notes.notes, notes.duration)
+    windows = music_stats.window_stats(notes.notes, notes.duration, wav=wav, sample_rate=transcribe.SAMPLE_RATE)
     piece = music_stats.summarise(windows)
     reference, label = {}, "corpus (no figures in the LM folder)"
     if reference_path.is_file():
