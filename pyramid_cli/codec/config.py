@@ -79,6 +79,11 @@ class CodecConfig:
     # silences its partials for that frame (spectral.NoteHead); without it a repeated note or a
     # unison of two instruments decodes as one held note.
     note_onsets: bool = False
+    # Note head only: a key's gate is sigmoid(logit) ** note_gate_power. Above 1, the notes the head is
+    # unsure of render more quietly (p = 0.5 gives 0.35 at 1.5) while sure ones keep their level: the
+    # transcription heard the hedged ones as extra notes (octaves, fragments of held notes). A decode-time
+    # setting the training renders with too; the BCE still reads the logits.
+    note_gate_power: float = 1.0
     # Weights hashes (hub.identity.weights_hash) of codecs whose encoder and quantizers this one has
     # unchanged: a decoder fine-tuned with a frozen tokenizer (train setting freeze_tokenizer). Their
     # tokens are this codec's tokens, so their .pyr files, token sets and LMs are accepted.
@@ -140,6 +145,10 @@ class CodecConfig:
             raise UsageError("codec config: key_partials needs a note head (harmonics > 0)")
         if self.note_onsets and not self.harmonics:
             raise UsageError("codec config: note_onsets needs a note head (harmonics > 0)")
+        if self.note_gate_power != 1.0 and not self.harmonics:
+            raise UsageError("codec config: note_gate_power needs a note head (harmonics > 0)")
+        if not 0.25 <= self.note_gate_power <= 8.0:
+            raise UsageError(f"codec config: note_gate_power must be in [0.25, 8], got {self.note_gate_power}")
         if any(not isinstance(h, str) or not re.fullmatch(r"[0-9a-f]{16}", h) for h in self.same_tokens_as):
             raise UsageError("codec config: same_tokens_as must list 16-hex-digit weights hashes")
         if self.pyramid_residual_units < 0:
@@ -217,6 +226,7 @@ ADDED_LATER: dict[str, Any] = {
     "harmonics": 0,
     "key_partials": False,
     "note_onsets": False,
+    "note_gate_power": 1.0,
     "same_tokens_as": [],
 }
 ARCHITECTURES = ("waveform", "spectral")

@@ -172,7 +172,7 @@ class NoteHead(nn.Module):
     templates: torch.Tensor
 
     def __init__(self, dim: int, n_fft: int, sample_rate: int, harmonics: int, key_partials: bool = False,
-                 onsets: bool = False) -> None:
+                 onsets: bool = False, gate_power: float = 1.0) -> None:
         super().__init__()
         self.notes = nn.Linear(dim, 2 * PIANO_KEYS + harmonics)
         with torch.no_grad():  # start with few notes on (sigmoid(-4) ≈ 0.02), as most keys are silent
@@ -196,6 +196,7 @@ class NoteHead(nn.Module):
         self.register_buffer("templates", harmonic_templates(n_fft, sample_rate, harmonics).flatten(0, 1),
                              persistent=False)  # (P * K, F); a function of the config, not weights
         self.harmonics = harmonics
+        self.gate_power = gate_power  # CodecConfig.note_gate_power
 
     def forward(self, hidden: torch.Tensor, bins: int) -> NoteHeadOutput:
         """(B, T, dim) decoder features → the notes and their harmonic magnitudes (``NoteHeadOutput``)."""
@@ -206,6 +207,8 @@ class NoteHead(nn.Module):
         level = nn.functional.softplus(gain) * HARMONIC_SCALE  # (B, T, P)
         ungated = level[..., None] * torch.softmax(weights, dim=-1)  # (B, T, P, K)
         gate = torch.sigmoid(logits)
+        if self.gate_power != 1.0:
+            gate = gate.pow(self.gate_power)
         onsets = None
         if self.onsets is not None:
             onsets = self.onsets(hidden)
@@ -251,10 +254,11 @@ class SpectralDecoder(nn.Module):
     """
 
     def __init__(self, n_fft: int, latent_dim: int, dim: int, layers: int, harmonics: int = 0,
-                 sample_rate: int = 22050, key_partials: bool = False, note_onsets: bool = False) -> None:
+                 sample_rate: int = 22050, key_partials: bool = False, note_onsets: bool = False,
+                 note_gate_power: float = 1.0) -> None:
         super().__init__()
         self.net = ConvNeXtStack(latent_dim, dim, n_fft // 2 + 1, layers)
-        self.note_head = (NoteHead(dim, n_fft, sample_rate, harmonics, key_partials, note_onsets)
+        self.note_head = (NoteHead(dim, n_fft, sample_rate, harmonics, key_partials, note_onsets, note_gate_power)
                           if harmonics else None)
 
     def forward(self, latent: torch.Tensor, band: float = 1.0) -> DecodedSpectrum:

@@ -126,6 +126,25 @@ def test_onset_logits_start_nearly_off_and_silence_a_key_for_one_frame() -> None
         CodecConfig(note_onsets=True)  # no note head
 
 
+def test_gate_power_quiets_unsure_notes_and_leaves_sure_ones_and_the_logits() -> None:
+    torch.manual_seed(0)
+    plain = NoteHead(4, 2048, RATE, 8)
+    sharp = NoteHead(4, 2048, RATE, 8, gate_power=2.0)
+    sharp.load_state_dict(plain.state_dict())
+    a4, c4 = 69 - PIANO_LOW, 60 - PIANO_LOW
+    with torch.no_grad():  # A4 sure (p ≈ 1), C4 unsure (p = 0.5), every other key off
+        for h in (plain, sharp):
+            h.notes.weight.zero_()
+            h.notes.bias[:PIANO_KEYS] = -30.0
+            h.notes.bias[a4], h.notes.bias[c4] = 30.0, 0.0
+    hidden = torch.zeros(1, 3, 4)
+    before, after = plain(hidden, 1025), sharp(hidden, 1025)
+    torch.testing.assert_close(after.logits, before.logits)  # what the BCE reads is unchanged
+    a4_partial, c4_partial = round(440 * 2048 / RATE), round(261.63 * 2048 / RATE)
+    torch.testing.assert_close(after.magnitude[0, a4_partial], before.magnitude[0, a4_partial])
+    torch.testing.assert_close(after.magnitude[0, c4_partial], 0.5 * before.magnitude[0, c4_partial])  # 0.5² / 0.5
+
+
 def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None:
     torch.manual_seed(0)
     model = PyramidCodec(replace(TINY, note_onsets=True)).train()
@@ -170,14 +189,20 @@ def test_fine_tuning_may_grow_only_note_head_parts() -> None:
         "decoder.note_head.key_partials.", "decoder.note_head.onsets.")
     assert added_parts(TINY, replace(TINY, note_onsets=True, decoder_layers=2)) is None
     assert added_parts(replace(TINY, note_onsets=True), TINY) is None  # parts are never dropped
+    assert added_parts(TINY, replace(TINY, note_gate_power=1.5)) == ()  # a rendering setting, no weights
 
 
 def test_config_and_preset() -> None:
     assert p111_notes().harmonics == 24 and replace(p111_notes(), harmonics=0, name="x").architecture == "spectral"
     with pytest.raises(UsageError, match="spectral"):
         CodecConfig(harmonics=8)  # a waveform codec
-    old = {k: v for k, v in TINY.to_dict().items() if k != "harmonics"}
-    assert CodecConfig.from_dict(old).harmonics == 0  # configs written before the field
+    old = {k: v for k, v in TINY.to_dict().items() if k not in ("harmonics", "note_gate_power")}
+    assert CodecConfig.from_dict(old).harmonics == 0  # configs written before the fields
+    assert CodecConfig.from_dict(old).note_gate_power == 1.0
+    with pytest.raises(UsageError, match="note_gate_power needs a note head"):
+        replace(TINY, harmonics=0, note_gate_power=1.5)
+    with pytest.raises(UsageError, match="note_gate_power must be in"):
+        replace(TINY, note_gate_power=0.0)
 
 
 def test_codec_returns_note_logits_per_level_and_decodes() -> None:
