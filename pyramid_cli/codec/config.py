@@ -79,10 +79,11 @@ class CodecConfig:
     # silences its partials for that frame (spectral.NoteHead); without it a repeated note or a
     # unison of two instruments decodes as one held note.
     note_onsets: bool = False
-    # Note head only: a key's gate is sigmoid(logit) ** note_gate_power. Above 1, the notes the head is
-    # unsure of render more quietly (p = 0.5 gives 0.35 at 1.5) while sure ones keep their level: the
-    # transcription heard the hedged ones as extra notes (octaves, fragments of held notes). A decode-time
-    # setting the training renders with too; the BCE still reads the logits.
+    # Note head only, decoding only: a key's gate is sigmoid(logit) ** note_gate_power. The magnitude
+    # losses fit the expected spectrum, so the head renders a note it is unsure of (an octave, say)
+    # at partial level, and the transcription hears those as extra notes. Above 1, unsure notes
+    # render more quietly (p = 0.5 gives 0.35 at 1.5) and sure ones keep their level. Training
+    # renders with 1: with the power in the loop, the gains learned the hedged level back (codec card).
     note_gate_power: float = 1.0
     # Weights hashes (hub.identity.weights_hash) of codecs whose encoder and quantizers this one has
     # unchanged: a decoder fine-tuned with a frozen tokenizer (train setting freeze_tokenizer). Their

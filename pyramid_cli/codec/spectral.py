@@ -196,7 +196,7 @@ class NoteHead(nn.Module):
         self.register_buffer("templates", harmonic_templates(n_fft, sample_rate, harmonics).flatten(0, 1),
                              persistent=False)  # (P * K, F); a function of the config, not weights
         self.harmonics = harmonics
-        self.gate_power = gate_power  # CodecConfig.note_gate_power
+        self.gate_power = gate_power  # CodecConfig.note_gate_power: decoding (eval mode) only
 
     def forward(self, hidden: torch.Tensor, bins: int) -> NoteHeadOutput:
         """(B, T, dim) decoder features → the notes and their harmonic magnitudes (``NoteHeadOutput``)."""
@@ -207,7 +207,7 @@ class NoteHead(nn.Module):
         level = nn.functional.softplus(gain) * HARMONIC_SCALE  # (B, T, P)
         ungated = level[..., None] * torch.softmax(weights, dim=-1)  # (B, T, P, K)
         gate = torch.sigmoid(logits)
-        if self.gate_power != 1.0:
+        if self.gate_power != 1.0 and not self.training:
             gate = gate.pow(self.gate_power)
         onsets = None
         if self.onsets is not None:

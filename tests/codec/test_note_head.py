@@ -126,10 +126,10 @@ def test_onset_logits_start_nearly_off_and_silence_a_key_for_one_frame() -> None
         CodecConfig(note_onsets=True)  # no note head
 
 
-def test_gate_power_quiets_unsure_notes_and_leaves_sure_ones_and_the_logits() -> None:
+def test_gate_power_quiets_unsure_notes_when_decoding_and_leaves_sure_ones_and_the_logits() -> None:
     torch.manual_seed(0)
-    plain = NoteHead(4, 2048, RATE, 8)
-    sharp = NoteHead(4, 2048, RATE, 8, gate_power=2.0)
+    plain = NoteHead(4, 2048, RATE, 8).eval()
+    sharp = NoteHead(4, 2048, RATE, 8, gate_power=2.0).eval()
     sharp.load_state_dict(plain.state_dict())
     a4, c4 = 69 - PIANO_LOW, 60 - PIANO_LOW
     with torch.no_grad():  # A4 sure (p ≈ 1), C4 unsure (p = 0.5), every other key off
@@ -143,6 +143,7 @@ def test_gate_power_quiets_unsure_notes_and_leaves_sure_ones_and_the_logits() ->
     a4_partial, c4_partial = round(440 * 2048 / RATE), round(261.63 * 2048 / RATE)
     torch.testing.assert_close(after.magnitude[0, a4_partial], before.magnitude[0, a4_partial])
     torch.testing.assert_close(after.magnitude[0, c4_partial], 0.5 * before.magnitude[0, c4_partial])  # 0.5² / 0.5
+    torch.testing.assert_close(sharp.train()(hidden, 1025).magnitude, before.magnitude)  # training renders p
 
 
 def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None:
