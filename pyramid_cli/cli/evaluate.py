@@ -88,10 +88,12 @@ def eval_codec(
     if result.input_notes_per_second is not None:
         console.print(f"input: {result.input_notes_per_second:.1f} notes/s transcribed")
     shares = [f"{s.levels}: {_share(s.extra_octave_notes, s.extra_notes)} / "
+              f"{_share(s.extra_partial_notes, s.extra_notes)} / {_share(s.extra_fragment_notes, s.extra_notes)} / "
               f"{_share(s.missed_in_sustain_notes, s.missed_notes)}"
               for s in result.levels if s.extra_notes is not None and s.missed_notes is not None]
     if shares:
-        console.print("wrong notes per number of levels: the extra notes that are octaves of input notes / the missed "
+        console.print("wrong notes per number of levels: the extra notes that are octaves of input notes / share a "
+                      "partial with one (a fifth, twelfth or seventeenth) / break a held note in two; the missed "
                       "notes inside a held decoded note of that pitch (a re-struck key without a new attack): "
                       + ", ".join(shares))
     usage = ", ".join(f"L{u.level}/{u.codebook}: {u.used}/{u.size} used, perplexity {u.perplexity:.0f}"

@@ -51,11 +51,14 @@ class LevelScores:
     note_recall: float | None = None
     notes_per_second: float | None = None  # in the decode (the input's: CodecEvaluation.input_notes_per_second)
     # ``transcribe.note_errors`` per clip, averaged: the decode's extra notes and how many of them are
-    # octaves of an input note; the input's missed notes and how many fall inside a held decode note.
+    # octaves of an input note, share a partial with one, or break a held note in two; the input's
+    # missed notes and how many fall inside a held decode note.
     extra_notes: float | None = None
     extra_octave_notes: float | None = None
     missed_notes: float | None = None
     missed_in_sustain_notes: float | None = None
+    extra_partial_notes: float | None = None
+    extra_fragment_notes: float | None = None
     visqol: float | None = None  # ViSQOL v3 audio mode, MOS-LQO 1-5 against the full signal (None: not measured)
 
 
@@ -163,7 +166,8 @@ def evaluate_codec(
                 scores.update(note_f1=f1, note_precision=precision, note_recall=recall,
                               notes_per_second=estimate.notes_per_second, extra_notes=errors.extra,
                               extra_octave_notes=errors.extra_octave, missed_notes=errors.missed,
-                              missed_in_sustain_notes=errors.missed_in_sustain)
+                              missed_in_sustain_notes=errors.missed_in_sustain,
+                              extra_partial_notes=errors.extra_partial, extra_fragment_notes=errors.extra_fragment)
             mos = None if visqol is None else visqol.score(decoded[0, 0].cpu().numpy(), wav[0, 0].cpu().numpy(),
                                                            config.sample_rate)
             if mos is not None:

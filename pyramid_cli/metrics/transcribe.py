@@ -247,15 +247,26 @@ class NoteErrors:
     """What onset F1's unmatched notes are, counted (``note_errors``).
 
     Why: an F1 says how many notes are wrong, not why. A decode's extra notes may be octaves of the
-    input's (a pitch-class-right, octave-wrong codec) and its misses may sit inside a note of the
-    same pitch that the decode holds on (a re-struck key rendered without a new attack); each
-    calls for a different fix.
+    input's (a pitch-class-right, octave-wrong codec), other keys that share a partial with an input
+    note, or a held note broken in two; its misses may sit inside a note of the same pitch that the
+    decode holds on (a re-struck key rendered without a new attack); each calls for a different fix.
     """
 
     extra: int  # decode notes matching no input note
     extra_octave: int  # of those, one or two octaves from an input note starting within the tolerance
     missed: int  # input notes matching no decode note
     missed_in_sustain: int  # of those, inside a decode note of the same pitch that started earlier
+    # Of the extra notes that are not octaves: a fifth, a twelfth or two octaves and a third from an
+    # input note starting within the tolerance (they share its 3rd or 5th partial) ...
+    extra_partial: int = 0
+    # ... and of the rest, those starting within FRAGMENT_GAP of the end of a decode note of the same
+    # pitch: one held note broken in two.
+    extra_fragment: int = 0
+
+
+OCTAVES = (12, 24)
+SHARED_PARTIAL = (7, 19, 28)  # semitones: 3:2, 3:1 and 5:1
+FRAGMENT_GAP = 0.12  # seconds
 
 
 def note_errors(reference: list[Note], estimate: list[Note], onset_tolerance: float = 0.05) -> NoteErrors:
@@ -268,8 +279,16 @@ def note_errors(reference: list[Note], estimate: list[Note], onset_tolerance: fl
     matched_estimate = {j for _, j in matched}
     extra = [n for j, n in enumerate(estimate) if j not in matched_estimate]
     missed = [n for i, n in enumerate(reference) if i not in matched_reference]
-    octave = sum(any(abs(r.pitch - n.pitch) in (12, 24) and abs(r.start - n.start) <= onset_tolerance
-                     for r in reference) for n in extra)
+
+    def near_input(n: Note, intervals: tuple[int, ...]) -> bool:
+        return any(abs(r.pitch - n.pitch) in intervals and abs(r.start - n.start) <= onset_tolerance
+                   for r in reference)
+
+    octave = [n for n in extra if near_input(n, OCTAVES)]
+    partial = [n for n in extra if not near_input(n, OCTAVES) and near_input(n, SHARED_PARTIAL)]
+    fragment = sum(any(e.pitch == n.pitch and e.end <= n.start < e.end + FRAGMENT_GAP for e in estimate)
+                   for n in extra if not near_input(n, OCTAVES + SHARED_PARTIAL))
     sustained = sum(any(e.pitch == n.pitch and e.start < n.start - onset_tolerance and n.start < e.end
                         for e in estimate) for n in missed)
-    return NoteErrors(extra=len(extra), extra_octave=octave, missed=len(missed), missed_in_sustain=sustained)
+    return NoteErrors(extra=len(extra), extra_octave=len(octave), missed=len(missed), missed_in_sustain=sustained,
+                      extra_partial=len(partial), extra_fragment=fragment)

@@ -81,7 +81,7 @@ def test_onset_f1_edge_cases() -> None:
     assert transcribe.onset_f1([], [note]) == (0.0, 0.0, 0.0)
 
 
-def test_note_errors_name_octaves_and_notes_lost_inside_held_notes() -> None:
+def test_note_errors_name_octaves_shared_partials_fragments_and_notes_lost_inside_held_notes() -> None:
     pytest.importorskip("mir_eval")
     Note = transcribe.Note
     reference = [Note(0.0, 0.4, 60, 1.0), Note(0.5, 0.9, 60, 1.0),  # C4 struck twice
@@ -89,10 +89,13 @@ def test_note_errors_name_octaves_and_notes_lost_inside_held_notes() -> None:
     estimate = [Note(0.0, 0.9, 60, 1.0),  # matches the first C4 and holds through the second: one miss inside it
                 Note(1.01, 1.5, 64, 1.0),  # a match
                 Note(1.02, 1.5, 76, 1.0),  # an octave above the E4: an extra octave note
+                Note(2.01, 2.5, 86, 1.0),  # a twelfth above the G4 (its 3rd partial)
+                Note(1.6, 1.9, 64, 1.0),  # starts 0.1 s after the matched E4 ends: that note broken in two
                 Note(3.0, 3.2, 50, 1.0)]  # an extra note nowhere near the input's
     errors = transcribe.note_errors(reference, estimate)
-    assert errors == transcribe.NoteErrors(extra=2, extra_octave=1, missed=2, missed_in_sustain=1)
-    assert transcribe.note_errors([], estimate) == transcribe.NoteErrors(4, 0, 0, 0)
+    assert errors == transcribe.NoteErrors(extra=4, extra_octave=1, missed=2, missed_in_sustain=1,
+                                           extra_partial=1, extra_fragment=1)
+    assert transcribe.note_errors([], estimate) == transcribe.NoteErrors(6, 0, 0, 0, 0, 1)  # E4's fragment
     assert transcribe.note_errors(reference, []) == transcribe.NoteErrors(0, 0, 4, 0)
     perfect = transcribe.note_errors(reference, reference)
     assert perfect.extra == perfect.missed == 0
