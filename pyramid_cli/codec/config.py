@@ -85,6 +85,12 @@ class CodecConfig:
     # render more quietly (p = 0.5 gives 0.35 at 1.5) and sure ones keep their level. Training
     # renders with 1: with the power in the loop, the gains learned the hedged level back (codec card).
     note_gate_power: float = 1.0
+    # Note head only, training only: a linear probe from level 0's quantized latent to the 88 keys
+    # (``PyramidCodec.code_note_head``), trained against the MIDI roll (train setting code_note_weight),
+    # so that the coarsest codes carry the notes themselves, as Mimi distils a semantic model into its
+    # first codebook. Linear probes found the encoder's output keeps less of the notes than its input
+    # STFT (codec card); the decoder's note loss reaches level 0 only through the whole decoder.
+    code_notes: bool = False
     # Weights hashes (hub.identity.weights_hash) of codecs whose encoder and quantizers this one has
     # unchanged: a decoder fine-tuned with a frozen tokenizer (train setting freeze_tokenizer). Their
     # tokens are this codec's tokens, so their .pyr files, token sets and LMs are accepted.
@@ -146,6 +152,8 @@ class CodecConfig:
             raise UsageError("codec config: key_partials needs a note head (harmonics > 0)")
         if self.note_onsets and not self.harmonics:
             raise UsageError("codec config: note_onsets needs a note head (harmonics > 0)")
+        if self.code_notes and not self.harmonics:
+            raise UsageError("codec config: code_notes needs a note head (harmonics > 0)")
         if self.note_gate_power != 1.0 and not self.harmonics:
             raise UsageError("codec config: note_gate_power needs a note head (harmonics > 0)")
         if not 0.25 <= self.note_gate_power <= 8.0:
@@ -228,6 +236,7 @@ ADDED_LATER: dict[str, Any] = {
     "key_partials": False,
     "note_onsets": False,
     "note_gate_power": 1.0,
+    "code_notes": False,
     "same_tokens_as": [],
 }
 ARCHITECTURES = ("waveform", "spectral")

@@ -33,7 +33,14 @@ from pyramid_cli.codec.layers import (
     strided_conv_transpose,
 )
 from pyramid_cli.codec.quantize import QuantizerOutput, ResidualVectorQuantize
-from pyramid_cli.codec.spectral import Downsample, Project, SpectralDecoder, SpectralEncoder, griffin_lim
+from pyramid_cli.codec.spectral import (
+    PIANO_KEYS,
+    Downsample,
+    Project,
+    SpectralDecoder,
+    SpectralEncoder,
+    griffin_lim,
+)
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError, UsageError
 from pyramid_cli.hub.files import (
     WEIGHTS_NAME,
@@ -64,6 +71,8 @@ class CodecOutput:
             each key's partial amplitudes were it sounding (``spectral.NoteHead``).
         onset_logits: codecs whose note head has ``note_onsets`` only: level index i → (B, 88,
             T / finest hop) logits of each key being struck again in the next frame.
+        code_note_logits: codecs with ``code_notes`` only: (B, 88, T_0) logits of MIDI keys sounding,
+            a linear probe of level 0's quantized latent.
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
         commitment_loss: scalar, summed over levels (weight it 0.25, DAC).
         codebook_loss: scalar, summed over levels (weight it 1.0, DAC).
@@ -79,6 +88,7 @@ class CodecOutput:
     note_logits: dict[int, torch.Tensor] | None = None
     partials: dict[int, torch.Tensor] | None = None
     onset_logits: dict[int, torch.Tensor] | None = None
+    code_note_logits: torch.Tensor | None = None
 
 
 class PyramidCodec(nn.Module):
@@ -118,6 +128,7 @@ class PyramidCodec(nn.Module):
         self.decoder = (SpectralDecoder(c.n_fft, c.latent_dim, c.decoder_dim, c.decoder_layers, c.harmonics,
                                         c.sample_rate, c.key_partials, c.note_onsets, c.note_gate_power)
                         if self.spectral else self._waveform_decoder(c))
+        self.code_note_head = nn.Linear(c.latent_dim, PIANO_KEYS) if c.code_notes else None
 
     @staticmethod
     def _waveform_encoder(c: CodecConfig) -> nn.Module:
@@ -334,7 +345,10 @@ class PyramidCodec(nn.Module):
                 i: self.spectrum_to_audio(s, wav.shape[-1]) for i, s in spectra.items()}
         else:
             reconstructions = {i: self.decode_latent(self.lift(r[i], i), wav.shape[-1]) for i in levels}
+        code_note_logits = (None if self.code_note_head is None
+                            else self.code_note_head(outputs[0].z_q.transpose(1, 2)).transpose(1, 2))
         return CodecOutput(
+            code_note_logits=code_note_logits,
             spectra=spectra,
             note_logits=note_logits,
             partials=partials,

@@ -96,6 +96,11 @@ def codec_loss(
                     parts[f"onsets_l{i}"] = F.binary_cross_entropy_with_logits(
                         logits, onsets[..., 1:], pos_weight=torch.tensor(cfg.onset_pos_weight, device=logits.device))
                     total = total + cfg.onset_weight * parts[f"onsets_l{i}"]
+        if cfg.code_note_weight and out.code_note_logits is not None and rolls is not None:
+            finest_frames = next(iter(out.spectra.values())).shape[-1]  # of the padded crop
+            parts["code_notes"] = code_note_loss(out.code_note_logits.float(), rolls,
+                                                 finest_frames // out.code_note_logits.shape[-1], cfg.note_pos_weight)
+            total = total + cfg.code_note_weight * parts["code_notes"]
         return total, parts
     estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
     for i, target in targets.items():
@@ -132,6 +137,15 @@ PARTIAL_FLOOR = 0.1  # magnitude below which partials count as silent (about -50
 @functools.lru_cache(maxsize=4)
 def _templates(n_fft: int, sample_rate: int, harmonics: int, device: torch.device) -> torch.Tensor:
     return harmonic_templates(n_fft, sample_rate, harmonics).flatten(0, 1).to(device)
+
+
+def code_note_loss(logits: torch.Tensor, rolls: torch.Tensor, factor: int, pos_weight: float) -> torch.Tensor:
+    """BCE of level 0's code probe (B, 88, T_0) against the MIDI rolls (B, 88, frames), ``factor`` roll
+    frames per level-0 frame: a key sounds in a level-0 frame when it sounds in any of its roll frames."""
+    pooled = F.max_pool1d(rolls, factor, ceil_mode=True)
+    steps = min(pooled.shape[-1], logits.shape[-1])
+    return F.binary_cross_entropy_with_logits(logits[..., :steps], pooled[..., :steps],
+                                              pos_weight=torch.tensor(pos_weight, device=logits.device))
 
 
 def partial_loss(partials: torch.Tensor, rolls: torch.Tensor, target: torch.Tensor, n_fft: int, band: float,
@@ -348,7 +362,8 @@ def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | N
                                                                           note_onsets=False):
         return ("decoder.note_head.",)
     if source.harmonics:  # parts of the note head, each grown alone or together
-        parts = {"key_partials": "decoder.note_head.key_partials.", "note_onsets": "decoder.note_head.onsets."}
+        parts = {"key_partials": "decoder.note_head.key_partials.", "note_onsets": "decoder.note_head.onsets.",
+                 "code_notes": "code_note_head."}
         grown = [name for name in parts if getattr(target, name) and not getattr(source, name)]
         if grown and bare(source) == bare(target, **{name: False for name in grown}):
             return tuple(parts[name] for name in grown)

@@ -31,7 +31,7 @@ from pyramid_cli.data.notes import midi_notes, onset_roll, piano_roll
 from pyramid_cli.errors import InputError, UsageError
 from pyramid_cli.hub.identity import weights_hash
 from pyramid_cli.train import CodecTrainConfig, train_codec
-from pyramid_cli.train.codec_parts import added_parts, codec_loss, level_targets, octave_weights
+from pyramid_cli.train.codec_parts import added_parts, code_note_loss, codec_loss, level_targets, octave_weights
 
 RATE = 22050
 TINY = CodecConfig(name="tiny-notes", architecture="spectral", encoder_rates=(256,), encoder_dim=16,
@@ -171,6 +171,32 @@ def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None
                       rolls=rolls, onsets=onsets)[1].keys().isdisjoint({"onsets_l1"})
 
 
+def test_code_note_head_reads_level_0_codes_and_its_loss_pools_the_roll_to_their_rate() -> None:
+    torch.manual_seed(0)
+    model = PyramidCodec(replace(TINY, code_notes=True)).train()
+    wav = 0.1 * torch.randn(2, 1, RATE)
+    out = model(wav, levels_to_decode=[1])
+    assert out.code_note_logits is not None
+    assert out.code_note_logits.shape == (2, PIANO_KEYS, out.codes[0].shape[-1])
+    frames = out.spectra[1].shape[-1]
+    factor = frames // out.codes[0].shape[-1]
+    rolls = torch.zeros(2, PIANO_KEYS, frames)
+    rolls[0, 40, factor + 1] = 1.0  # one roll frame inside level-0 frame 1 makes the key sound there
+    pooled = torch.zeros_like(out.code_note_logits)
+    pooled[0, 40, 1] = 1.0
+    assert code_note_loss(40.0 * pooled - 20.0, rolls, factor, 1.0) < 1e-6
+    assert code_note_loss(40.0 * pooled.roll(1, -1) - 20.0, rolls, factor, 1.0) > 0.01  # one frame late: 2 errors of 20
+    targets = level_targets(wav, [1], TINY.n_levels)
+    cfg = CodecTrainConfig(model=TINY.to_dict(), code_note_weight=1.0)
+    parts = codec_loss(out, targets, cfg, 1.0, MultiScaleMelLoss(RATE), None, rolls=rolls)[1]
+    assert parts["code_notes"] > 0
+    parts["code_notes"].backward()  # reaches the encoder through the quantizer's straight-through path
+    assert model.encoder.net.embed.weight.grad is not None
+    assert model.encoder.net.embed.weight.grad.abs().sum() > 0
+    with pytest.raises(UsageError, match="code_notes needs a note head"):
+        replace(TINY, harmonics=0, code_notes=True)
+
+
 def test_octave_weights_single_out_silent_keys_an_octave_or_two_from_a_sounding_one() -> None:
     rolls = torch.zeros(1, PIANO_KEYS, 3)
     rolls[0, 40, 1] = rolls[0, 52, 1] = 1  # two keys an octave apart sound in frame 1
@@ -191,6 +217,7 @@ def test_fine_tuning_may_grow_only_note_head_parts() -> None:
     assert added_parts(TINY, replace(TINY, note_onsets=True, decoder_layers=2)) is None
     assert added_parts(replace(TINY, note_onsets=True), TINY) is None  # parts are never dropped
     assert added_parts(TINY, replace(TINY, note_gate_power=1.5)) == ()  # a rendering setting, no weights
+    assert added_parts(TINY, replace(TINY, code_notes=True)) == ("code_note_head.",)
 
 
 def test_config_and_preset() -> None:
