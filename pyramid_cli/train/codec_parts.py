@@ -350,9 +350,10 @@ def read_model_config(directory: Path) -> CodecConfig:
 
 def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | None:
     """The weight-name prefixes ``target`` has beyond ``source`` when it is ``source`` plus a note head,
-    or plus per-key partials or re-strike logits in its note head (fine-tuning may add those, nothing
-    else); () for the same architecture; None when it is another model. Names and ``same_tokens_as``
-    do not count, nor ``note_gate_power``, which shapes the rendering but no weight."""
+    or plus per-key partials or re-strike logits in its note head, or plus the level-0 code probe
+    (``code_notes``): fine-tuning may add those, nothing else. () for the same architecture; None
+    when it is another model. Names and ``same_tokens_as`` do not count, nor ``note_gate_power``,
+    which shapes the rendering but no weight."""
     def bare(config: CodecConfig, **changes: Any) -> CodecConfig:
         return replace(config, name="", same_tokens_as=(), note_gate_power=1.0, **changes)
 

@@ -99,7 +99,8 @@ class CodecTrainConfig(TrainSettings):
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
     onset_weight: float = 0.0  # note head with note_onsets: BCE of its re-strike logits against MIDI onsets
     onset_pos_weight: float = 1.0  # weight of the onsets in that BCE (onsets are rare: 1 in ~400 key-frames)
-    code_note_weight: float = 0.0  # codec with code_notes: BCE of the level-0 code probe against the MIDI roll
+    code_note_weight: float = 0.0  # codec with code_notes: BCE of its level-0 code probe vs the MIDI roll
+    # (sounding keys weighted by note_pos_weight)
     freeze_tokenizer: bool = False  # decoder only: the start model's codes, .pyr files and LMs stay valid
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
