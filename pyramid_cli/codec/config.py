@@ -83,7 +83,7 @@ class CodecConfig:
     # losses fit the expected spectrum, so the head renders a note it is unsure of (an octave, say)
     # at partial level, and the transcription hears those as extra notes. Above 1, unsure notes
     # render more quietly (p = 0.5 gives 0.35 at 1.5) and sure ones keep their level. Training
-    # renders with 1: with the power in the loop, the gains learned the hedged level back (codec card).
+    # renders with 1, the spectrum the losses fit; a fine-tune keeps its start model's value.
     note_gate_power: float = 1.0
     # Note head only, training only: a linear probe from level 0's quantized latent to the 88 keys
     # (``PyramidCodec.code_note_head``), trained against the MIDI roll (train setting code_note_weight),

@@ -110,6 +110,10 @@ def _codec_config(run: RunFolder, cfg: CodecTrainConfig, resume: Path | None,
         return wanted
     source = parts_.read_model_config(Path(init_from))
     config = wanted if parts_.added_parts(source, wanted) else source
+    # A decoding setting, which added_parts ignores: the start model's, unless the settings ask for
+    # another than the default.
+    power = wanted.note_gate_power if wanted.note_gate_power != 1.0 else source.note_gate_power
+    config = replace(config, note_gate_power=power)
     if cfg.freeze_tokenizer:  # its tokens are the start model's: same name, and its hash accepted
         start_hash = weights_hash(Path(init_from) / WEIGHTS_NAME)
         earlier = tuple(h for h in source.same_tokens_as if h != start_hash)

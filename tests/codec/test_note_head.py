@@ -362,6 +362,21 @@ def test_training_learns_the_roll_and_grows_a_head_on_a_spectral_codec(tmp_path:
     assert PIANO_LOW + int(logits.argmax()) == 67  # the song's one note
 
 
+def test_a_fine_tune_keeps_its_start_models_gate_power_unless_the_settings_name_another(tmp_path: Path) -> None:
+    from pyramid_cli.train.codec import _codec_config
+
+    (tmp_path / "config.json").write_text(json.dumps(replace(TINY, note_gate_power=1.5).to_dict()))
+
+    def power(model: CodecConfig) -> float:
+        cfg = CodecTrainConfig(model=model.to_dict())
+        return _codec_config(None, cfg, None, tmp_path).note_gate_power  # type: ignore[arg-type]
+
+    assert power(TINY) == 1.5  # the same architecture: the start model's config
+    assert power(replace(TINY, note_onsets=True)) == 1.5  # a grown part: the settings' architecture
+    assert power(replace(TINY, note_gate_power=2.0)) == 2.0
+    assert power(replace(TINY, note_onsets=True, note_gate_power=2.0)) == 2.0
+
+
 def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(tmp_path: Path) -> None:
     corpus, midi_dir = write_midi_corpus(tmp_path)
     fast = dict(crop_seconds=0.5, batch_size=4, lr=3e-3, warmup_steps=0, eval_clips=1, eval_seconds=0.5,
