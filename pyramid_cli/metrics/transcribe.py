@@ -284,11 +284,15 @@ def note_errors(reference: list[Note], estimate: list[Note], onset_tolerance: fl
         return any(abs(r.pitch - n.pitch) in intervals and abs(r.start - n.start) <= onset_tolerance
                    for r in reference)
 
-    octave = [n for n in extra if near_input(n, OCTAVES)]
-    partial = [n for n in extra if not near_input(n, OCTAVES) and near_input(n, SHARED_PARTIAL)]
-    fragment = sum(any(e.pitch == n.pitch and e.end <= n.start < e.end + FRAGMENT_GAP for e in estimate)
-                   for n in extra if not near_input(n, OCTAVES + SHARED_PARTIAL))
+    octave = partial = fragment = 0
+    for n in extra:  # the first kind that fits
+        if near_input(n, OCTAVES):
+            octave += 1
+        elif near_input(n, SHARED_PARTIAL):
+            partial += 1
+        elif any(e.pitch == n.pitch and e.end <= n.start < e.end + FRAGMENT_GAP for e in estimate):
+            fragment += 1
     sustained = sum(any(e.pitch == n.pitch and e.start < n.start - onset_tolerance and n.start < e.end
                         for e in estimate) for n in missed)
-    return NoteErrors(extra=len(extra), extra_octave=len(octave), missed=len(missed), missed_in_sustain=sustained,
-                      extra_partial=len(partial), extra_fragment=fragment)
+    return NoteErrors(extra=len(extra), extra_octave=octave, missed=len(missed), missed_in_sustain=sustained,
+                      extra_partial=partial, extra_fragment=fragment)
