@@ -44,7 +44,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au
 WRITE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
 
 # codec.inference.DEFAULT_CHUNK_SECONDS, spelled out so that `--help` does not import torch (a test checks).
-DEFAULT_CHUNK_SECONDS = 10.0
+DEFAULT_CHUNK_SECONDS = 30.0
 ChunkOption = Annotated[float, typer.Option(
     "--chunk-seconds", min=0.1, help="Audio processed per step; bounds the memory on long files. The tokens and "
     "the audio do not depend on it (chunks overlap by the codec's measured receptive field).")]
