@@ -37,7 +37,7 @@ from pyramid_cli.errors import InputError, UsageError
 # Short enough that the peak memory of a 30 s input and of an hour are the same (one chunk is all
 # that is ever in flight), long enough that the context (~1.3 s each side when decoding) and the
 # per-operation overheads cost little: with 10 s chunks the note codec decoded 3 minutes 30%
-# slower on 2 idle cores, for 0.1-0.2 GB less peak memory (README, Speed).
+# slower on 2 idle cores, for 0.1-0.2 GB less peak memory (README, Performance).
 DEFAULT_CHUNK_SECONDS = 30.0
 Progress = Callable[[int, int], None]  # (samples done, samples in total)
 
