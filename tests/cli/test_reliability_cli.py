@@ -516,6 +516,14 @@ def test_starting_the_cli_does_not_import_torch():
     assert process.returncode == 0 and out.strip() == "False", err
 
 
+def test_the_clis_chunk_length_default_is_the_librarys():
+    """The CLI spells the default out (so that it needs no torch); `pyramid encode` and the API must agree."""
+    from pyramid_cli.cli import codec as cli_codec
+    from pyramid_cli.codec import inference
+
+    assert cli_codec.DEFAULT_CHUNK_SECONDS == inference.DEFAULT_CHUNK_SECONDS
+
+
 # ---- 11. info reads the header only -----------------------------------------------------------------------
 
 
