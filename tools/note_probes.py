@@ -34,12 +34,17 @@ def stage_features(codec: PyramidCodec, crop: torch.Tensor, frames: int) -> dict
     hop = c.hop_lengths[-1]
     wav = codec.pad_to_frames(crop[None])
     features = {"input log-STFT": log_magnitude(stft_magnitude(wav, c.n_fft, hop))[0]}
-    base = codec.encoder(wav)[0]  # at the encoder's hop, a fraction of the finest one
+    captured: list[torch.Tensor] = []  # the encoder's output, as codec.features computes it on the way
+    hook = codec.encoder.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        levels = codec.features(wav)
+    finally:
+        hook.remove()
+    base = captured[0][0]  # at the encoder's hop, a fraction of the finest one
     features["encoder output"] = base.unflatten(-1, (-1, base.shape[-1] // features["input log-STFT"].shape[-1])
                                                 ).mean(-1)
-    levels = codec.features(wav)
-    outputs = codec.quantize(levels, dropout=False)
-    inputs = [levels[0]] + [levels[i] + codec.up_encode[i - 1](outputs[i - 1].z_q) for i in range(1, len(levels))]
+    inputs: list[torch.Tensor] = []  # each level's quantizer input F[i] + U_i(Q[i-1]), from quantize itself
+    outputs = codec.quantize(levels, dropout=False, before_level=lambda level, rvq, x: inputs.append(x))
 
     def at_finest(x: torch.Tensor, level: int) -> torch.Tensor:
         return x[0].repeat_interleave(c.hop_lengths[level] // hop, -1)
