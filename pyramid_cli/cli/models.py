@@ -189,6 +189,9 @@ def export(
     out_dir: Annotated[Path, typer.Argument(help="The release bundle folder to create.", show_default=False)],
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace OUT_DIR if it is an existing model "
                                         "folder.")] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Name the model NAME in its config (default: the "
+                                             "run's; a codec fine-tuned with its encoder training makes other "
+                                             "tokens, so give it a name of its own).", show_default=False)] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Make a release bundle from a training run: weights, config, checksums.json and a README.md model card.
@@ -201,11 +204,13 @@ def export(
 
       pyramid export runs/p111-small release/pyramid-22k-p111-small
 
+      pyramid export runs/retrained release/my-codec-v2 --name my-codec-v2
+
       pyramid upload release/pyramid-22k-p111-small org/pyramid-22k-p111-small
     """
     from pyramid_cli.hub.release import export_run
 
-    result = export_run(run_dir, out_dir, force=force)
+    result = export_run(run_dir, out_dir, force=force, name=name)
     if json_output:
         print_json({"path": str(result.path), "kind": result.summary.kind, "model_name": result.summary.name,
                     "structure": result.summary.structure, "sha256": result.sha256, "parameters": result.parameters,

@@ -35,7 +35,7 @@ from pyramid_cli.hub.identity import (
     codec_identity,
     legacy_weights_hash,
 )
-from pyramid_cli.hub.registry import DEFAULT_CODEC, resolve_model, resolve_recorded
+from pyramid_cli.hub.registry import DEFAULT_CODEC, RETIRED_CODECS, resolve_model, resolve_recorded, retired_codec_hint
 from pyramid_cli.pyr.file import PyrFile, PyrLevel
 
 SILENCE_DB = -80.0  # a peak below this (about 3 LSB of 16-bit audio) holds nothing to encode
@@ -270,6 +270,9 @@ def load_codec_for(pyr: PyrFile, model: str | Path | None = None, device: str | 
     try:
         folder = resolve_recorded(pyr.codec_name, "codec")
     except InputError as error:
+        if pyr.codec_name in RETIRED_CODECS:
+            raise InputError(f"{name} was made with {pyr.codec_name}@{pyr.codec_hash[:8]}, "
+                             f"{retired_codec_hint(pyr.codec_name)}", option="model") from None
         reason = "a name read from a file never downloads" if "pyramid download" in str(error) else "no local model"
         raise InputError(f"{name} was made with {pyr.codec_name[:80]}@{pyr.codec_hash[:8]}, which is not installed "
                          f"here; name that codec's folder, or fetch it with `pyramid download` ({reason})",

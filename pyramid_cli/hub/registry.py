@@ -30,8 +30,11 @@ from pyramid_cli.errors import InputError, UsageError
 from pyramid_cli.hub import hf
 from pyramid_cli.hub.files import CONFIG_NAME, KIND_NAMES, WEIGHTS_NAME, ModelKind, is_model_dir, model_kind
 
-DEFAULT_CODEC = "pyramid-22k-p111-notes"
+DEFAULT_CODEC = "pyramid-22k-p111-notes-v2"
 DEFAULT_LM = "pyramid-lm-small"
+# Codecs bundled once and no longer, which old `.pyr` files still name → the commit of this repository
+# whose models/ folder last held them (the error for such a file says how to install it from there).
+RETIRED_CODECS = {"pyramid-22k-p111-notes": "22e70605d7fb"}
 Origin = Literal["path", "bundled", "cache", "hf"]
 
 
@@ -99,6 +102,14 @@ def _missing_files(path: Path) -> list[str]:
     return [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (path / name).is_file()]
 
 
+def retired_codec_hint(name: str) -> str:
+    """Says that ``name`` (in ``RETIRED_CODECS``) is no longer bundled, and how to install it."""
+    folder = f"models/{name}"
+    return (f"the name of an earlier default codec, no longer bundled: re-encode the audio with the current one, "
+            f"or install it from pyramid's source repository (`git archive {RETIRED_CODECS[name]} {folder} | "
+            f"tar -x -C /tmp && pyramid download /tmp/{folder} --name {name}`)")
+
+
 def _not_found(text: str) -> InputError:
     bundled, cached = bundled_models(), cached_models()
     listed = f"bundled models: {', '.join(bundled)}" if bundled else "no models are bundled with this install"
@@ -109,6 +120,8 @@ def _not_found(text: str) -> InputError:
         return InputError(f"the default {what} {text} is not installed ({listed}); reinstall pyramid with "
                           f"its bundled models, or name a {what} folder (DIR, holding {CONFIG_NAME} and "
                           f"{WEIGHTS_NAME}) instead", option="model" if text == DEFAULT_CODEC else "lm")
+    if text in RETIRED_CODECS:
+        return InputError(f"{text} is {retired_codec_hint(text)}")
     return InputError(f"unknown model {text!r}: not a folder, a bundled or a cached model ({listed}); "
                       "`pyramid models list` shows them, hf://org/repo names a Hugging Face Hub model")
 

@@ -127,8 +127,12 @@ def model_card(summary: bundle.Summary, sha256: str, parameters: int, training: 
     return "\n".join(lines)
 
 
-def export_run(run_dir: Path, out_dir: Path, *, force: bool = False) -> ExportResult:
+def export_run(run_dir: Path, out_dir: Path, *, force: bool = False, name: str | None = None) -> ExportResult:
     """Write a release bundle for the model in ``run_dir/export`` to ``out_dir``, atomically.
+
+    ``name`` replaces the model's name in its config: a fine-tune keeps its start model's name, and a
+    codec whose tokens differ from that model's needs its own (the name is half of the identity that
+    ``.pyr`` files and LMs record).
 
     Raises:
         InputError: no finished export in the run, or ``out_dir`` exists (without ``force``), is the
@@ -144,12 +148,19 @@ def export_run(run_dir: Path, out_dir: Path, *, force: bool = False) -> ExportRe
     resolved = out_dir.resolve()
     if resolved in (run_dir.resolve(), source.resolve()) or run_dir.resolve().is_relative_to(resolved):
         raise InputError(f"{out_dir}: would replace the run itself; choose another folder")
+    if name is not None:
+        bundle.check_name(name)
     summary = bundle.describe(source)
     parameters = bundle.check_safetensors(source / WEIGHTS_NAME)
     training, log = read_training_config(run_dir), read_run_log(run_dir)
     recorded: dict[str, str] = {}
 
     def finish(tmp: Path) -> None:  # hash the copy: what ships is what is recorded
+        nonlocal summary
+        if name is not None:
+            config = read_json_object(tmp / CONFIG_NAME, "model config")
+            (tmp / CONFIG_NAME).write_text(json.dumps({**config, "name": name}, indent=2) + "\n", encoding="utf-8")
+            summary = bundle.describe(tmp)
         recorded.update(write_checksums(tmp))
         card = model_card(summary, recorded[WEIGHTS_NAME], parameters, training, log)
         (tmp / README_NAME).write_text(card, encoding="utf-8")

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +193,19 @@ def test_tokens_from_another_codec_are_refused(cli, tmp_path: Path, models):
     assert missing.code == 1 and one_line_error(missing, "which is not installed here; name that codec's folder")
 
 
+def test_a_retired_default_codecs_file_says_how_to_install_that_codec(cli, tmp_path: Path):
+    sf.write(tmp_path / "a.wav", tone(1.0), RATE)
+    assert cli("encode", str(tmp_path / "a.wav")).code == 0
+    old = replace(PyrFile.read(tmp_path / "a.pyr"), codec_name="pyramid-22k-p111-notes")
+    old.write(tmp_path / "old.pyr")
+    result = cli("decode", str(tmp_path / "old.pyr"), model=False)
+    assert result.code == 1 and one_line_error(
+        result, "old.pyr was made with pyramid-22k-p111-notes@"), result.stderr
+    assert ("no longer bundled" in result.stderr and "git archive 22e70605d7fb models/pyramid-22k-p111-notes"
+            in result.stderr.replace("\n", " "))
+    assert not (tmp_path / "old.l3.wav").exists()
+
+
 def test_batch_continues_past_a_bad_file(cli, tmp_path: Path):
     music = tmp_path / "music"
     (music / "live").mkdir(parents=True)
@@ -256,7 +269,7 @@ def test_model_errors(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     sf.write(tmp_path / "a.wav", tone(1.0), RATE)
     monkeypatch.setattr(registry, "model_roots", lambda: [tmp_path / "no-models"])
     result = cli("encode", str(tmp_path / "a.wav"), model=False)
-    assert result.code == 1 and one_line_error(result, "the default codec pyramid-22k-p111-notes is not installed")
+    assert result.code == 1 and one_line_error(result, "the default codec pyramid-22k-p111-notes-v2 is not installed")
     result = cli("encode", str(tmp_path / "a.wav"), "--model", str(tmp_path / "nope"), model=False)
     assert result.code == 1 and one_line_error(result, "no such folder")
     assert not (tmp_path / "a.pyr").exists()

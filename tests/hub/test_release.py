@@ -16,7 +16,7 @@ from hub_helpers import (  # the Hub cache layout huggingface_hub writes; an LM 
 )
 
 from pyramid_cli.codec.api import load_codec
-from pyramid_cli.errors import FormatError, InputError
+from pyramid_cli.errors import FormatError, InputError, UsageError
 from pyramid_cli.hub import bundle, identity, registry, release
 
 pytestmark = pytest.mark.usefixtures("bundle_home")
@@ -44,6 +44,18 @@ def test_export_round_trip(tmp_path: Path):
                  "training time: 0.6 min", "hardware: cpu × 1"):
         assert text in card, text
     assert no_temporaries(tmp_path)
+
+
+def test_export_can_name_the_model(tmp_path: Path):
+    make_run(tmp_path / "run")
+    result = release.export_run(tmp_path / "run", tmp_path / "out", name="tiny-p111-v2")
+    out = tmp_path / "out"
+    assert result.summary.name == "tiny-p111-v2" and bundle.verify(out).ok
+    assert identity.codec_identity(out) == ("tiny-p111-v2", identity.codec_identity(tmp_path / "run" / "export")[1])
+    assert "# tiny-p111-v2" in (out / "README.md").read_text()
+    with pytest.raises(UsageError, match="a model name uses letters"):
+        release.export_run(tmp_path / "run", tmp_path / "out2", name="../x")
+    assert not (tmp_path / "out2").exists() and no_temporaries(tmp_path)
 
 
 def test_export_refuses_to_overwrite_and_guards_other_folders(tmp_path: Path, exported: Path):
