@@ -23,6 +23,7 @@ from typing import Any
 
 from pyramid_cli.errors import CodecMismatchError, FormatError, InputError
 from pyramid_cli.hub.files import CONFIG_NAME, WEIGHTS_NAME, read_config, safetensors_header
+from pyramid_cli.hub.registry import RETIRED_CODECS, retired_codec_hint
 from pyramid_cli.runtime.fileio import read_json_object, write_text_atomic
 
 HASH_DIGITS = 16
@@ -139,7 +140,9 @@ def check_codec_identity(recorded: tuple[str, str], given: CodecIdentity, record
     shown = 8  # widen the shown hash prefixes until they differ, so the message never reads X@a = X@a
     while made != given_hash and made[:shown] == given_hash[:shown] and shown < max(len(made), len(given_hash)):
         shown += 1
-    raise CodecMismatchError(f"{recorded_as} {name}@{made[:shown]}; {given_as} {given.name}@{given_hash[:shown]}")
+    retired = f" ({name} is {retired_codec_hint(name)})" if name in RETIRED_CODECS and name != given.name else ""
+    raise CodecMismatchError(f"{recorded_as} {name}@{made[:shown]}; {given_as} {given.name}@{given_hash[:shown]}"
+                             + retired)
 
 
 # ---- checksums.json ------------------------------------------------------------------------------------

@@ -204,6 +204,10 @@ def test_a_retired_default_codecs_file_says_how_to_install_that_codec(cli, tmp_p
     assert ("no longer bundled" in result.stderr and "git archive 22e70605d7fb models/pyramid-22k-p111-notes"
             in result.stderr.replace("\n", " "))
     assert not (tmp_path / "old.l3.wav").exists()
+    # Given another codec, the mismatch says the same.
+    result = cli("decode", str(tmp_path / "old.pyr"), model=True)
+    assert result.code == 1 and one_line_error(result, "old.pyr was made with pyramid-22k-p111-notes@"), result.stderr
+    assert "no longer bundled" in result.stderr
 
 
 def test_batch_continues_past_a_bad_file(cli, tmp_path: Path):
