@@ -18,7 +18,7 @@ from typing import Any
 
 from pyramid_cli.errors import FormatError, InputError, UsageError
 from pyramid_cli.hub import bundle, hf, registry
-from pyramid_cli.hub.files import CONFIG_NAME, KIND_NAMES, README_NAME, WEIGHTS_NAME, is_model_dir
+from pyramid_cli.hub.files import CONFIG_NAME, KIND_NAMES, README_NAME, WEIGHTS_NAME, is_model_dir, read_config
 from pyramid_cli.hub.identity import HASHED_FILES, write_checksums
 from pyramid_cli.runtime.fileio import read_json_object
 
@@ -158,8 +158,8 @@ def export_run(run_dir: Path, out_dir: Path, *, force: bool = False, name: str |
     def finish(tmp: Path) -> None:  # hash the copy: what ships is what is recorded
         nonlocal summary
         if name is not None:
-            config = read_json_object(tmp / CONFIG_NAME, "model config")
-            (tmp / CONFIG_NAME).write_text(json.dumps({**config, "name": name}, indent=2) + "\n", encoding="utf-8")
+            config = {**read_config(tmp), "name": name}
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             summary = bundle.describe(tmp)
         recorded.update(write_checksums(tmp))
         card = model_card(summary, recorded[WEIGHTS_NAME], parameters, training, log)
