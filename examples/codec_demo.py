@@ -1,10 +1,11 @@
 """Encode a piece, decode it at every level, and print what each level costs and keeps.
 
-The per-level table: tokens/s and bits/s (cumulative); whether the notes survive (note onset F1
-of the decode's Basic Pitch transcription against the input's, when the evaluation extra is
-installed, and the chroma similarity); the mel distance (sum over 7 resolutions, the paper's
-scale) to the input and to the level's band-limited target (what the level is trained to
-reproduce); and wall time. The decoded files are left in OUT_DIR as example.l1.wav, ...
+The per-level table: tokens/s (cumulative; the caption gives the bits per token); whether the
+notes survive (note onset F1 of the decode's Basic Pitch transcription against the input's, when
+the evaluation extra is installed; the share of the input's top line, i.e. the tune, found in the
+decode; and the chroma similarity); the mel distance (sum over 7 resolutions, the paper's scale) to the input and to
+the level's band-limited target (what the level is trained to reproduce); and wall time. The
+decoded files are left in OUT_DIR as example.l1.wav, ...
 
 Run: .venv/bin/python examples/codec_demo.py [AUDIO] [--model NAME|DIR] [--out-dir demo]
 """
@@ -24,7 +25,7 @@ from pyramid_cli.codec.api import decode_pyr, encode_file, load_codec
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.hub.registry import DEFAULT_CODEC
 from pyramid_cli.metrics.distances import chroma_similarity, mel_distance
-from pyramid_cli.metrics.transcribe import Transcriber, available, onset_f1
+from pyramid_cli.metrics.transcribe import Transcriber, available, onset_f1, top_line
 
 EXAMPLE = Path(__file__).with_name("example.flac")
 
@@ -53,22 +54,25 @@ def main() -> None:
     transcriber = Transcriber() if available() else None
     reference = None if transcriber is None else transcriber.transcribe(original[0, 0].numpy(), rate)
     # Short headers: the table must fit an 80-column terminal; the caption explains them.
-    for column in ("levels", "tok/s", "bits/s", "note F1", "notes", "chroma", "mel in", "mel tgt", "decode"):
+    for column in ("levels", "tok/s", "note F1", "tune", "notes", "chroma", "mel in", "mel tgt", "decode"):
         table.add_column(column, justify="right")
-    table.caption = ("note F1: onsets of the decode's notes vs the input's; mel in / mel tgt: mel distance "
-                     "(sum of 7 resolutions) to the input / to the level's band-limited target")
+    table.caption = (f"tok/s: tokens per second ({pyr.bits_per_code} bits each); note F1: onsets of the "
+                     "decode's notes vs the input's; tune: the share of the input's top line (the melody) "
+                     "found in the decode; mel in / mel tgt: mel distance (sum of 7 resolutions) to the "
+                     "input / to the level's band-limited target")
     for levels in range(1, pyr.n_levels + 1):
         start = time.perf_counter()
         wav = decode_pyr(pyr, codec, levels)
         decode_seconds = time.perf_counter() - start
         save_audio(args.out_dir / f"{args.audio.stem}.l{levels}.wav", wav, rate)
         decoded = torch.from_numpy(wav)[None]
-        f1, notes = "-", "-"
+        f1, tune, notes = "-", "-", "-"
         if transcriber is not None and reference is not None:
             estimate = transcriber.transcribe(wav[0], rate)
             f1, notes = f"{onset_f1(reference.notes, estimate.notes)[2]:.2f}", str(len(estimate.notes))
+            tune = f"{onset_f1(top_line(reference.notes), estimate.notes)[1]:.2f}"
         table.add_row(str(levels), f"{pyr.cumulative_tokens_per_second[levels - 1]:.2f}",
-                      f"{pyr.cumulative_bits_per_second[levels - 1]:.0f}", f1, notes,
+                      f1, tune, notes,
                       f"{float(chroma_similarity(decoded, original, rate)):.3f}",
                       f"{float(mel_distance(decoded, original, rate)):.3f}",
                       f"{float(mel_distance(decoded, targets[levels - 1], rate)):.3f}",

@@ -40,7 +40,9 @@ def eval_codec(
     target (the input limited to 1/2^(N-k) of its band), as in the paper's Table 1. Mel and STFT
     distances are sums over their resolutions, the paper's scale (p111: mel 0.953). Pitch
     content, which the distances miss: chroma similarity (1 = same pitch classes at the same
-    times) and note onset F1 (Basic Pitch transcriptions of input and decode, mir_eval, 50 ms).
+    times), note onset F1 (Basic Pitch transcriptions of input and decode, mir_eval, 50 ms) and
+    whether the melody survives: "tune kept" is the share of the input's top line (the highest
+    note sounding at each onset) found in the decode, "tune F1" compares the two top lines.
 
     Example: pyramid eval codec --data corpus --split test --clips 20 --json
     """
@@ -74,12 +76,14 @@ def eval_codec(
         return
     table = Table(title=f"{name}@{weights_hash[:8]} on {data} ({split} split): {result.clips} clips of "
                         f"{result.clip_seconds:.1f} s")
-    for column in ("levels", "tokens/s", "note F1", "notes/s", "chroma", "ViSQOL", "mel (target)", "mel (full)",
-                   "STFT (full)", "wave L1 (full)", "SI-SDR (full)"):
+    for column in ("levels", "tokens/s", "note F1", "tune kept", "tune F1", "notes/s", "chroma", "ViSQOL", "mel (target)",
+                   "mel (full)", "STFT (full)", "wave L1 (full)", "SI-SDR (full)"):
         table.add_column(column, justify="right")
     for s in result.levels:
         table.add_row(str(s.levels), f"{s.tokens_per_second:.2f}",
                       "-" if s.note_f1 is None else f"{s.note_f1:.3f}",
+                      "-" if s.melody_recall is None else f"{s.melody_recall:.3f}",
+                      "-" if s.melody_f1 is None else f"{s.melody_f1:.3f}",
                       "-" if s.notes_per_second is None else f"{s.notes_per_second:.1f}",
                       f"{s.chroma_vs_full:.3f}", "-" if s.visqol is None else f"{s.visqol:.2f}",
                       f"{s.mel_vs_target:.3f}", f"{s.mel_vs_full:.3f}",

@@ -28,7 +28,7 @@ from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.manifest import load_manifest
 from pyramid_cli.errors import InputError
 from pyramid_cli.metrics.distances import chroma_similarity, mel_distance, si_sdr, stft_distance, waveform_distance
-from pyramid_cli.metrics.transcribe import note_errors, onset_f1
+from pyramid_cli.metrics.transcribe import note_errors, onset_f1, top_line
 
 if TYPE_CHECKING:
     from pyramid_cli.metrics.transcribe import Transcriber
@@ -50,6 +50,11 @@ class LevelScores:
     note_precision: float | None = None
     note_recall: float | None = None
     notes_per_second: float | None = None  # in the decode (the input's: CodecEvaluation.input_notes_per_second)
+    # The tune (``transcribe.top_line``, the skyline of the input's transcription): the share of its
+    # notes found anywhere in the decode (onset within 50 ms, same pitch), and the onset F1 of the two
+    # top lines, which is stricter and brittle: one extra high note in the decode hides a true one.
+    melody_recall: float | None = None
+    melody_f1: float | None = None
     # ``transcribe.note_errors`` per clip, averaged: the decode's extra notes and how many of them are
     # octaves of an input note, share a partial with one, or break a held note in two; the input's
     # missed notes and how many fall inside a held decode note.
@@ -120,7 +125,8 @@ def evaluate_codec(
     """Scores per number of decoded levels, averaged over clips, and codebook usage.
 
     With a ``transcriber``, also note onset precision / recall / F1 (mir_eval, 50 ms), notes per
-    second and what the wrong notes are (``transcribe.note_errors``); F1 is averaged over clips.
+    second, what the wrong notes are (``transcribe.note_errors``) and whether the tune survives
+    (the top lines, ``transcribe.top_line``); F1 is averaged over clips.
     With ``visqol``, ViSQOL's MOS-LQO against the full signal.
     """
     config = codec.config
@@ -142,6 +148,7 @@ def evaluate_codec(
         if transcriber is not None:
             reference = transcriber.transcribe(clip[0].cpu().numpy(), config.sample_rate)
             reference_notes = reference.notes
+            reference_tune = top_line(reference_notes)
             add(0, "notes_per_second", reference.notes_per_second)
         for level, level_codes in enumerate(codes):
             for book in range(level_codes.shape[1]):
@@ -163,11 +170,14 @@ def evaluate_codec(
                 estimate = transcriber.transcribe(decoded[0, 0].cpu().numpy(), config.sample_rate)
                 precision, recall, f1 = onset_f1(reference_notes, estimate.notes)
                 errors = note_errors(reference_notes, estimate.notes)
+                melody_f1 = onset_f1(reference_tune, top_line(estimate.notes))[2]
+                melody_recall = onset_f1(reference_tune, estimate.notes)[1]
                 scores.update(note_f1=f1, note_precision=precision, note_recall=recall,
                               notes_per_second=estimate.notes_per_second, extra_notes=errors.extra,
                               extra_octave_notes=errors.extra_octave, missed_notes=errors.missed,
                               missed_in_sustain_notes=errors.missed_in_sustain,
-                              extra_partial_notes=errors.extra_partial, extra_fragment_notes=errors.extra_fragment)
+                              extra_partial_notes=errors.extra_partial, extra_fragment_notes=errors.extra_fragment,
+                              melody_f1=melody_f1, melody_recall=melody_recall)
             mos = None if visqol is None else visqol.score(decoded[0, 0].cpu().numpy(), wav[0, 0].cpu().numpy(),
                                                            config.sample_rate)
             if mos is not None:

@@ -74,6 +74,8 @@ class CodecOutput:
         code_note_logits: codecs with ``code_notes`` only: (B, 88, T_0) logits of MIDI keys sounding,
             a linear probe of level 0's quantized latent.
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
+        frame_hop: samples between the frames of ``spectra``, ``note_logits``, ...: the finest hop.
+            Frame t is centred at sample t * frame_hop of the input (``spectral.stft_magnitude``).
         commitment_loss: scalar, summed over levels (weight it 0.25, DAC).
         codebook_loss: scalar, summed over levels (weight it 1.0, DAC).
         diversity_loss: scalar, summed over levels and stages (``VectorQuantize.diversity``).
@@ -89,6 +91,7 @@ class CodecOutput:
     partials: dict[int, torch.Tensor] | None = None
     onset_logits: dict[int, torch.Tensor] | None = None
     code_note_logits: torch.Tensor | None = None
+    frame_hop: int = 0
 
 
 class PyramidCodec(nn.Module):
@@ -358,6 +361,7 @@ class PyramidCodec(nn.Module):
             commitment_loss=torch.stack([out.commitment_loss for out in outputs]).sum(),
             codebook_loss=torch.stack([out.codebook_loss for out in outputs]).sum(),
             diversity_loss=torch.stack([out.diversity_loss for out in outputs]).sum(),
+            frame_hop=self.config.hop_lengths[-1],
         )
 
     # ---- weights ----------------------------------------------------------------------------------

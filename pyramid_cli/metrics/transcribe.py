@@ -296,3 +296,24 @@ def note_errors(reference: list[Note], estimate: list[Note], onset_tolerance: fl
                         for e in estimate) for n in missed)
     return NoteErrors(extra=len(extra), extra_octave=octave, missed=len(missed), missed_in_sustain=sustained,
                       extra_partial=partial, extra_fragment=fragment)
+
+
+def top_line(notes: list[Note], onset_tolerance: float = 0.05) -> list[Note]:
+    """The melody a listener follows, approximated by the skyline: the notes that no higher note covers.
+
+    A note is kept when no higher-pitched note is sounding at its onset or starts within
+    ``onset_tolerance`` after it (a chord's top note is kept, its inner notes are not). The skyline
+    (Uitdenbogerd and Zobel, 1999) is the usual symbolic stand-in for a melody; it needs no
+    instrument labels, so it works on any transcription. Why: note F1 over every note weighs a
+    wrong inner voice as much as a lost tune; comparing the top lines asks whether the tune survives.
+    """
+    if not notes:
+        return []
+    starts = np.array([n.start for n in notes])
+    ends = np.array([n.end for n in notes])
+    pitches = np.array([n.pitch for n in notes])
+    # covered[i, j]: note j is higher than note i and sounds at (or just after) i's onset
+    covered = ((pitches[None, :] > pitches[:, None]) & (starts[None, :] <= starts[:, None] + onset_tolerance)
+               & (ends[None, :] > starts[:, None]))
+    hidden = np.asarray(covered.any(axis=1))
+    return [n for i, n in enumerate(notes) if not hidden[i]]

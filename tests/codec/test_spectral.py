@@ -107,6 +107,24 @@ def test_griffin_lim_restores_a_consistent_signal() -> None:
     assert restored < 0.2 and restored < zero_phase / 2
 
 
+def test_spectral_losses_compare_each_frame_with_the_target_at_the_same_time() -> None:
+    """A 2 s crop is not a whole number of coarse frames; the model pads it, and frame t of its
+    output must be compared with the target's frame centred at t * hop (until December 2026 the
+    hop was inferred as ceil(T / frames): 502 for 512, a drift of 39 ms by the crop's end)."""
+    from pyramid_cli.train.codec_parts import spectral_losses
+
+    codec = PyramidCodec(TINY).train()
+    wav = 0.1 * torch.randn(1, 1, 2 * RATE, generator=torch.Generator().manual_seed(0))
+    out = codec(wav, levels_to_decode=[2])
+    frames, hop = out.spectra[2].shape[-1], out.frame_hop
+    assert hop == TINY.hop_lengths[-1] and frames * hop > wav.shape[-1] + frames  # padding > 1 sample a frame
+    padded = torch.nn.functional.pad(wav, (0, frames * hop - wav.shape[-1]))
+    exact = stft_magnitude(padded, TINY.n_fft, hop).clamp(min=1e-2).log()
+    assert spectral_losses(exact, wav, RATE, hop)["log_mag"] < 1e-5
+    late = torch.cat([exact[..., :1], exact[..., :-1]], -1)  # one frame late
+    assert spectral_losses(late, wav, RATE, hop)["log_mag"] > 0.1
+
+
 def test_training_step_learns_from_magnitudes() -> None:
     from pyramid_cli.train.codec_parts import level_targets, spectral_losses
 
@@ -119,7 +137,7 @@ def test_training_step_learns_from_magnitudes() -> None:
     for _ in range(15):
         out = codec(wav, levels_to_decode=[2])
         assert out.reconstructions == {} and out.spectra is not None
-        parts = spectral_losses(out.spectra[2], level_targets(wav, [2], 3)[2], RATE)
+        parts = spectral_losses(out.spectra[2], level_targets(wav, [2], 3)[2], RATE, out.frame_hop)
         loss = parts["mel"] + parts["log_mag"] + parts["convergence"]
         optimizer.zero_grad()
         loss.backward()

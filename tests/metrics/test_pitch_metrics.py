@@ -55,6 +55,9 @@ def test_note_f1_scores_non_music_badly(signals: dict[str, torch.Tensor], name: 
     assert transcribe.onset_f1(reference, low)[2] > 0.8
     other = transcriber.transcribe(signals[name].numpy(), RATE).notes
     assert transcribe.onset_f1(reference, other)[2] < 0.25
+    tune = transcribe.top_line(reference)  # the melody: its notes survive the low-pass, not the others
+    assert transcribe.onset_f1(tune, low)[1] > 0.5
+    assert transcribe.onset_f1(tune, other)[1] < 0.25
 
 
 @pytest.mark.skipif(not transcribe.available(), reason="needs the evaluation extra (make install-eval)")
@@ -99,6 +102,18 @@ def test_note_errors_name_octaves_shared_partials_fragments_and_notes_lost_insid
     assert transcribe.note_errors(reference, []) == transcribe.NoteErrors(0, 0, 4, 0)
     perfect = transcribe.note_errors(reference, reference)
     assert perfect.extra == perfect.missed == 0
+
+
+def test_top_line_keeps_the_tune_above_the_accompaniment() -> None:
+    Note = transcribe.Note
+    tune = [Note(0.0, 0.5, 72, 1.0), Note(0.5, 1.0, 74, 1.0), Note(1.0, 2.0, 76, 1.0), Note(2.0, 2.4, 79, 1.0)]
+    chords = [Note(0.0, 1.0, 60, 1.0), Note(0.02, 1.0, 64, 1.0),  # a chord under the first two tune notes
+              Note(1.5, 2.4, 67, 1.0),  # starts while the E5 is held: covered
+              Note(2.45, 3.0, 65, 1.0)]  # after the tune ends: the top line again
+    assert transcribe.top_line(tune + chords) == tune + [chords[3]]
+    struck = [Note(0.0, 1.0, 60, 1.0), Note(0.03, 1.0, 67, 1.0)]  # a fifth struck 30 ms late: one chord
+    assert transcribe.top_line(struck) == [struck[1]]
+    assert transcribe.top_line([]) == []
 
 
 def test_missing_model_is_a_clear_dependency_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
