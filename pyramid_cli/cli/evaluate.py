@@ -76,8 +76,8 @@ def eval_codec(
         return
     table = Table(title=f"{name}@{weights_hash[:8]} on {data} ({split} split): {result.clips} clips of "
                         f"{result.clip_seconds:.1f} s")
-    for column in ("levels", "tokens/s", "note F1", "tune kept", "tune F1", "notes/s", "chroma", "ViSQOL", "mel (target)",
-                   "mel (full)", "STFT (full)", "wave L1 (full)", "SI-SDR (full)"):
+    for column in ("levels", "tokens/s", "note F1", "tune kept", "tune F1", "notes/s", "chroma", "ViSQOL",
+                   "mel (target)", "mel (full)", "STFT (full)", "wave L1 (full)", "SI-SDR (full)"):
         table.add_column(column, justify="right")
     for s in result.levels:
         table.add_row(str(s.levels), f"{s.tokens_per_second:.2f}",
