@@ -269,12 +269,18 @@ SHARED_PARTIAL = (7, 19, 28)  # semitones: 3:2, 3:1 and 5:1
 FRAGMENT_GAP = 0.12  # seconds
 
 
+def match_notes(reference: list[Note], estimate: list[Note], onset_tolerance: float = 0.05) -> list[tuple[int, int]]:
+    """``onset_f1``'s matching: (reference index, estimate index) pairs (mir_eval, offsets ignored)."""
+    if not reference or not estimate:
+        return []
+    pairs = _mir_eval().transcription.match_notes(*_arrays(reference), *_arrays(estimate),
+                                                  onset_tolerance=onset_tolerance, offset_ratio=None)
+    return [(int(i), int(j)) for i, j in pairs]
+
+
 def note_errors(reference: list[Note], estimate: list[Note], onset_tolerance: float = 0.05) -> NoteErrors:
-    """Classify the notes that ``onset_f1`` leaves unmatched (same matching: mir_eval, offsets ignored)."""
-    matched: list[tuple[int, int]] = []
-    if reference and estimate:
-        matched = _mir_eval().transcription.match_notes(*_arrays(reference), *_arrays(estimate),
-                                                        onset_tolerance=onset_tolerance, offset_ratio=None)
+    """Classify the notes that ``onset_f1`` leaves unmatched (same matching: ``match_notes``)."""
+    matched = match_notes(reference, estimate, onset_tolerance)
     matched_reference = {i for i, _ in matched}
     matched_estimate = {j for _, j in matched}
     extra = [n for j, n in enumerate(estimate) if j not in matched_estimate]
