@@ -72,16 +72,10 @@ def codec_loss(
         total = total + cfg.diversity_weight * parts["diversity"]
     if out.spectra is not None:
         for i, target in targets.items():
-            tune = None
-            if cfg.melody_weight and rolls is not None:
-                n_fft = 2 * (out.spectra[i].shape[1] - 1)
-                tune = top_line_weights(rolls, n_fft, mel_loss.sample_rate, 0.5 ** (len(out.codes) - 1 - i))
-            level_parts = spectral_losses(out.spectra[i].float(), target, mel_loss.sample_rate, out.frame_hop, tune)
+            level_parts = spectral_losses(out.spectra[i].float(), target, mel_loss.sample_rate, out.frame_hop)
             parts.update({f"{name}_l{i}": value for name, value in level_parts.items()})
             total = (total + mel_weight * level_parts["mel"] + level_parts["log_mag"] + level_parts["convergence"]
                      + cfg.pitch_weight * level_parts["pitch"])
-            if tune is not None:
-                total = total + cfg.melody_weight * level_parts["melody"]
         if out.note_logits is not None and rolls is not None:
             silent_octaves = octave_weights(rolls, cfg.note_octave_weight) if cfg.note_octave_weight != 1 else None
             for i in targets:
@@ -180,29 +174,6 @@ def partial_loss(partials: torch.Tensor, rolls: torch.Tensor, target: torch.Tens
     return error[mask].mean() if bool(mask.any()) else partials.sum() * 0.0
 
 
-MELODY_PARTIALS = 6  # partials of the top key that the melody term weighs (most of a note's energy)
-
-
-def top_line_weights(rolls: torch.Tensor, n_fft: int, sample_rate: int, band: float) -> torch.Tensor:
-    """(B, 88, frames) MIDI rolls → (B, n_fft/2+1, frames) weights: in each frame, the harmonic
-    templates of the highest sounding key's first ``MELODY_PARTIALS`` partials inside the level's band
-    (0 where no key sounds).
-
-    Why: the tune is what a listener follows, and it is usually the top line. The decodes kept it
-    worst: the partials of the highest key came out about 1 nat (MIDI 48-71) to 1.6 nats (72-83)
-    below the input's, and the top line of the transcription matched the input's with F1 0.14
-    against 0.39 for all notes (codec card). In ``log_mag`` those partials are a few of 1,025 bins.
-    """
-    templates = _templates(n_fft, sample_rate, MELODY_PARTIALS, rolls.device)  # (88 * P, F)
-    templates = templates.view(rolls.shape[1], MELODY_PARTIALS, -1).sum(1)
-    templates[:, round(band * templates.shape[-1]):] = 0
-    keys = torch.arange(rolls.shape[1], device=rolls.device).view(1, -1, 1)
-    sounding = rolls > 0.5
-    top = torch.where(sounding, keys, -1).amax(1)  # (B, frames); -1: nothing sounds
-    weights = templates[top.clamp(min=0)] * (top >= 0)[..., None]  # (B, frames, F)
-    return weights.transpose(1, 2)
-
-
 @functools.lru_cache(maxsize=4)
 def semitone_filterbank(n_fft: int, sample_rate: int, low: int = 36, high: int = 108) -> torch.Tensor:
     """(high - low + 1, n_fft/2+1) triangular filters centred on the MIDI pitches low..high, each
@@ -218,8 +189,8 @@ def semitone_filterbank(n_fft: int, sample_rate: int, low: int = 36, high: int =
     return torch.stack(rows).float()
 
 
-def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_rate: int, hop: int,
-                    tune: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_rate: int, hop: int
+                    ) -> dict[str, torch.Tensor]:
     """The losses of a spectral codec's level: its predicted log-magnitudes against the target's STFT.
 
     ``log_mag``: L1 of the floored natural-log magnitudes (every bin counts alike, so the harmonics
@@ -231,9 +202,6 @@ def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_ra
     2% of 1,025 linear bins they are (trained without it, the codes kept rhythm and envelope but
     hardly any notes: onset F1 0.10 after 2,000 steps).
 
-    With ``tune`` (``top_line_weights``), also ``melody``: the same L1 as ``log_mag``, weighted to
-    the partials of each frame's highest sounding key.
-
     Args:
         log_magnitude: (B, F, frames) decoder output.
         target: (B, 1, T) band-limited target audio, T <= frames * hop (zero-padded to it, as the
@@ -241,7 +209,6 @@ def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_ra
         hop: the samples between frames (``CodecOutput.frame_hop``). Given, not inferred from T:
             until December 2026 it was ceil(T / frames), 502 instead of 512 for 2 s crops, so
             the targets drifted 10 samples a frame against the predictions (39 ms by a crop's end).
-        tune: (B, F, frames' <= frames) non-negative weights per bin, or None.
     """
     n_fft = 2 * (log_magnitude.shape[1] - 1)
     frames = log_magnitude.shape[-1]
@@ -254,12 +221,9 @@ def spectral_losses(log_magnitude: torch.Tensor, target: torch.Tensor, sample_ra
     bands = semitone_filterbank(n_fft, sample_rate).to(magnitude.device)
     pitch_estimate = (bands @ estimate).clamp(min=LOG_FLOOR).log10()
     pitch_target = (bands @ magnitude).clamp(min=LOG_FLOOR).log10()
-    log_error = (log_magnitude.clamp(min=math.log(LOG_FLOOR)) - log_magnitude_of(magnitude)).abs()
-    parts = {} if tune is None else {
-        "melody": (log_error[..., : tune.shape[-1]] * tune).sum() / tune.sum().clamp(min=1e-6)}
-    return parts | {
+    return {
         "pitch": (pitch_estimate - pitch_target).abs().mean(),
-        "log_mag": log_error.mean(),
+        "log_mag": (log_magnitude.clamp(min=math.log(LOG_FLOOR)) - log_magnitude_of(magnitude)).abs().mean(),
         "convergence": torch.linalg.vector_norm(estimate - magnitude) / torch.linalg.vector_norm(magnitude).clamp(
             min=1e-6),
         "mel": (mel_estimate - mel_target).abs().mean(),

@@ -99,7 +99,6 @@ class CodecTrainConfig(TrainSettings):
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
     onset_weight: float = 0.0  # note head with note_onsets: BCE of its re-strike logits against MIDI onsets
     onset_pos_weight: float = 1.0  # weight of the onsets in that BCE (onsets are rare: 1 in ~400 key-frames)
-    melody_weight: float = 0.0  # spectral codec with MIDI rolls: log-magnitude L1 at the top sounding key's partials
     code_note_weight: float = 0.0  # codec with code_notes: BCE of its level-0 code probe vs the MIDI roll
     # (sounding keys weighted by note_pos_weight)
     freeze_tokenizer: bool = False  # decoder only: the start model's codes, .pyr files and LMs stay valid
@@ -143,7 +142,7 @@ class CodecTrainConfig(TrainSettings):
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
                           "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight",
-                          "partial_weight", "onset_weight", "code_note_weight", "melody_weight"))
+                          "partial_weight", "onset_weight", "code_note_weight"))
         if self.freeze_tokenizer and self.reseed_dead_codes_every:
             raise UsageError("freeze_tokenizer keeps the codebooks as they are: set reseed_dead_codes_every=0")
 

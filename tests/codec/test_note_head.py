@@ -31,14 +31,7 @@ from pyramid_cli.data.notes import midi_notes, onset_roll, piano_roll
 from pyramid_cli.errors import InputError, UsageError
 from pyramid_cli.hub.identity import weights_hash
 from pyramid_cli.train import CodecTrainConfig, train_codec
-from pyramid_cli.train.codec_parts import (
-    added_parts,
-    code_note_loss,
-    codec_loss,
-    level_targets,
-    octave_weights,
-    top_line_weights,
-)
+from pyramid_cli.train.codec_parts import added_parts, code_note_loss, codec_loss, level_targets, octave_weights
 
 RATE = 22050
 TINY = CodecConfig(name="tiny-notes", architecture="spectral", encoder_rates=(256,), encoder_dim=16,
@@ -212,44 +205,6 @@ def test_octave_weights_single_out_silent_keys_an_octave_or_two_from_a_sounding_
     assert (weights[0, [16, 28, 64, 76], 1] == 4).all() and (weights[0, :, [0, 2]] == 1).all()
     with pytest.raises(UsageError, match="note_octave_weight"):
         CodecTrainConfig(note_octave_weight=0.0)
-
-
-def test_top_line_weights_follow_the_highest_sounding_key_within_the_band() -> None:
-    n_fft = 2048
-    rolls = torch.zeros(1, PIANO_KEYS, 3)
-    rolls[0, [30, 50], 0] = 1  # a low and a high key: only the high one is the tune
-    rolls[0, 30, 1] = 1  # the low key alone
-    weights = top_line_weights(rolls, n_fft, RATE, band=1.0)
-    templates = harmonic_templates(n_fft, RATE, 6)
-    assert torch.allclose(weights[0, :, 0], templates[50].sum(0))
-    assert torch.allclose(weights[0, :, 1], templates[30].sum(0))
-    assert weights[0, :, 2].abs().sum() == 0  # nothing sounds
-    quarter = top_line_weights(rolls, n_fft, RATE, band=0.25)
-    assert quarter[0, round(0.25 * (n_fft // 2 + 1)):].abs().sum() == 0
-    assert torch.allclose(quarter[0, :200, 0], weights[0, :200, 0])
-
-
-def test_melody_loss_is_the_log_magnitude_error_at_the_top_lines_partials() -> None:
-    torch.manual_seed(0)
-    model = PyramidCodec(TINY).train()
-    wav = 0.1 * torch.randn(1, 1, RATE)
-    out = model(wav, levels_to_decode=[1])
-    frames = out.spectra[1].shape[-1]
-    rolls = torch.zeros(1, PIANO_KEYS, frames)
-    rolls[0, 48, :] = 1
-    targets = level_targets(wav, [1], TINY.n_levels)
-    target_log = stft_magnitude(torch.nn.functional.pad(targets[1], (0, frames * 512 - RATE)), 2048, 512)
-    target_log = target_log.clamp(min=1e-2).log()
-    weights = top_line_weights(rolls, 2048, RATE, band=1.0)
-    exact = target_log.clone()
-    exact[weights == 0] += 1.0  # wrong by 1 nat everywhere but at the tune's partials
-    cfg = CodecTrainConfig(model=TINY.to_dict(), melody_weight=1.0)
-    parts = codec_loss(replace(out, spectra={1: exact}), targets, cfg, 1.0, MultiScaleMelLoss(RATE), None,
-                       rolls=rolls)[1]
-    assert float(parts["melody_l1"]) < 1e-4
-    assert float(parts["log_mag_l1"]) > 0.5
-    off = codec_loss(out, targets, replace(cfg, melody_weight=0.0), 1.0, MultiScaleMelLoss(RATE), None, rolls=rolls)[1]
-    assert "melody_l1" not in off
 
 
 def test_fine_tuning_may_grow_only_note_head_parts() -> None:
