@@ -197,6 +197,7 @@ class NoteHead(nn.Module):
                              persistent=False)  # (P * K, F); a function of the config, not weights
         self.harmonics = harmonics
         self.gate_power = gate_power  # CodecConfig.note_gate_power: decoding (eval mode) only
+        self.render_detached = False  # training: the magnitude losses do not reach the partial amplitudes
 
     def forward(self, hidden: torch.Tensor, bins: int) -> NoteHeadOutput:
         """(B, T, dim) decoder features → the notes and their harmonic magnitudes (``NoteHeadOutput``)."""
@@ -213,7 +214,8 @@ class NoteHead(nn.Module):
         if self.onsets is not None:
             onsets = self.onsets(hidden)
             gate = gate * torch.sigmoid(-onsets)  # 1 - sigmoid(x)
-        partials = gate[..., None] * ungated
+        rendered = ungated.detach() if self.render_detached and self.training else ungated
+        partials = gate[..., None] * rendered
         magnitude = partials.flatten(2) @ self.templates[:, :bins]  # (B, T, bins)
         magnitude = nn.functional.pad(magnitude, (0, self.templates.shape[1] - bins))
         return NoteHeadOutput(logits.transpose(1, 2), magnitude.transpose(1, 2), ungated,

@@ -152,6 +152,9 @@ def _train(run: RunFolder, cfg: CodecTrainConfig, corpus: Path, info: DistInfo, 
         parts_.load_init_weights(model, Path(init_from))
     if cfg.freeze_tokenizer:
         model.freeze_tokenizer()
+    head = getattr(model.decoder, "note_head", None)
+    if cfg.partials_from_fits_only and head is not None:
+        head.render_detached = True
     model.to(info.device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -126,6 +126,27 @@ def test_onset_logits_start_nearly_off_and_silence_a_key_for_one_frame() -> None
         CodecConfig(note_onsets=True)  # no note head
 
 
+def test_partials_from_fits_only_keeps_the_magnitude_losses_off_the_partial_amplitudes(tmp_path: Path) -> None:
+    """With ``partials_from_fits_only`` the rendered magnitudes still carry the partials (same
+    values), but only the partial loss trains their amplitudes; the gates still learn from both."""
+    torch.manual_seed(0)
+    head = NoteHead(4, 2048, RATE, 8, key_partials=True).train()
+    hidden = torch.randn(1, 5, 4)
+    spectrum = head(hidden, 1025).magnitude
+    head.render_detached = True
+    detached = head(hidden, 1025)
+    torch.testing.assert_close(detached.magnitude, spectrum)
+    detached.magnitude.sum().backward()  # stands for a magnitude loss
+    assert head.key_partials is not None and head.key_partials.weight.grad is None
+    gain_and_logit_rows = head.notes.weight.grad
+    assert gain_and_logit_rows is not None
+    assert gain_and_logit_rows[:PIANO_KEYS].abs().sum() > 0  # the gates' logits learn
+    assert gain_and_logit_rows[PIANO_KEYS:].abs().sum() == 0  # the levels and the shared profile do not
+    head.zero_grad()
+    head(hidden, 1025).partials.sum().backward()  # stands for the partial loss
+    assert head.key_partials.weight.grad is not None and head.key_partials.weight.grad.abs().sum() > 0
+
+
 def test_gate_power_quiets_unsure_notes_when_decoding_and_leaves_sure_ones_and_the_logits() -> None:
     torch.manual_seed(0)
     plain = NoteHead(4, 2048, RATE, 8).eval()
@@ -408,6 +429,14 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
             assert torch.equal(a, b)
     logs = [json.loads(line) for line in (tmp_path / "tuned/metrics.jsonl").read_text().splitlines()]
     assert all(r["partials_l0"] > 0 and r["onsets_l0"] > 0 for r in logs if r["kind"] == "train")
+
+    # partials_from_fits_only: without a partial loss nothing trains the grown per-key profiles
+    only_fits = replace(config, steps=2, partial_weight=0.0, partials_from_fits_only=True)
+    for run, settings in (("fits", only_fits), ("free", replace(only_fits, partials_from_fits_only=False))):
+        train_codec(tmp_path / run, settings, corpus, init_from=start)
+    profiles = {run: PyramidCodec.from_pretrained(tmp_path / run / "export").state_dict()[
+        "decoder.note_head.key_partials.weight"] for run in ("fits", "free")}
+    assert profiles["fits"].abs().sum() == 0 and profiles["free"].abs().sum() > 0
     retrained = tmp_path / "retrained"  # training the encoder too makes other codes: no claim to the old ones
     train_codec(retrained, replace(config, freeze_tokenizer=False, steps=1), corpus,
                 init_from=tmp_path / "tuned/export")
