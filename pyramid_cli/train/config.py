@@ -97,7 +97,7 @@ class CodecTrainConfig(TrainSettings):
     note_level_weights: tuple[float, ...] = ()  # per decoded level, a factor on note_weight (() = 1 each)
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
-    partials_from_fits_only: bool = False  # note head: only the partial loss trains the partial amplitudes
+    partials_from_fits_only: bool = False  # note head: only the partial loss (give it a weight) trains the amplitudes
     onset_weight: float = 0.0  # note head with note_onsets: BCE of its re-strike logits against MIDI onsets
     onset_pos_weight: float = 1.0  # weight of the onsets in that BCE (onsets are rare: 1 in ~400 key-frames)
     code_note_weight: float = 0.0  # codec with code_notes: BCE of its level-0 code probe vs the MIDI roll
