@@ -126,7 +126,7 @@ def test_onset_logits_start_nearly_off_and_silence_a_key_for_one_frame() -> None
         CodecConfig(note_onsets=True)  # no note head
 
 
-def test_partials_from_fits_only_keeps_the_magnitude_losses_off_the_partial_amplitudes(tmp_path: Path) -> None:
+def test_partials_from_fits_only_keeps_the_magnitude_losses_off_the_partial_amplitudes() -> None:
     """With ``partials_from_fits_only`` the rendered magnitudes still carry the partials (same
     values), but only the partial loss trains their amplitudes; the gates still learn from both."""
     torch.manual_seed(0)
@@ -138,10 +138,10 @@ def test_partials_from_fits_only_keeps_the_magnitude_losses_off_the_partial_ampl
     torch.testing.assert_close(detached.magnitude, spectrum)
     detached.magnitude.sum().backward()  # stands for a magnitude loss
     assert head.key_partials is not None and head.key_partials.weight.grad is None
-    gain_and_logit_rows = head.notes.weight.grad
-    assert gain_and_logit_rows is not None
-    assert gain_and_logit_rows[:PIANO_KEYS].abs().sum() > 0  # the gates' logits learn
-    assert gain_and_logit_rows[PIANO_KEYS:].abs().sum() == 0  # the levels and the shared profile do not
+    grad = head.notes.weight.grad  # rows: the keys' logits, then their levels and the shared profile
+    assert grad is not None
+    assert grad[:PIANO_KEYS].abs().sum() > 0  # the gates' logits learn
+    assert grad[PIANO_KEYS:].abs().sum() == 0  # the levels and the shared profile do not
     head.zero_grad()
     head(hidden, 1025).partials.sum().backward()  # stands for the partial loss
     assert head.key_partials.weight.grad is not None and head.key_partials.weight.grad.abs().sum() > 0
