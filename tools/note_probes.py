@@ -7,6 +7,8 @@ concatenated), and the decoder's features (what the note head reads). A probe pe
 regressions, or with ``--mlp`` one hidden layer of 512) is trained on train-split crops and scored on
 test-split crops: frame F1 at threshold 0.5, and the best of 0.2-0.5. A stage that scores well below
 the one before it is where the notes are lost (the codec card's "Where the encoder loses the notes").
+With ``--bands``, also frame F1 per register and the recall of each frame's top sounding key (the
+tune), with the note head's own gates (sigmoid of its logits, no probe) as the last row.
 
 Example:
     python tools/note_probes.py --corpus ~/corpus --midi-dir ../shared/data/midi/dev --train-crops 600 \\
@@ -54,7 +56,10 @@ def stage_features(codec: PyramidCodec, crop: torch.Tensor, frames: int) -> dict
         features[f"quantized, levels 0..{k}"] = torch.cat([at_finest(outputs[j].z_q, j) for j in range(k + 1)])
     if codec.spectral:
         latent = codec.lift(codec.pyramid_latents([o.z_q for o in outputs])[-1], c.n_levels - 1)
-        features["decoder features"] = codec.decoder.net.hidden(latent)[0].T
+        hidden = codec.decoder.net.hidden(latent)
+        features["decoder features"] = hidden[0].T
+        if codec.decoder.note_head is not None:  # not a probe's input: scored as it is
+            features[HEAD] = torch.sigmoid(codec.decoder.note_head(hidden, 1).logits[0])
     return {name: x[..., :frames].float().T for name, x in features.items()}
 
 
@@ -70,6 +75,22 @@ def collect(codec: PyramidCodec, corpus: str, midi_dir: str, split: str, crops: 
             features.setdefault(name, []).append(x)
         rolls.append(roll.T.float())
     return {name: torch.cat(x) for name, x in features.items()}, torch.cat(rolls)
+
+
+HEAD = "note head's gates (no probe)"
+BANDS = ((21, 47), (48, 59), (60, 71), (72, 83), (84, 108))  # MIDI pitches, inclusive
+
+
+def band_scores(probabilities: torch.Tensor, roll: torch.Tensor, threshold: float) -> str:
+    """Frame F1 per register, and the recall of each frame's highest sounding key."""
+    scores = [frame_f1(probabilities[:, low - 21: high - 20], roll[:, low - 21: high - 20], threshold)
+              for low, high in BANDS]
+    keys = torch.arange(PIANO_KEYS)
+    top = torch.where(roll > 0, keys, -1).amax(1)
+    sounding = top >= 0
+    top_recall = (probabilities[sounding, top[sounding]] > threshold).float().mean().item()
+    bands = "  ".join(f"{low}-{high} {score:.3f}" for (low, high), score in zip(BANDS, scores, strict=True))
+    return f"{bands}  top key {top_recall:.3f}"
 
 
 def frame_f1(probabilities: torch.Tensor, roll: torch.Tensor, threshold: float) -> float:
@@ -100,6 +121,7 @@ def main() -> None:
     parser.add_argument("--test-crops", type=int, default=120)
     parser.add_argument("--mlp", action="store_true", help="one hidden layer of 512 instead of a linear probe")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bands", action="store_true", help="also frame F1 per register and of the top key")
     args = parser.parse_args()
 
     codec = load_codec(args.model).model
@@ -109,6 +131,8 @@ def main() -> None:
     print(f"features in {time.time() - start:.0f} s: {len(train_y)} train frames, {len(test_y)} test frames, "
           f"{test_y.sum(1).mean():.1f} sounding keys per test frame")
     for name in train_x:
+        if name == HEAD:
+            continue
         mean, std = train_x[name].mean(0), train_x[name].std(0) + 1e-5
         probe = train_probe((train_x[name] - mean) / std, train_y, args.mlp, args.seed)
         with torch.no_grad():
@@ -116,6 +140,11 @@ def main() -> None:
         best, at = max((frame_f1(probabilities, test_y, t), t) for t in (0.2, 0.3, 0.4, 0.5))
         print(f"{name:32s} {train_x[name].shape[1]:5d} dims  test frame F1 {frame_f1(probabilities, test_y, 0.5):.3f}"
               f"  (best {best:.3f} at {at})")
+        if args.bands:
+            print(f"{'':32s} {band_scores(probabilities, test_y, 0.5)}")
+    if HEAD in test_x and args.bands:
+        print(f"{HEAD:32s} test frame F1 {frame_f1(test_x[HEAD], test_y, 0.5):.3f}\n{'':32s} "
+              f"{band_scores(test_x[HEAD], test_y, 0.5)}")
 
 
 if __name__ == "__main__":

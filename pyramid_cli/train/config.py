@@ -94,10 +94,12 @@ class CodecTrainConfig(TrainSettings):
     note_weight: float = 1.0  # codecs with a note head: BCE of its note logits against the MIDI piano roll
     note_pos_weight: float = 1.0  # weight of the sounding keys in that BCE (> 1 trades precision for recall)
     note_octave_weight: float = 1.0  # weight of silent keys an octave or two from a sounding one in that BCE
+    note_top_weight: float = 1.0  # weight of each frame's highest sounding key (the tune) in that BCE
     note_level_weights: tuple[float, ...] = ()  # per decoded level, a factor on note_weight (() = 1 each)
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
     partials_from_fits_only: bool = False  # note head: only the partial loss (give it a weight) trains the amplitudes
+    joint_partial_fits: bool = False  # partial loss: fit the sounding keys' partials together, not each alone
     onset_weight: float = 0.0  # note head with note_onsets: BCE of its re-strike logits against MIDI onsets
     onset_pos_weight: float = 1.0  # weight of the onsets in that BCE (onsets are rare: 1 in ~400 key-frames)
     code_note_weight: float = 0.0  # codec with code_notes: BCE of its level-0 code probe vs the MIDI roll
@@ -139,7 +141,8 @@ class CodecTrainConfig(TrainSettings):
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         self.check_ranges(
             positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last",
-                      "note_pos_weight", "onset_pos_weight", "note_octave_weight"),
+                      "note_pos_weight", "onset_pos_weight", "note_octave_weight",
+                      "note_top_weight"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
                           "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight",

@@ -1,0 +1,28 @@
+"""tools/note_probes.py: frame F1 per register and the recall of each frame's top sounding key."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "note_probes.py"
+SPEC = importlib.util.spec_from_file_location("note_probes", SCRIPT)
+assert SPEC is not None and SPEC.loader is not None
+note_probes = importlib.util.module_from_spec(SPEC)
+sys.modules["note_probes"] = note_probes
+SPEC.loader.exec_module(note_probes)
+
+
+def test_band_scores_split_frame_f1_by_register_and_follow_the_top_key() -> None:
+    roll = torch.zeros(4, 88)  # (frames, keys): a bass (MIDI 40) under a tune (MIDI 76) in every frame
+    roll[:, 40 - 21] = 1
+    roll[:, 76 - 21] = 1
+    probabilities = torch.zeros(4, 88)
+    probabilities[:, 40 - 21] = 0.9  # the bass found throughout
+    probabilities[:2, 76 - 21] = 0.9  # the tune in half of the frames
+    probabilities[:, 65 - 21] = 0.9  # and a wrong note in 60-71
+    scores = note_probes.band_scores(probabilities, roll, 0.5)
+    assert scores == "21-47 1.000  48-59 0.000  60-71 0.000  72-83 0.667  84-108 0.000  top key 0.500"
