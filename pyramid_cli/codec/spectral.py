@@ -233,31 +233,6 @@ def partial_amplitudes(magnitude: torch.Tensor, templates: torch.Tensor) -> torc
     return (magnitude.transpose(1, 2) @ templates.T) / energy
 
 
-def joint_partial_amplitudes(magnitude: torch.Tensor, templates: torch.Tensor, active: torch.Tensor,
-                             iterations: int = 60) -> torch.Tensor:
-    """(B, F, T) STFT magnitudes → (B, T, J): the template amplitudes of the ``active`` (B, T, J)
-    bumps fitted together, by non-negative least squares (Lee and Seung's multiplicative updates,
-    started from ``partial_amplitudes``); the inactive ones are 0.
-
-    Why: fitted alone, a bump shared by two sounding notes (an octave's partials, a fifth's every
-    third) is counted in full for each, so the fits overshoot where music is consonant, and a head
-    trained on them renders too much harmonic energy. Fitted together, the shared energy is split.
-    """
-    columns = torch.nonzero(templates.amax(-1) > 0).squeeze(-1)
-    basis = templates[columns].to_sparse()  # the bumps are a few bins wide: sparse products are ~100x cheaper
-    frames = magnitude.transpose(1, 2).flatten(0, 1)  # (N, F)
-    mask = active.flatten(0, 1)[:, columns].to(magnitude.dtype)
-    correlation = torch.sparse.mm(basis, frames.T).T.clamp(min=0)  # (N, J'): <bump, magnitude>
-    energy = torch.sparse.sum(basis * basis, dim=1).to_dense().clamp(min=1e-6)
-    amplitude = correlation / energy * mask
-    for _ in range(iterations):
-        rendered = torch.sparse.mm(basis.t(), amplitude.T)  # (F, N)
-        amplitude = amplitude * correlation / torch.sparse.mm(basis, rendered).T.clamp(min=1e-9)
-    result = magnitude.new_zeros(frames.shape[0], templates.shape[0])
-    result[:, columns] = amplitude
-    return result.view(*magnitude.shape[:1], magnitude.shape[2], templates.shape[0])
-
-
 # A partial of amplitude A shows as A * n_fft / 4 in a Hann-windowed STFT; 32 is a loud note's partial
 # sum (A ≈ 0.06) at 2,048 points, so a fresh head starts at a plausible level.
 HARMONIC_SCALE = 32.0

@@ -20,13 +20,7 @@ from pyramid_cli.audio.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, mel_mag
 from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
 from pyramid_cli.codec.quantize import ResidualVectorQuantize, codebook_usage
-from pyramid_cli.codec.spectral import (
-    LOG_FLOOR,
-    harmonic_templates,
-    joint_partial_amplitudes,
-    partial_amplitudes,
-    stft_magnitude,
-)
+from pyramid_cli.codec.spectral import LOG_FLOOR, harmonic_templates, partial_amplitudes, stft_magnitude
 from pyramid_cli.codec.spectral import log_magnitude as log_magnitude_of
 from pyramid_cli.codec.targets import band_limited_targets
 from pyramid_cli.data.audio_dataset import RandomCropDataset, fixed_clips
@@ -97,7 +91,7 @@ def codec_loss(
                     band = 0.5 ** (len(out.codes) - 1 - i)
                     parts[f"partials_l{i}"] = partial_loss(out.partials[i].float(), rolls, targets[i],
                                                            2 * (out.spectra[i].shape[1] - 1), out.frame_hop, band,
-                                                           mel_loss.sample_rate, cfg.joint_partial_fits)
+                                                           mel_loss.sample_rate)
                     total = total + cfg.partial_weight * parts[f"partials_l{i}"]
                 if cfg.onset_weight and out.onset_logits is not None and onsets is not None:
                     logits = out.onset_logits[i].float()[..., : onsets.shape[-1] - 1]
@@ -165,7 +159,7 @@ def code_note_loss(logits: torch.Tensor, rolls: torch.Tensor, factor: int, pos_w
 
 
 def partial_loss(partials: torch.Tensor, rolls: torch.Tensor, target: torch.Tensor, n_fft: int, hop: int,
-                 band: float, sample_rate: int, joint_fits: bool = False) -> torch.Tensor:
+                 band: float, sample_rate: int) -> torch.Tensor:
     """L1 of log amplitudes: the note head's partials (``NoteHead``'s ungated ones) against those
     fitted to the target's magnitudes (``spectral.partial_amplitudes``), at the keys the MIDI roll
     says sound and the partials inside the level's band.
@@ -177,20 +171,13 @@ def partial_loss(partials: torch.Tensor, rolls: torch.Tensor, target: torch.Tens
     Args:
         partials: (B, T, 88, K); rolls: (B, 88, T' <= T); target: (B, 1, <= T * hop) band-limited audio;
         hop: the samples between frames (``CodecOutput.frame_hop``).
-        joint_fits: fit the sounding keys' partials together (``spectral.joint_partial_amplitudes``)
-            rather than each alone, which overshoots where partials are shared.
     """
     frames, keys, harmonics = partials.shape[1:]
     magnitude = stft_magnitude(F.pad(target, (0, frames * hop - target.shape[-1])), n_fft, hop)
     templates = _templates(n_fft, sample_rate, harmonics, magnitude.device)
-    sounding = rolls.transpose(1, 2)[..., None] > 0.5  # (B, T', 88, 1)
-    if joint_fits:
-        active = F.pad(sounding.expand(-1, -1, keys, harmonics).flatten(2),
-                       (0, 0, 0, magnitude.shape[-1] - rolls.shape[-1]))
-        fitted = joint_partial_amplitudes(magnitude, templates, active).unflatten(-1, (keys, harmonics))
-    else:
-        fitted = partial_amplitudes(magnitude, templates).unflatten(-1, (keys, harmonics))
+    fitted = partial_amplitudes(magnitude, templates).unflatten(-1, (keys, harmonics))
     in_band = (templates.argmax(-1) < round(band * templates.shape[-1])) & (templates.amax(-1) > 0)
+    sounding = rolls.transpose(1, 2)[..., None] > 0.5  # (B, T', 88, 1)
     mask = sounding & in_band.view(keys, harmonics)
     error = (partials[:, : rolls.shape[-1]].clamp(min=PARTIAL_FLOOR).log()
              - fitted[:, : rolls.shape[-1]].clamp(min=PARTIAL_FLOOR).log()).abs()

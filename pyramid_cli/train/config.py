@@ -99,7 +99,6 @@ class CodecTrainConfig(TrainSettings):
     notes_from: str | None = None  # codecs with a note head: the MIDI folder the corpus was built from
     partial_weight: float = 0.0  # note head: L1 of log partial amplitudes vs the target's (sounding keys)
     partials_from_fits_only: bool = False  # note head: only the partial loss (give it a weight) trains the amplitudes
-    joint_partial_fits: bool = False  # partial loss: fit the sounding keys' partials together, not each alone
     onset_weight: float = 0.0  # note head with note_onsets: BCE of its re-strike logits against MIDI onsets
     onset_pos_weight: float = 1.0  # weight of the onsets in that BCE (onsets are rare: 1 in ~400 key-frames)
     code_note_weight: float = 0.0  # codec with code_notes: BCE of its level-0 code probe vs the MIDI roll

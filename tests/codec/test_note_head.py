@@ -23,7 +23,6 @@ from pyramid_cli.codec.spectral import (
     PIANO_LOW,
     NoteHead,
     harmonic_templates,
-    joint_partial_amplitudes,
     partial_amplitudes,
     stft_magnitude,
 )
@@ -38,7 +37,6 @@ from pyramid_cli.train.codec_parts import (
     codec_loss,
     level_targets,
     octave_weights,
-    partial_loss,
     top_key_weights,
 )
 
@@ -86,33 +84,6 @@ def test_partial_fit_recovers_the_amplitudes_of_a_harmonic_tone() -> None:
     torch.testing.assert_close(a3, torch.tensor(amplitudes), atol=0.01, rtol=0.1)
     # A key whose first partial is 6 bins away sees nothing (a semitone here is 1.3 bins: that would overlap).
     assert fitted[0, 20, 62 - PIANO_LOW, 0] < 0.01 * fitted[0, 20, 57 - PIANO_LOW, 0]
-
-
-def test_joint_fit_splits_the_partials_an_octave_and_a_fifth_share_where_fits_alone_count_them_twice() -> None:
-    """A3, E4 and A4 sounding together: A4's partials all lie on A3's even ones, and E4's every
-    other one on A3's every third. Fitted alone, each shared bump is counted for both notes."""
-    t = torch.arange(RATE) / RATE
-    notes = {57: [1.0, 0.5, 0.3, 0.2], 64: [0.6, 0.3, 0.2, 0.1], 69: [0.8, 0.4, 0.2, 0.1]}
-    wav = sum(a * torch.sin(2 * math.pi * 440 * 2 ** ((key - 69) / 12) * (k + 1) * t)
-              for key, amplitudes in notes.items() for k, a in enumerate(amplitudes))
-    magnitude = stft_magnitude(wav.reshape(1, 1, -1), 2048, 512)
-    templates = harmonic_templates(2048, RATE, 4).flatten(0, 1)
-    active = torch.zeros(1, magnitude.shape[-1], PIANO_KEYS, 4, dtype=torch.bool)
-    active[:, :, [key - PIANO_LOW for key in notes]] = True
-    joint = joint_partial_amplitudes(magnitude, templates, active.flatten(2)).unflatten(-1, (PIANO_KEYS, 4))
-    alone = partial_amplitudes(magnitude, templates).unflatten(-1, (PIANO_KEYS, 4))
-    # Shared bumps have no one true split (A4's partials are A3's even ones), so judge the render.
-    rendered = {name: fit[0, 20].flatten() @ templates for name, fit in (("joint", joint), ("alone", alone))}
-    error = {name: (spectrum - magnitude[0, :, 20]).abs().sum() / magnitude[0, :, 20].sum()
-             for name, spectrum in rendered.items()}
-    assert error["joint"] < 0.2 < 1.0 < error["alone"]  # (0.13 and 4.3: the Gaussian bumps are not quite Hann lobes)
-    assert joint[0, 20, 60 - PIANO_LOW].abs().max() == 0  # silent keys get nothing
-    # The partial loss with ``joint_fits`` compares the head's partials with the joint fit.
-    rolls = active[..., 0].transpose(1, 2).float()[..., :-1]
-    crop = wav.reshape(1, 1, -1)[..., : rolls.shape[-1] * 512]
-    losses = [partial_loss(joint[:, :-1], rolls, crop, 2048, 512, 1.0, RATE, joint_fits=joint_fits)
-              for joint_fits in (False, True)]
-    assert losses[1] < 0.05 < 0.3 < losses[0]
 
 
 def test_key_partials_start_as_the_shared_profile_and_then_differ_per_key() -> None:
