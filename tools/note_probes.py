@@ -25,7 +25,7 @@ from torch import nn
 
 from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.model import PyramidCodec
-from pyramid_cli.codec.spectral import PIANO_KEYS, log_magnitude, stft_magnitude
+from pyramid_cli.codec.spectral import PIANO_KEYS, PIANO_LOW, log_magnitude, stft_magnitude
 from pyramid_cli.data.audio_dataset import NoteCropDataset
 
 
@@ -83,8 +83,8 @@ BANDS = ((21, 47), (48, 59), (60, 71), (72, 83), (84, 108))  # MIDI pitches, inc
 
 def band_scores(probabilities: torch.Tensor, roll: torch.Tensor, threshold: float) -> str:
     """Frame F1 per register, and the recall of each frame's highest sounding key."""
-    scores = [frame_f1(probabilities[:, low - 21: high - 20], roll[:, low - 21: high - 20], threshold)
-              for low, high in BANDS]
+    scores = [frame_f1(probabilities[:, low - PIANO_LOW: high + 1 - PIANO_LOW],
+                       roll[:, low - PIANO_LOW: high + 1 - PIANO_LOW], threshold) for low, high in BANDS]
     keys = torch.arange(PIANO_KEYS)
     top = torch.where(roll > 0, keys, -1).amax(1)
     sounding = top >= 0

@@ -140,8 +140,7 @@ class CodecTrainConfig(TrainSettings):
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         self.check_ranges(
             positive=("crop_seconds", "batch_size", "lr", "eval_clips", "eval_seconds", "log_every", "keep_last",
-                      "note_pos_weight", "onset_pos_weight", "note_octave_weight",
-                      "note_top_weight"),
+                      "note_pos_weight", "onset_pos_weight", "note_octave_weight", "note_top_weight"),
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
                           "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight",
