@@ -27,6 +27,7 @@ from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.codec.spectral import PIANO_KEYS, PIANO_LOW, log_magnitude, stft_magnitude
 from pyramid_cli.data.audio_dataset import NoteCropDataset
+from pyramid_cli.train.codec_parts import highest_sounding_key
 
 
 @torch.inference_mode()
@@ -85,8 +86,7 @@ def band_scores(probabilities: torch.Tensor, roll: torch.Tensor, threshold: floa
     """Frame F1 per register, and the recall of each frame's highest sounding key."""
     scores = [frame_f1(probabilities[:, low - PIANO_LOW: high + 1 - PIANO_LOW],
                        roll[:, low - PIANO_LOW: high + 1 - PIANO_LOW], threshold) for low, high in BANDS]
-    keys = torch.arange(PIANO_KEYS)
-    top = torch.where(roll > 0, keys, -1).amax(1)
+    top = highest_sounding_key(roll)
     sounding = top >= 0
     top_recall = (probabilities[sounding, top[sounding]] > threshold).float().mean().item()
     bands = "  ".join(f"{low}-{high} {score:.3f}" for (low, high), score in zip(BANDS, scores, strict=True))

@@ -133,12 +133,18 @@ def octave_weights(rolls: torch.Tensor, weight: float) -> torch.Tensor:
     return 1 + (weight - 1) * near * (1 - rolls)
 
 
+def highest_sounding_key(rolls: torch.Tensor, key_dim: int = 1) -> torch.Tensor:
+    """Piano rolls → the index of the highest sounding key in each frame (where the tune mostly
+    lies), -1 in a silent frame; ``key_dim`` is removed."""
+    keys = torch.arange(rolls.shape[key_dim], device=rolls.device).view(-1, *[1] * (rolls.dim() - key_dim - 1))
+    return torch.where(rolls > 0.5, keys, -1).amax(key_dim)
+
+
 def top_key_weights(rolls: torch.Tensor, weight: float) -> torch.Tensor:
-    """(B, 88, T) → per key and frame: ``weight`` at the highest sounding key of each frame (where
-    the tune mostly lies), 1 elsewhere. The codecs kept that key least (the codec card, *The tune*)."""
+    """(B, 88, T) → per key and frame: ``weight`` at the highest sounding key of each frame, 1
+    elsewhere. The codecs kept that key least (the codec card, *The tune*)."""
     keys = torch.arange(rolls.shape[1], device=rolls.device)[:, None]
-    top = torch.where(rolls > 0.5, keys, -1).amax(1, keepdim=True)  # (B, 1, T); -1: a silent frame
-    return 1 + (weight - 1) * (keys == top).to(rolls.dtype)
+    return 1 + (weight - 1) * (keys == highest_sounding_key(rolls)[:, None]).to(rolls.dtype)
 
 
 PARTIAL_FLOOR = 0.1  # magnitude below which partials count as silent (about -50 dB under a loud note's)

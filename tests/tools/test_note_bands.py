@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from tool_scripts import load_tool
 
 from pyramid_cli.metrics.transcribe import Note
 
 pytest.importorskip("mir_eval")
-SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "note_bands.py"
-SPEC = importlib.util.spec_from_file_location("note_bands", SCRIPT)
-assert SPEC is not None and SPEC.loader is not None
-note_bands = importlib.util.module_from_spec(SPEC)
-sys.modules["note_bands"] = note_bands
-SPEC.loader.exec_module(note_bands)
+note_bands = load_tool("note_bands")
 
 
 def test_counts_split_recall_and_precision_by_register_and_follow_the_top_line() -> None:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from tool_scripts import load_tool
 
-SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "note_probes.py"
-SPEC = importlib.util.spec_from_file_location("note_probes", SCRIPT)
-assert SPEC is not None and SPEC.loader is not None
-note_probes = importlib.util.module_from_spec(SPEC)
-sys.modules["note_probes"] = note_probes
-SPEC.loader.exec_module(note_probes)
+note_probes = load_tool("note_probes")
 
 
 def test_band_scores_split_frame_f1_by_register_and_follow_the_top_key() -> None:
