@@ -116,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--midi-dir", required=True, help="the MIDI folder the corpus was built from")
-    parser.add_argument("--model", default="pyramid-22k-p111-notes-v2", help="codec name or folder")
+    parser.add_argument("--model", default="pyramid-22k-p111-notes-v3", help="codec name or folder")
     parser.add_argument("--train-crops", type=int, default=600)
     parser.add_argument("--test-crops", type=int, default=120)
     parser.add_argument("--mlp", action="store_true", help="one hidden layer of 512 instead of a linear probe")

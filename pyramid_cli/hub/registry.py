@@ -30,11 +30,11 @@ from pyramid_cli.errors import InputError, UsageError
 from pyramid_cli.hub import hf
 from pyramid_cli.hub.files import CONFIG_NAME, KIND_NAMES, WEIGHTS_NAME, ModelKind, is_model_dir, model_kind
 
-DEFAULT_CODEC = "pyramid-22k-p111-notes-v2"
+DEFAULT_CODEC = "pyramid-22k-p111-notes-v3"
 DEFAULT_LM = "pyramid-lm-small"
 # Codecs bundled once and no longer, which old `.pyr` files still name → the commit of this repository
 # whose models/ folder last held them (the error for such a file says how to install it from there).
-RETIRED_CODECS = {"pyramid-22k-p111-notes": "22e70605d7fb"}
+RETIRED_CODECS = {"pyramid-22k-p111-notes": "22e70605d7fb", "pyramid-22k-p111-notes-v2": "a8a72e21916d"}
 Origin = Literal["path", "bundled", "cache", "hf"]
 
 

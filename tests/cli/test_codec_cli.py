@@ -273,7 +273,7 @@ def test_model_errors(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     sf.write(tmp_path / "a.wav", tone(1.0), RATE)
     monkeypatch.setattr(registry, "model_roots", lambda: [tmp_path / "no-models"])
     result = cli("encode", str(tmp_path / "a.wav"), model=False)
-    assert result.code == 1 and one_line_error(result, "the default codec pyramid-22k-p111-notes-v2 is not installed")
+    assert result.code == 1 and one_line_error(result, "the default codec pyramid-22k-p111-notes-v3 is not installed")
     result = cli("encode", str(tmp_path / "a.wav"), "--model", str(tmp_path / "nope"), model=False)
     assert result.code == 1 and one_line_error(result, "no such folder")
     assert not (tmp_path / "a.pyr").exists()

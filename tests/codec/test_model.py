@@ -235,7 +235,7 @@ def test_loading_models_does_not_import_torch_dynamo() -> None:
     """The shape probe that from_pretrained builds on the meta device must not run ops whose meta
     fallback imports torch._dynamo or sympy: those imports cost 0.9-1.4 s at the start of every command."""
     script = ("import sys\nfrom pyramid_cli.codec.api import load_codec\nfrom pyramid_cli.lm.model import PyramidLM\n"
-              "load_codec('pyramid-22k-p111-notes-v2')\nload_codec('pyramid-22k-p111-small')\n"
+              "load_codec('pyramid-22k-p111-notes-v3')\nload_codec('pyramid-22k-p111-small')\n"
               "PyramidLM.from_pretrained(sys.argv[1])\nprint('torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n")
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", script, str(root / "models/pyramid-lm-small")], capture_output=True,

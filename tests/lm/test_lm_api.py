@@ -48,4 +48,4 @@ def test_load_lm_takes_a_reference_and_refuses_a_codec() -> None:
     lm = load_lm("pyramid-lm-small")
     assert lm.name == "pyramid-lm-small" and len(lm.hash) == 16 and lm.folder.name == "pyramid-lm-small"
     with pytest.raises(InputError, match="is a codec, but a language model is needed"):
-        load_lm("pyramid-22k-p111-notes-v2")
+        load_lm("pyramid-22k-p111-notes-v3")
