@@ -105,6 +105,9 @@ def _two_rank_runs(rank: int, init: str, tokens: str, root: str) -> None:
         train_lm(Path(root) / "straight", config, tokens)
         train_lm(Path(root) / "resumed", config, tokens, max_steps_this_call=3)
         train_lm(Path(root) / "resumed", config, tokens)
+        # Both ranks past all collective work before either tears down: once in a CI run (under load)
+        # a rank died in gloo's teardown (SIGABRT, "terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
