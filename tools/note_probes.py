@@ -27,6 +27,7 @@ from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.codec.spectral import PIANO_KEYS, PIANO_LOW, log_magnitude, stft_magnitude
 from pyramid_cli.data.audio_dataset import NoteCropDataset
+from pyramid_cli.hub.registry import DEFAULT_CODEC
 from pyramid_cli.train.codec_parts import highest_sounding_key
 
 
@@ -116,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--midi-dir", required=True, help="the MIDI folder the corpus was built from")
-    parser.add_argument("--model", default="pyramid-22k-p111-notes-v3", help="codec name or folder")
+    parser.add_argument("--model", default=DEFAULT_CODEC, help="codec name or folder")
     parser.add_argument("--train-crops", type=int, default=600)
     parser.add_argument("--test-crops", type=int, default=120)
     parser.add_argument("--mlp", action="store_true", help="one hidden layer of 512 instead of a linear probe")
