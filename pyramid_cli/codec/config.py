@@ -91,6 +91,12 @@ class CodecConfig:
     # first codebook. Linear probes found the encoder's output keeps less of the notes than its input
     # STFT (codec card); the decoder's note loss reaches level 0 only through the whole decoder.
     code_notes: bool = False
+    # Note head only, training only: a linear probe from the finest level's features (the encoder's
+    # output once down-sampled to the roll's rate, before any quantizer) to the 88 keys
+    # (``PyramidCodec.encoder_note_head``; train setting encoder_note_weight). Probes found the
+    # encoder's output keeps 0.16 of the input STFT's 0.58 frame F1 at MIDI 72-83, where the tune
+    # lies (codec card), and losses through the quantizer and the decoder move it slowly.
+    encoder_notes: bool = False
     # Weights hashes (hub.identity.weights_hash) of codecs whose encoder and quantizers this one has
     # unchanged: a decoder fine-tuned with a frozen tokenizer (train setting freeze_tokenizer). Their
     # tokens are this codec's tokens, so their .pyr files, token sets and LMs are accepted.
@@ -148,14 +154,12 @@ class CodecConfig:
                 raise UsageError("codec config: layer, iteration and harmonic counts must be >= 0")
         elif self.harmonics:
             raise UsageError("codec config: harmonics (a note head) needs architecture 'spectral'")
-        if self.key_partials and not self.harmonics:
-            raise UsageError("codec config: key_partials needs a note head (harmonics > 0)")
-        if self.note_onsets and not self.harmonics:
-            raise UsageError("codec config: note_onsets needs a note head (harmonics > 0)")
-        if self.code_notes and not self.harmonics:
-            raise UsageError("codec config: code_notes needs a note head (harmonics > 0)")
-        if self.note_gate_power != 1.0 and not self.harmonics:
-            raise UsageError("codec config: note_gate_power needs a note head (harmonics > 0)")
+        head_parts = {"key_partials": self.key_partials, "note_onsets": self.note_onsets,
+                      "code_notes": self.code_notes, "encoder_notes": self.encoder_notes,
+                      "note_gate_power": self.note_gate_power != 1.0}
+        for name, used in head_parts.items():
+            if used and not self.harmonics:
+                raise UsageError(f"codec config: {name} needs a note head (harmonics > 0)")
         if not 0.25 <= self.note_gate_power <= 8.0:
             raise UsageError(f"codec config: note_gate_power must be in [0.25, 8], got {self.note_gate_power}")
         if any(not isinstance(h, str) or not re.fullmatch(r"[0-9a-f]{16}", h) for h in self.same_tokens_as):
@@ -237,6 +241,7 @@ ADDED_LATER: dict[str, Any] = {
     "note_onsets": False,
     "note_gate_power": 1.0,
     "code_notes": False,
+    "encoder_notes": False,
     "same_tokens_as": [],
 }
 ARCHITECTURES = ("waveform", "spectral")

@@ -73,6 +73,8 @@ class CodecOutput:
             T / finest hop) logits of each key being struck again in the next frame.
         code_note_logits: codecs with ``code_notes`` only: (B, 88, T_0) logits of MIDI keys sounding,
             a linear probe of level 0's quantized latent.
+        encoder_note_logits: codecs with ``encoder_notes`` only: (B, 88, T / finest hop) logits of MIDI
+            keys sounding, a linear probe of the finest level's features before quantization.
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
         frame_hop: samples between the frames of ``spectra``, ``note_logits``, ...: the finest hop.
             Frame t is centred at sample t * frame_hop of the input (``spectral.stft_magnitude``).
@@ -91,6 +93,7 @@ class CodecOutput:
     partials: dict[int, torch.Tensor] | None = None
     onset_logits: dict[int, torch.Tensor] | None = None
     code_note_logits: torch.Tensor | None = None
+    encoder_note_logits: torch.Tensor | None = None
     frame_hop: int = 0
 
 
@@ -132,6 +135,7 @@ class PyramidCodec(nn.Module):
                                         c.sample_rate, c.key_partials, c.note_onsets, c.note_gate_power)
                         if self.spectral else self._waveform_decoder(c))
         self.code_note_head = nn.Linear(c.latent_dim, PIANO_KEYS) if c.code_notes else None
+        self.encoder_note_head = nn.Linear(c.latent_dim, PIANO_KEYS) if c.encoder_notes else None
 
     @staticmethod
     def _waveform_encoder(c: CodecConfig) -> nn.Module:
@@ -329,7 +333,10 @@ class PyramidCodec(nn.Module):
         self._check_audio(wav)
         # With a frozen encoder (decoder-only fine-tuning: the codes stay the same) no graph is kept for it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.tokenizer_trainable):
-            outputs = self.quantize(self.features(self.pad_to_frames(wav)))
+            features = self.features(self.pad_to_frames(wav))
+            outputs = self.quantize(features)
+            encoder_note_logits = (None if self.encoder_note_head is None
+                                   else self.encoder_note_head(features[-1].transpose(1, 2)).transpose(1, 2))
         levels = range(self.config.n_levels) if levels_to_decode is None else levels_to_decode
         if any(not 0 <= i < self.config.n_levels for i in levels):
             raise UsageError(f"levels_to_decode must be level indices in 0..{self.config.n_levels - 1}")
@@ -352,6 +359,7 @@ class PyramidCodec(nn.Module):
                             else self.code_note_head(outputs[0].z_q.transpose(1, 2)).transpose(1, 2))
         return CodecOutput(
             code_note_logits=code_note_logits,
+            encoder_note_logits=encoder_note_logits,
             spectra=spectra,
             note_logits=note_logits,
             partials=partials,

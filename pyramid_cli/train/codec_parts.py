@@ -76,10 +76,12 @@ def codec_loss(
             parts.update({f"{name}_l{i}": value for name, value in level_parts.items()})
             total = (total + mel_weight * level_parts["mel"] + level_parts["log_mag"] + level_parts["convergence"]
                      + cfg.pitch_weight * level_parts["pitch"])
-        if out.note_logits is not None and rolls is not None:
+        key_weights = None
+        if rolls is not None:
             key_weights = octave_weights(rolls, cfg.note_octave_weight) if cfg.note_octave_weight != 1 else None
             if cfg.note_top_weight != 1:
                 key_weights = top_key_weights(rolls, cfg.note_top_weight) * (1 if key_weights is None else key_weights)
+        if out.note_logits is not None and rolls is not None:
             for i in targets:
                 logits = out.note_logits[i].float()[..., : rolls.shape[-1]]  # the model pads the crop
                 parts[f"notes_l{i}"] = F.binary_cross_entropy_with_logits(
@@ -98,11 +100,10 @@ def codec_loss(
                     parts[f"onsets_l{i}"] = F.binary_cross_entropy_with_logits(
                         logits, onsets[..., 1:], pos_weight=torch.tensor(cfg.onset_pos_weight, device=logits.device))
                     total = total + cfg.onset_weight * parts[f"onsets_l{i}"]
-        if cfg.code_note_weight and out.code_note_logits is not None and rolls is not None:
-            finest_frames = next(iter(out.spectra.values())).shape[-1]  # of the padded crop
-            parts["code_notes"] = code_note_loss(out.code_note_logits.float(), rolls,
-                                                 finest_frames // out.code_note_logits.shape[-1], cfg.note_pos_weight)
-            total = total + cfg.code_note_weight * parts["code_notes"]
+        probe_weights = {"code_notes": cfg.code_note_weight, "encoder_notes": cfg.encoder_note_weight}
+        for name, loss in probe_losses(out, cfg, rolls, key_weights).items():
+            parts[name] = loss
+            total = total + probe_weights[name] * loss
         return total, parts
     estimates = {i: out.reconstructions[i].float() for i in targets}  # losses in float32 even under bf16
     for i, target in targets.items():
@@ -120,6 +121,26 @@ def codec_loss(
         parts.update(gan)
         total = total + cfg.adv_weight * gan["adv"] + cfg.feat_weight * gan["feat"]
     return total, parts
+
+
+def probe_losses(out: CodecOutput, cfg: CodecTrainConfig, rolls: torch.Tensor | None,
+                 key_weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The BCE of each training-only note probe against the MIDI rolls, unweighted: ``code_notes``
+    (level 0's codes, the roll pooled to their rate) and ``encoder_notes`` (the finest features
+    before quantization, at the roll's rate, with the note head's key weights)."""
+    parts: dict[str, torch.Tensor] = {}
+    if rolls is None:
+        return parts
+    pos_weight = torch.tensor(cfg.note_pos_weight, device=rolls.device)
+    if cfg.code_note_weight and out.code_note_logits is not None and out.spectra is not None:
+        finest_frames = next(iter(out.spectra.values())).shape[-1]  # of the padded crop
+        parts["code_notes"] = code_note_loss(out.code_note_logits.float(), rolls,
+                                             finest_frames // out.code_note_logits.shape[-1], cfg.note_pos_weight)
+    if cfg.encoder_note_weight and out.encoder_note_logits is not None:
+        logits = out.encoder_note_logits.float()[..., : rolls.shape[-1]]  # the model pads the crop
+        parts["encoder_notes"] = F.binary_cross_entropy_with_logits(logits, rolls, weight=key_weights,
+                                                                    pos_weight=pos_weight)
+    return parts
 
 
 def octave_weights(rolls: torch.Tensor, weight: float) -> torch.Tensor:
@@ -371,7 +392,8 @@ def read_model_config(directory: Path) -> CodecConfig:
 def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | None:
     """The weight-name prefixes ``target`` has beyond ``source`` when it is ``source`` plus a note head,
     or plus per-key partials or re-strike logits in its note head, or plus the level-0 code probe
-    (``code_notes``): fine-tuning may add those, nothing else. () for the same architecture; None
+    (``code_notes``) or the encoder's (``encoder_notes``): fine-tuning may add those, nothing else.
+    () for the same architecture; None
     when it is another model. Names and ``same_tokens_as`` do not count, nor ``note_gate_power``,
     which shapes the rendering but no weight."""
     def bare(config: CodecConfig, **changes: Any) -> CodecConfig:
@@ -384,7 +406,7 @@ def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | N
         return ("decoder.note_head.",)
     if source.harmonics:  # parts of the note head, each grown alone or together
         parts = {"key_partials": "decoder.note_head.key_partials.", "note_onsets": "decoder.note_head.onsets.",
-                 "code_notes": "code_note_head."}
+                 "code_notes": "code_note_head.", "encoder_notes": "encoder_note_head."}
         grown = [name for name in parts if getattr(target, name) and not getattr(source, name)]
         if grown and bare(source) == bare(target, **{name: False for name in grown}):
             return tuple(parts[name] for name in grown)

@@ -103,6 +103,8 @@ class CodecTrainConfig(TrainSettings):
     onset_pos_weight: float = 1.0  # weight of the onsets in that BCE (onsets are rare: 1 in ~400 key-frames)
     code_note_weight: float = 0.0  # codec with code_notes: BCE of its level-0 code probe vs the MIDI roll
     # (sounding keys weighted by note_pos_weight)
+    encoder_note_weight: float = 0.0  # codec with encoder_notes: BCE of its finest-features probe vs the
+    # MIDI roll (sounding keys weighted by note_pos_weight, the frame's top key by note_top_weight)
     freeze_tokenizer: bool = False  # decoder only: the start model's codes, .pyr files and LMs stay valid
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
@@ -144,7 +146,8 @@ class CodecTrainConfig(TrainSettings):
             non_negative=("steps", "warmup_steps", "mel_warmup_steps", "eval_every", "checkpoint_every",
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
                           "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight",
-                          "partial_weight", "onset_weight", "code_note_weight"))
+                          "partial_weight", "onset_weight", "code_note_weight",
+                          "encoder_note_weight"))
         if self.freeze_tokenizer and self.reseed_dead_codes_every:
             raise UsageError("freeze_tokenizer keeps the codebooks as they are: set reseed_dead_codes_every=0")
 

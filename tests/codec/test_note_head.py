@@ -225,6 +225,32 @@ def test_code_note_head_reads_level_0_codes_and_its_loss_pools_the_roll_to_their
         replace(TINY, harmonics=0, code_notes=True)
 
 
+def test_encoder_note_head_reads_the_finest_features_at_the_rolls_rate_and_trains_the_encoder() -> None:
+    torch.manual_seed(0)
+    model = PyramidCodec(replace(TINY, encoder_notes=True)).train()
+    wav = 0.1 * torch.randn(2, 1, RATE)
+    out = model(wav, levels_to_decode=[1])
+    assert out.encoder_note_logits is not None
+    frames = out.spectra[1].shape[-1]
+    assert out.encoder_note_logits.shape == (2, PIANO_KEYS, frames)  # one logit per key and roll frame
+    rolls = torch.zeros(2, PIANO_KEYS, frames - 1)  # the roll of the unpadded crop is shorter
+    rolls[0, [40, 60], 3] = 1.0
+    targets = level_targets(wav, [1], TINY.n_levels)
+    cfg = CodecTrainConfig(model=TINY.to_dict(), encoder_note_weight=1.0)
+    parts = codec_loss(out, targets, cfg, 1.0, MultiScaleMelLoss(RATE), None, rolls=rolls)[1]
+    assert parts["encoder_notes"] > 0
+    # The frame's top key weighted as in the note head's loss: a miss there costs more.
+    heavy = codec_loss(out, targets, replace(cfg, note_top_weight=4.0), 1.0, MultiScaleMelLoss(RATE), None,
+                       rolls=rolls)[1]["encoder_notes"]
+    assert heavy > parts["encoder_notes"]
+    parts["encoder_notes"].backward()
+    assert model.encoder.net.embed.weight.grad.abs().sum() > 0
+    assert all(q.grad is None for q in model.decoder.parameters())  # the probe skips quantizers and decoder
+    assert added_parts(TINY, replace(TINY, encoder_notes=True)) == ("encoder_note_head.",)
+    with pytest.raises(UsageError, match="encoder_notes needs a note head"):
+        replace(TINY, harmonics=0, encoder_notes=True)
+
+
 def test_octave_weights_single_out_silent_keys_an_octave_or_two_from_a_sounding_one() -> None:
     rolls = torch.zeros(1, PIANO_KEYS, 3)
     rolls[0, 40, 1] = rolls[0, 52, 1] = 1  # two keys an octave apart sound in frame 1
