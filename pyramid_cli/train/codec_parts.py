@@ -83,10 +83,7 @@ def codec_loss(
                 key_weights = top_key_weights(rolls, cfg.note_top_weight) * (1 if key_weights is None else key_weights)
         if out.note_logits is not None and rolls is not None:
             for i in targets:
-                logits = out.note_logits[i].float()[..., : rolls.shape[-1]]  # the model pads the crop
-                parts[f"notes_l{i}"] = F.binary_cross_entropy_with_logits(
-                    logits, rolls, weight=key_weights,
-                    pos_weight=torch.tensor(cfg.note_pos_weight, device=logits.device))
+                parts[f"notes_l{i}"] = roll_loss(out.note_logits[i], rolls, key_weights, cfg.note_pos_weight)
                 level_weight = cfg.note_level_weights[i] if cfg.note_level_weights else 1.0
                 total = total + cfg.note_weight * level_weight * parts[f"notes_l{i}"]
                 if cfg.partial_weight and out.partials is not None:
@@ -131,16 +128,23 @@ def probe_losses(out: CodecOutput, cfg: CodecTrainConfig, rolls: torch.Tensor | 
     parts: dict[str, torch.Tensor] = {}
     if rolls is None:
         return parts
-    pos_weight = torch.tensor(cfg.note_pos_weight, device=rolls.device)
     if cfg.code_note_weight and out.code_note_logits is not None and out.spectra is not None:
         finest_frames = next(iter(out.spectra.values())).shape[-1]  # of the padded crop
         parts["code_notes"] = code_note_loss(out.code_note_logits.float(), rolls,
                                              finest_frames // out.code_note_logits.shape[-1], cfg.note_pos_weight)
     if cfg.encoder_note_weight and out.encoder_note_logits is not None:
-        logits = out.encoder_note_logits.float()[..., : rolls.shape[-1]]  # the model pads the crop
-        parts["encoder_notes"] = F.binary_cross_entropy_with_logits(logits, rolls, weight=key_weights,
-                                                                    pos_weight=pos_weight)
+        parts["encoder_notes"] = roll_loss(out.encoder_note_logits, rolls, key_weights, cfg.note_pos_weight)
     return parts
+
+
+def roll_loss(logits: torch.Tensor, rolls: torch.Tensor, key_weights: torch.Tensor | None,
+              pos_weight: float) -> torch.Tensor:
+    """BCE of (B, 88, T') key logits at the roll's rate against (B, 88, T) MIDI rolls, in float32:
+    the note head's loss and the encoder probe's, so both weigh keys alike. T' >= T: the model pads
+    the crop, so its extra frames are cut."""
+    return F.binary_cross_entropy_with_logits(
+        logits.float()[..., : rolls.shape[-1]], rolls, weight=key_weights,
+        pos_weight=torch.tensor(pos_weight, device=logits.device))
 
 
 def octave_weights(rolls: torch.Tensor, weight: float) -> torch.Tensor:
@@ -393,9 +397,8 @@ def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | N
     """The weight-name prefixes ``target`` has beyond ``source`` when it is ``source`` plus a note head,
     or plus per-key partials or re-strike logits in its note head, or plus the level-0 code probe
     (``code_notes``) or the encoder's (``encoder_notes``): fine-tuning may add those, nothing else.
-    () for the same architecture; None
-    when it is another model. Names and ``same_tokens_as`` do not count, nor ``note_gate_power``,
-    which shapes the rendering but no weight."""
+    () for the same architecture; None when it is another model. Names and ``same_tokens_as`` do not
+    count, nor ``note_gate_power``, which shapes the rendering but no weight."""
     def bare(config: CodecConfig, **changes: Any) -> CodecConfig:
         return replace(config, name="", same_tokens_as=(), note_gate_power=1.0, **changes)
 

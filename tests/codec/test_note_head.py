@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pretty_midi
@@ -13,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from pyramid_cli.codec import CodecConfig, PyramidCodec
+from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
 from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.config import p111_notes
 from pyramid_cli.codec.inference import decode_codes
@@ -174,11 +175,16 @@ def test_gate_power_quiets_unsure_notes_when_decoding_and_leaves_sure_ones_and_t
     torch.testing.assert_close(sharp.train()(hidden, 1025).magnitude, before.magnitude)  # training renders p
 
 
-def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None:
+def tiny_forward(**changes: Any) -> tuple[PyramidCodec, torch.Tensor, CodecOutput]:
+    """A seeded TINY codec with ``changes``, in training mode, and its forward pass (level 1) on noise."""
     torch.manual_seed(0)
-    model = PyramidCodec(replace(TINY, note_onsets=True)).train()
+    model = PyramidCodec(replace(TINY, **changes)).train()
     wav = 0.1 * torch.randn(2, 1, RATE)
-    out = model(wav, levels_to_decode=[1])
+    return model, wav, model(wav, levels_to_decode=[1])
+
+
+def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None:
+    model, wav, out = tiny_forward(note_onsets=True)
     frames = out.spectra[1].shape[-1]
     onsets = (torch.rand(2, PIANO_KEYS, frames) < 0.01).float()
     rolls = torch.zeros(2, PIANO_KEYS, frames)
@@ -200,10 +206,7 @@ def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None
 
 
 def test_code_note_head_reads_level_0_codes_and_its_loss_pools_the_roll_to_their_rate() -> None:
-    torch.manual_seed(0)
-    model = PyramidCodec(replace(TINY, code_notes=True)).train()
-    wav = 0.1 * torch.randn(2, 1, RATE)
-    out = model(wav, levels_to_decode=[1])
+    model, wav, out = tiny_forward(code_notes=True)
     assert out.code_note_logits is not None
     assert out.code_note_logits.shape == (2, PIANO_KEYS, out.codes[0].shape[-1])
     frames = out.spectra[1].shape[-1]
@@ -226,10 +229,7 @@ def test_code_note_head_reads_level_0_codes_and_its_loss_pools_the_roll_to_their
 
 
 def test_encoder_note_head_reads_the_finest_features_at_the_rolls_rate_and_trains_the_encoder() -> None:
-    torch.manual_seed(0)
-    model = PyramidCodec(replace(TINY, encoder_notes=True)).train()
-    wav = 0.1 * torch.randn(2, 1, RATE)
-    out = model(wav, levels_to_decode=[1])
+    model, wav, out = tiny_forward(encoder_notes=True)
     assert out.encoder_note_logits is not None
     frames = out.spectra[1].shape[-1]
     assert out.encoder_note_logits.shape == (2, PIANO_KEYS, frames)  # one logit per key and roll frame
@@ -245,7 +245,8 @@ def test_encoder_note_head_reads_the_finest_features_at_the_rolls_rate_and_train
     assert heavy > parts["encoder_notes"]
     parts["encoder_notes"].backward()
     assert model.encoder.net.embed.weight.grad.abs().sum() > 0
-    assert all(q.grad is None for q in model.decoder.parameters())  # the probe skips quantizers and decoder
+    # the probe skips quantizers and decoder
+    assert all(q.grad is None for q in [*model.quantizers.parameters(), *model.decoder.parameters()])
     assert added_parts(TINY, replace(TINY, encoder_notes=True)) == ("encoder_note_head.",)
     with pytest.raises(UsageError, match="encoder_notes needs a note head"):
         replace(TINY, harmonics=0, encoder_notes=True)
