@@ -86,11 +86,16 @@ class CodecConfig:
     # renders with 1, the spectrum the losses fit; a fine-tune keeps its start model's value.
     note_gate_power: float = 1.0
     # Note head only, training only: a linear probe from level 0's quantized latent to the 88 keys
-    # (``PyramidCodec.code_note_head``), trained against the MIDI roll (train setting code_note_weight),
+    # (``PyramidCodec.code_note_heads``), trained against the MIDI roll (train setting code_note_weight),
     # so that the coarsest codes carry the notes themselves, as Mimi distils a semantic model into its
     # first codebook. Linear probes found the encoder's output keeps less of the notes than its input
     # STFT (codec card); the decoder's note loss reaches level 0 only through the whole decoder.
     code_notes: bool = False
+    # With code_notes: how many levels, from level 0, have a code probe, each reading its pyramid latent
+    # R[i] (what the decoder reads from levels 0..i). Level 0's 10 bits per 93 ms cannot hold every
+    # note (13.7 notes/s struck), and the decoder's note loss alone left the finer levels' bits on the
+    # upper bands (codec card, "Encoder notes"); a probe per level asks each to add the notes it can.
+    code_note_levels: int = 1
     # Note head only, training only: a linear probe from the finest level's features (the encoder's
     # output once down-sampled to the roll's rate, before any quantizer) to the 88 keys
     # (``PyramidCodec.encoder_note_head``; train setting encoder_note_weight). Probes found the
@@ -160,6 +165,9 @@ class CodecConfig:
         for name, used in head_parts.items():
             if used and not self.harmonics:
                 raise UsageError(f"codec config: {name} needs a note head (harmonics > 0)")
+        if not 1 <= self.code_note_levels <= self.n_levels:
+            raise UsageError(f"codec config: code_note_levels must be in 1..{self.n_levels}, "
+                             f"got {self.code_note_levels}")
         if not 0.25 <= self.note_gate_power <= 8.0:
             raise UsageError(f"codec config: note_gate_power must be in [0.25, 8], got {self.note_gate_power}")
         if any(not isinstance(h, str) or not re.fullmatch(r"[0-9a-f]{16}", h) for h in self.same_tokens_as):
@@ -241,6 +249,7 @@ ADDED_LATER: dict[str, Any] = {
     "note_onsets": False,
     "note_gate_power": 1.0,
     "code_notes": False,
+    "code_note_levels": 1,
     "encoder_notes": False,
     "same_tokens_as": [],
 }

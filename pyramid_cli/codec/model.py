@@ -71,8 +71,8 @@ class CodecOutput:
             each key's partial amplitudes were it sounding (``spectral.NoteHead``).
         onset_logits: codecs whose note head has ``note_onsets`` only: level index i → (B, 88,
             T / finest hop) logits of each key being struck again in the next frame.
-        code_note_logits: codecs with ``code_notes`` only: (B, 88, T_0) logits of MIDI keys sounding,
-            a linear probe of level 0's quantized latent.
+        code_note_logits: codecs with ``code_notes`` only: per probed level i (``code_note_levels``),
+            (B, 88, T_i) logits of MIDI keys sounding, a linear probe of its pyramid latent R[i].
         encoder_note_logits: codecs with ``encoder_notes`` only: (B, 88, T / finest hop) logits of MIDI
             keys sounding, a linear probe of the finest level's features before quantization.
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
@@ -92,7 +92,7 @@ class CodecOutput:
     note_logits: dict[int, torch.Tensor] | None = None
     partials: dict[int, torch.Tensor] | None = None
     onset_logits: dict[int, torch.Tensor] | None = None
-    code_note_logits: torch.Tensor | None = None
+    code_note_logits: list[torch.Tensor] | None = None
     encoder_note_logits: torch.Tensor | None = None
     frame_hop: int = 0
 
@@ -134,7 +134,8 @@ class PyramidCodec(nn.Module):
         self.decoder = (SpectralDecoder(c.n_fft, c.latent_dim, c.decoder_dim, c.decoder_layers, c.harmonics,
                                         c.sample_rate, c.key_partials, c.note_onsets, c.note_gate_power)
                         if self.spectral else self._waveform_decoder(c))
-        self.code_note_head = nn.Linear(c.latent_dim, PIANO_KEYS) if c.code_notes else None
+        self.code_note_heads = nn.ModuleList(nn.Linear(c.latent_dim, PIANO_KEYS)
+                                             for _ in range(c.code_note_levels if c.code_notes else 0))
         self.encoder_note_head = nn.Linear(c.latent_dim, PIANO_KEYS) if c.encoder_notes else None
 
     @staticmethod
@@ -355,8 +356,8 @@ class PyramidCodec(nn.Module):
                 i: self.spectrum_to_audio(s, wav.shape[-1]) for i, s in spectra.items()}
         else:
             reconstructions = {i: self.decode_latent(self.lift(r[i], i), wav.shape[-1]) for i in levels}
-        code_note_logits = (None if self.code_note_head is None
-                            else self.code_note_head(outputs[0].z_q.transpose(1, 2)).transpose(1, 2))
+        code_note_logits = [head(latent.transpose(1, 2)).transpose(1, 2)
+                            for head, latent in zip(self.code_note_heads, r, strict=False)] or None
         return CodecOutput(
             code_note_logits=code_note_logits,
             encoder_note_logits=encoder_note_logits,

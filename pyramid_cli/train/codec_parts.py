@@ -123,15 +123,17 @@ def codec_loss(
 def probe_losses(out: CodecOutput, cfg: CodecTrainConfig, rolls: torch.Tensor | None,
                  key_weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The BCE of each training-only note probe against the MIDI rolls, unweighted: ``code_notes``
-    (level 0's codes, the roll pooled to their rate) and ``encoder_notes`` (the finest features
-    before quantization, at the roll's rate, with the note head's key weights)."""
+    (summed over the probed levels' pyramid latents, the roll pooled to each level's rate) and
+    ``encoder_notes`` (the finest features before quantization, at the roll's rate, with the note
+    head's key weights)."""
     parts: dict[str, torch.Tensor] = {}
     if rolls is None:
         return parts
     if cfg.code_note_weight and out.code_note_logits is not None and out.spectra is not None:
         finest_frames = next(iter(out.spectra.values())).shape[-1]  # of the padded crop
-        parts["code_notes"] = code_note_loss(out.code_note_logits.float(), rolls,
-                                             finest_frames // out.code_note_logits.shape[-1], cfg.note_pos_weight)
+        levels = [code_note_loss(logits.float(), rolls, finest_frames // logits.shape[-1], cfg.note_pos_weight)
+                  for logits in out.code_note_logits]
+        parts["code_notes"] = torch.stack(levels).sum()
     if cfg.encoder_note_weight and out.encoder_note_logits is not None:
         parts["encoder_notes"] = roll_loss(out.encoder_note_logits, rolls, key_weights, cfg.note_pos_weight)
     return parts
@@ -395,12 +397,13 @@ def read_model_config(directory: Path) -> CodecConfig:
 
 def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | None:
     """The weight-name prefixes ``target`` has beyond ``source`` when it is ``source`` plus a note head,
-    or plus per-key partials or re-strike logits in its note head, or plus the level-0 code probe
+    or plus per-key partials or re-strike logits in its note head, or plus the code probes
     (``code_notes``) or the encoder's (``encoder_notes``): fine-tuning may add those, nothing else.
     () for the same architecture; None when it is another model. Names and ``same_tokens_as`` do not
     count, nor ``note_gate_power``, which shapes the rendering but no weight."""
     def bare(config: CodecConfig, **changes: Any) -> CodecConfig:
-        return replace(config, name="", same_tokens_as=(), note_gate_power=1.0, **changes)
+        config = replace(config, name="", same_tokens_as=(), note_gate_power=1.0, **changes)
+        return config if config.code_notes else replace(config, code_note_levels=1)  # no probe: no count
 
     if bare(source) == bare(target):
         return ()
@@ -409,7 +412,7 @@ def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | N
         return ("decoder.note_head.",)
     if source.harmonics:  # parts of the note head, each grown alone or together
         parts = {"key_partials": "decoder.note_head.key_partials.", "note_onsets": "decoder.note_head.onsets.",
-                 "code_notes": "code_note_head.", "encoder_notes": "encoder_note_head."}
+                 "code_notes": "code_note_heads.", "encoder_notes": "encoder_note_head."}
         grown = [name for name in parts if getattr(target, name) and not getattr(source, name)]
         if grown and bare(source) == bare(target, **{name: False for name in grown}):
             return tuple(parts[name] for name in grown)

@@ -101,8 +101,8 @@ class CodecTrainConfig(TrainSettings):
     partials_from_fits_only: bool = False  # note head: only the partial loss (give it a weight) trains the amplitudes
     onset_weight: float = 0.0  # note head with note_onsets: BCE of its re-strike logits against MIDI onsets
     onset_pos_weight: float = 1.0  # weight of the onsets in that BCE (onsets are rare: 1 in ~400 key-frames)
-    code_note_weight: float = 0.0  # codec with code_notes: BCE of its level-0 code probe vs the MIDI roll
-    # (sounding keys weighted by note_pos_weight)
+    code_note_weight: float = 0.0  # codec with code_notes: BCE of its code probes vs the MIDI roll, summed
+    # over the probed levels (sounding keys weighted by note_pos_weight)
     encoder_note_weight: float = 0.0  # codec with encoder_notes: BCE of its finest-features probe vs the
     # MIDI roll (sounding keys weighted by note_pos_weight, the frame's top key by note_top_weight)
     freeze_tokenizer: bool = False  # decoder only: the start model's codes, .pyr files and LMs stay valid

@@ -205,27 +205,35 @@ def test_onset_loss_compares_frame_t_with_the_onsets_of_frame_t_plus_1() -> None
                       rolls=rolls, onsets=onsets)[1].keys().isdisjoint({"onsets_l1"})
 
 
-def test_code_note_head_reads_level_0_codes_and_its_loss_pools_the_roll_to_their_rate() -> None:
-    model, wav, out = tiny_forward(code_notes=True)
-    assert out.code_note_logits is not None
-    assert out.code_note_logits.shape == (2, PIANO_KEYS, out.codes[0].shape[-1])
+def test_code_note_heads_read_each_levels_pyramid_latent_and_their_loss_pools_the_roll_to_its_rate() -> None:
+    model, wav, out = tiny_forward(code_notes=True, code_note_levels=TINY.n_levels)
+    assert out.code_note_logits is not None and len(out.code_note_logits) == TINY.n_levels
+    for level, logits in enumerate(out.code_note_logits):
+        assert logits.shape == (2, PIANO_KEYS, out.codes[level].shape[-1])
+    level_0 = out.code_note_logits[0]
     frames = out.spectra[1].shape[-1]
-    factor = frames // out.codes[0].shape[-1]
+    factor = frames // level_0.shape[-1]
     rolls = torch.zeros(2, PIANO_KEYS, frames)
     rolls[0, 40, factor + 1] = 1.0  # one roll frame inside level-0 frame 1 makes the key sound there
-    pooled = torch.zeros_like(out.code_note_logits)
+    pooled = torch.zeros_like(level_0)
     pooled[0, 40, 1] = 1.0
     assert code_note_loss(40.0 * pooled - 20.0, rolls, factor, 1.0) < 1e-6
     assert code_note_loss(40.0 * pooled.roll(1, -1) - 20.0, rolls, factor, 1.0) > 0.01  # one frame late: 2 errors of 20
     targets = level_targets(wav, [1], TINY.n_levels)
     cfg = CodecTrainConfig(model=TINY.to_dict(), code_note_weight=1.0)
     parts = codec_loss(out, targets, cfg, 1.0, MultiScaleMelLoss(RATE), None, rolls=rolls)[1]
-    assert parts["code_notes"] > 0
+    each = [code_note_loss(logits.float(), rolls, frames // logits.shape[-1], 1.0) for logits in out.code_note_logits]
+    assert float(parts["code_notes"]) == pytest.approx(float(sum(each)))  # summed over the probed levels
     parts["code_notes"].backward()  # reaches the encoder through the quantizer's straight-through path
     assert model.encoder.net.embed.weight.grad is not None
     assert model.encoder.net.embed.weight.grad.abs().sum() > 0
+    finest = model.level_quantizers[-1].parameters()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in finest)  # the finest level's probe
+    assert len(tiny_forward(code_notes=True)[2].code_note_logits) == 1  # level 0 only by default
     with pytest.raises(UsageError, match="code_notes needs a note head"):
         replace(TINY, harmonics=0, code_notes=True)
+    with pytest.raises(UsageError, match="code_note_levels"):
+        replace(TINY, code_notes=True, code_note_levels=TINY.n_levels + 1)
 
 
 def test_encoder_note_head_reads_the_finest_features_at_the_rolls_rate_and_trains_the_encoder() -> None:
@@ -283,7 +291,8 @@ def test_fine_tuning_may_grow_only_note_head_parts() -> None:
     assert added_parts(TINY, replace(TINY, note_onsets=True, decoder_layers=2)) is None
     assert added_parts(replace(TINY, note_onsets=True), TINY) is None  # parts are never dropped
     assert added_parts(TINY, replace(TINY, note_gate_power=1.5)) == ()  # a rendering setting, no weights
-    assert added_parts(TINY, replace(TINY, code_notes=True)) == ("code_note_head.",)
+    assert added_parts(TINY, replace(TINY, code_notes=True, code_note_levels=3)) == ("code_note_heads.",)
+    assert added_parts(TINY, replace(TINY, code_note_levels=3)) == ()  # no probe: its level count is moot
 
 
 def test_config_and_preset() -> None:
