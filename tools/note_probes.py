@@ -7,6 +7,8 @@ concatenated), and the decoder's features (what the note head reads). A probe pe
 regressions, or with ``--mlp`` one hidden layer of 512) is trained on train-split crops and scored on
 test-split crops: frame F1 at threshold 0.5, and the best of 0.2-0.5. A stage that scores well below
 the one before it is where the notes are lost (the codec card's "Where the encoder loses the notes").
+With ``--context K`` each frame's probe also sees the K frames on either side (the decoder reads about
+27), which tells notes spread over time in the codes from notes absent from them.
 With ``--bands``, also frame F1 per register and the recall of each frame's top sounding key (the
 tune), with the note head's own gates (sigmoid of its logits, no probe) as the last row.
 
@@ -58,15 +60,23 @@ def stage_features(codec: PyramidCodec, crop: torch.Tensor, frames: int) -> dict
         features[f"quantized, levels 0..{k}"] = torch.cat([at_finest(outputs[j].z_q, j) for j in range(k + 1)])
     if codec.spectral:
         latent = codec.lift(codec.pyramid_latents([o.z_q for o in outputs])[-1], c.n_levels - 1)
-        hidden = codec.decoder.net.hidden(latent)
+        hidden = codec.decoder.note_features(codec.decoder.net.hidden(latent))
         features["decoder features"] = hidden[0].T
         if codec.decoder.note_head is not None:  # not a probe's input: scored as it is
             features[HEAD] = torch.sigmoid(codec.decoder.note_head(hidden, 1).logits[0])
     return {name: x[..., :frames].float().T for name, x in features.items()}
 
 
-def collect(codec: PyramidCodec, corpus: str, midi_dir: str, split: str, crops: int, seed: int
-            ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def with_context(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(frames, dims) → (frames, (2k + 1) * dims): each frame with the k before and after it (edges repeated)."""
+    if k == 0:
+        return x
+    padded = torch.cat([x[:1].expand(k, -1), x, x[-1:].expand(k, -1)])
+    return torch.cat([padded[i: i + x.shape[0]] for i in range(2 * k + 1)], dim=1)
+
+
+def collect(codec: PyramidCodec, corpus: str, midi_dir: str, split: str, crops: int, seed: int,
+            context: int = 0, only: str = "") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     data = NoteCropDataset(corpus, split, 4.0, midi_dir, codec.config.hop_lengths[-1],
                            sample_rate=codec.config.sample_rate, seed=seed)
     features: dict[str, list[torch.Tensor]] = {}
@@ -74,7 +84,8 @@ def collect(codec: PyramidCodec, corpus: str, midi_dir: str, split: str, crops: 
     for i in range(crops):
         crop, roll, _ = data[i]
         for name, x in stage_features(codec, crop, roll.shape[-1]).items():
-            features.setdefault(name, []).append(x)
+            if name == HEAD or only in name:
+                features.setdefault(name, []).append(x if name == HEAD else with_context(x, context))
         rolls.append(roll.T.float())
     return {name: torch.cat(x) for name, x in features.items()}, torch.cat(rolls)
 
@@ -123,12 +134,16 @@ def main() -> None:
     parser.add_argument("--mlp", action="store_true", help="one hidden layer of 512 instead of a linear probe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bands", action="store_true", help="also frame F1 per register and of the top key")
+    parser.add_argument("--context", type=int, default=0, help="frames on either side each probe also sees")
+    parser.add_argument("--only", default="", help="probe only the stages whose name contains this")
     args = parser.parse_args()
 
     codec = load_codec(args.model).model
     start = time.time()
-    train_x, train_y = collect(codec, args.corpus, args.midi_dir, "train", args.train_crops, args.seed)
-    test_x, test_y = collect(codec, args.corpus, args.midi_dir, "test", args.test_crops, args.seed + 1)
+    train_x, train_y = collect(codec, args.corpus, args.midi_dir, "train", args.train_crops, args.seed,
+                               args.context, args.only)
+    test_x, test_y = collect(codec, args.corpus, args.midi_dir, "test", args.test_crops, args.seed + 1,
+                             args.context, args.only)
     print(f"features in {time.time() - start:.0f} s: {len(train_y)} train frames, {len(test_y)} test frames, "
           f"{test_y.sum(1).mean():.1f} sounding keys per test frame")
     for name in train_x:

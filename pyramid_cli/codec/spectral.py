@@ -266,6 +266,15 @@ class SpectralDecoder(nn.Module):
         # branch start as the identity, so the head first reads what it read before.
         self.note_branch = nn.ModuleList(ConvNeXtBlock(dim) for _ in range(note_layers if harmonics else 0))
 
+    def note_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, frames, dim) shared features → what the note head reads: them through ``note_branch``."""
+        if not self.note_branch:
+            return hidden
+        h = hidden.transpose(1, 2)
+        for block in self.note_branch:
+            h = block(h)
+        return h.transpose(1, 2)
+
     def forward(self, latent: torch.Tensor, band: float = 1.0) -> DecodedSpectrum:
         """Log-magnitudes (B, F, frames), and with a note head its note logits and partials.
 
@@ -277,12 +286,7 @@ class SpectralDecoder(nn.Module):
         if self.note_head is None:
             return DecodedSpectrum(free)
         bins = max(1, round(band * free.shape[1]))
-        if self.note_branch:
-            hidden = hidden.transpose(1, 2)
-            for block in self.note_branch:
-                hidden = block(hidden)
-            hidden = hidden.transpose(1, 2)
-        notes = self.note_head(hidden, bins)
+        notes = self.note_head(self.note_features(hidden), bins)
         log_magnitude = (free.exp() + notes.magnitude).clamp(min=LOG_FLOOR).log().clamp(max=MAX_LOG_MAGNITUDE)
         return DecodedSpectrum(log_magnitude, notes.logits, notes.partials, notes.onset_logits)
 

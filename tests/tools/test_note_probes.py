@@ -18,3 +18,13 @@ def test_band_scores_split_frame_f1_by_register_and_follow_the_top_key() -> None
     probabilities[:, 65 - 21] = 0.9  # and a wrong note in 60-71
     scores = note_probes.band_scores(probabilities, roll, 0.5)
     assert scores == "21-47 1.000  48-59 0.000  60-71 0.000  72-83 0.667  84-108 0.000  top key 0.500"
+
+
+def test_with_context_puts_each_frames_neighbours_beside_it_and_repeats_the_edges() -> None:
+    x = torch.arange(4.0)[:, None] * torch.tensor([[1.0, 10.0]])  # frames 0..3, two dims each
+    stacked = note_probes.with_context(x, 1)
+    assert stacked.shape == (4, 6)
+    assert stacked[0].tolist() == [0, 0, 0, 0, 1, 10]  # frame -1 is frame 0 again
+    assert stacked[2].tolist() == [1, 10, 2, 20, 3, 30]
+    assert stacked[3].tolist() == [2, 20, 3, 30, 3, 30]
+    assert torch.equal(note_probes.with_context(x, 0), x)
