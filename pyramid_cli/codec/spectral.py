@@ -262,15 +262,9 @@ class SpectralDecoder(nn.Module):
         self.net = ConvNeXtStack(latent_dim, dim, n_fft // 2 + 1, layers)
         self.note_head = (NoteHead(dim, n_fft, sample_rate, harmonics, key_partials, note_onsets, note_gate_power)
                           if harmonics else None)
-        # The note head's own blocks (``CodecConfig.note_layers``). A grown branch starts as the identity,
-        # so the head first reads what it read before: each block's output layer starts at zero, with
-        # layer scale 1. (With the usual scale of 1e-6 it stayed under 0.003 after 1,500 fine-tuning
-        # steps: an identity in all but name.)
-        branch = [ConvNeXtBlock(dim, layer_scale=1.0) for _ in range(note_layers if harmonics else 0)]
-        for block in branch:
-            nn.init.zeros_(block.project.weight)
-            nn.init.zeros_(block.project.bias)
-        self.note_branch = nn.ModuleList(branch)
+        # The note head's own blocks (``CodecConfig.note_layers``); layer scale 1e-6 makes a grown
+        # branch start as the identity, so the head first reads what it read before.
+        self.note_branch = nn.ModuleList(ConvNeXtBlock(dim) for _ in range(note_layers if harmonics else 0))
 
     def note_features(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, frames, dim) shared features → what the note head reads: them through ``note_branch``."""

@@ -512,7 +512,7 @@ def test_a_grown_note_branch_starts_as_the_identity() -> None:
     assert torch.allclose(old.note_logits, new.note_logits, atol=1e-4)
     assert torch.allclose(old.log_magnitude, new.log_magnitude, atol=1e-4)
     for block in grown.decoder.note_branch:  # as if trained: the notes change
-        torch.nn.init.normal_(block.project.weight, std=0.05)
+        torch.nn.init.ones_(block.gamma)
     assert not torch.allclose(old.note_logits, grown.decoder(latent).note_logits, atol=1e-2)
     with pytest.raises(UsageError, match="note_layers needs a note head"):
         replace(TINY, harmonics=0, note_layers=1)
