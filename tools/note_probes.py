@@ -60,7 +60,7 @@ def stage_features(codec: PyramidCodec, crop: torch.Tensor, frames: int) -> dict
         features[f"quantized, levels 0..{k}"] = torch.cat([at_finest(outputs[j].z_q, j) for j in range(k + 1)])
     if codec.spectral:
         latent = codec.lift(codec.pyramid_latents([o.z_q for o in outputs])[-1], c.n_levels - 1)
-        hidden = codec.decoder.note_features(codec.decoder.net.hidden(latent))
+        hidden = codec.decoder.net.hidden(latent)
         features["decoder features"] = hidden[0].T
         if codec.decoder.note_head is not None:  # not a probe's input: scored as it is
             features[HEAD] = torch.sigmoid(codec.decoder.note_head(hidden, 1).logits[0])

@@ -75,10 +75,6 @@ class CodecConfig:
     harmonics: int = 0
     # Note head only: each key gets its own partial profile besides the shared one (spectral.NoteHead).
     key_partials: bool = False
-    # Note head only: ConvNeXt blocks that only the note head reads, after the decoder's shared stack
-    # (spectral.SpectralDecoder). The shared features also serve the free magnitudes; probes found
-    # they hold no more notes than before when the codes held more (codec card, "Code notes").
-    note_layers: int = 0
     # Note head only: a logit per key and frame that the key is struck again in the next frame, which
     # silences its partials for that frame (spectral.NoteHead); without it a repeated note or a
     # unison of two instruments decodes as one held note.
@@ -164,7 +160,6 @@ class CodecConfig:
         elif self.harmonics:
             raise UsageError("codec config: harmonics (a note head) needs architecture 'spectral'")
         head_parts = {"key_partials": self.key_partials, "note_onsets": self.note_onsets,
-                      "note_layers": self.note_layers,
                       "code_notes": self.code_notes, "encoder_notes": self.encoder_notes,
                       "note_gate_power": self.note_gate_power != 1.0}
         for name, used in head_parts.items():
@@ -251,7 +246,6 @@ ADDED_LATER: dict[str, Any] = {
     "fsq_levels": [],
     "harmonics": 0,
     "key_partials": False,
-    "note_layers": 0,
     "note_onsets": False,
     "note_gate_power": 1.0,
     "code_notes": False,
@@ -266,7 +260,7 @@ ARCHITECTURES = ("waveform", "spectral")
 LIMITS: dict[str, int] = {"sample_rate": 384_000, "encoder_dim": 4096, "encoder_rates": 4096, "decoder_dim": 65_536,
                           "pyramid_rates": 16, "latent_dim": 16_384, "n_codebooks": 64, "codebook_size": 65_536,
                           "codebook_dim": 1024, "pyramid_residual_units": 16, "n_fft": 65_536, "encoder_layers": 64,
-                          "decoder_layers": 64, "note_layers": 64, "griffin_lim_iters": 1024, "fsq_levels": 1024,
+                          "decoder_layers": 64, "griffin_lim_iters": 1024, "fsq_levels": 1024,
                           "harmonics": 256}
 
 

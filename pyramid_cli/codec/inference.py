@@ -79,7 +79,7 @@ def _probe_config(config: CodecConfig) -> CodecConfig:
         config, encoder_dim=2, latent_dim=4, decoder_dim=2 ** (len(config.decoder_rates) + 1),
         codebook_size=4, codebook_dim=2, n_codebooks=(1,) * config.n_levels, quantizer_dropout=0.0,
         fsq_levels=(2, 2) if config.fsq_levels else (), harmonics=0, key_partials=False, note_onsets=False,
-        note_layers=0, note_gate_power=1.0, code_notes=False, encoder_notes=False,
+        note_gate_power=1.0, code_notes=False, encoder_notes=False,
     )
 
 

@@ -132,8 +132,7 @@ class PyramidCodec(nn.Module):
             strided_conv_transpose(c.latent_dim, c.latent_dim, s) for s in c.level_rates
         )
         self.decoder = (SpectralDecoder(c.n_fft, c.latent_dim, c.decoder_dim, c.decoder_layers, c.harmonics,
-                                        c.sample_rate, c.key_partials, c.note_onsets, c.note_gate_power,
-                                        c.note_layers)
+                                        c.sample_rate, c.key_partials, c.note_onsets, c.note_gate_power)
                         if self.spectral else self._waveform_decoder(c))
         self.code_note_heads = nn.ModuleList(nn.Linear(c.latent_dim, PIANO_KEYS)
                                              for _ in range(c.code_note_levels if c.code_notes else 0))

@@ -257,23 +257,11 @@ class SpectralDecoder(nn.Module):
 
     def __init__(self, n_fft: int, latent_dim: int, dim: int, layers: int, harmonics: int = 0,
                  sample_rate: int = 22050, key_partials: bool = False, note_onsets: bool = False,
-                 note_gate_power: float = 1.0, note_layers: int = 0) -> None:
+                 note_gate_power: float = 1.0) -> None:
         super().__init__()
         self.net = ConvNeXtStack(latent_dim, dim, n_fft // 2 + 1, layers)
         self.note_head = (NoteHead(dim, n_fft, sample_rate, harmonics, key_partials, note_onsets, note_gate_power)
                           if harmonics else None)
-        # The note head's own blocks (``CodecConfig.note_layers``); layer scale 1e-6 makes a grown
-        # branch start as the identity, so the head first reads what it read before.
-        self.note_branch = nn.ModuleList(ConvNeXtBlock(dim) for _ in range(note_layers if harmonics else 0))
-
-    def note_features(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, frames, dim) shared features → what the note head reads: them through ``note_branch``."""
-        if not self.note_branch:
-            return hidden
-        h = hidden.transpose(1, 2)
-        for block in self.note_branch:
-            h = block(h)
-        return h.transpose(1, 2)
 
     def forward(self, latent: torch.Tensor, band: float = 1.0) -> DecodedSpectrum:
         """Log-magnitudes (B, F, frames), and with a note head its note logits and partials.
@@ -286,7 +274,7 @@ class SpectralDecoder(nn.Module):
         if self.note_head is None:
             return DecodedSpectrum(free)
         bins = max(1, round(band * free.shape[1]))
-        notes = self.note_head(self.note_features(hidden), bins)
+        notes = self.note_head(hidden, bins)
         log_magnitude = (free.exp() + notes.magnitude).clamp(min=LOG_FLOOR).log().clamp(max=MAX_LOG_MAGNITUDE)
         return DecodedSpectrum(log_magnitude, notes.logits, notes.partials, notes.onset_logits)
 

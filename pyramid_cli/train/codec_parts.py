@@ -412,7 +412,6 @@ def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | N
         return ("decoder.note_head.",)
     if source.harmonics:  # parts of the note head, each grown alone or together
         parts = {"key_partials": "decoder.note_head.key_partials.", "note_onsets": "decoder.note_head.onsets.",
-                 "note_layers": "decoder.note_branch.",
                  "code_notes": "code_note_heads.", "encoder_notes": "encoder_note_head."}
         grown = [name for name in parts if getattr(target, name) and not getattr(source, name)]
         if grown and bare(source) == bare(target, **{name: False for name in grown}):

@@ -291,7 +291,6 @@ def test_fine_tuning_may_grow_only_note_head_parts() -> None:
     assert added_parts(TINY, replace(TINY, note_onsets=True, decoder_layers=2)) is None
     assert added_parts(replace(TINY, note_onsets=True), TINY) is None  # parts are never dropped
     assert added_parts(TINY, replace(TINY, note_gate_power=1.5)) == ()  # a rendering setting, no weights
-    assert added_parts(TINY, replace(TINY, note_layers=2)) == ("decoder.note_branch.",)
     assert added_parts(TINY, replace(TINY, code_notes=True, code_note_levels=3)) == ("code_note_heads.",)
     assert added_parts(TINY, replace(TINY, code_note_levels=3)) == ()  # no probe: its level count is moot
 
@@ -499,20 +498,3 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
     loaded = load_codec(tmp_path / "tuned/export")
     assert loaded.hash != weights_hash(start / "model.safetensors")
     assert loaded.matches("tiny-notes", weights_hash(start / "model.safetensors"))  # its .pyr files still decode
-
-
-def test_a_grown_note_branch_starts_as_the_identity() -> None:
-    torch.manual_seed(0)
-    before = PyramidCodec(TINY).eval()
-    grown = PyramidCodec(replace(TINY, note_layers=2)).eval()
-    missing = grown.load_state_dict(before.state_dict(), strict=False).missing_keys
-    assert missing and all(key.startswith("decoder.note_branch.") for key in missing)
-    latent = torch.randn(1, TINY.latent_dim, 12)
-    old, new = before.decoder(latent), grown.decoder(latent)
-    assert torch.allclose(old.note_logits, new.note_logits, atol=1e-4)
-    assert torch.allclose(old.log_magnitude, new.log_magnitude, atol=1e-4)
-    for block in grown.decoder.note_branch:  # as if trained: the notes change
-        torch.nn.init.ones_(block.gamma)
-    assert not torch.allclose(old.note_logits, grown.decoder(latent).note_logits, atol=1e-2)
-    with pytest.raises(UsageError, match="note_layers needs a note head"):
-        replace(TINY, harmonics=0, note_layers=1)
