@@ -8,7 +8,9 @@ regressions, or with ``--mlp`` one hidden layer of 512) is trained on train-spli
 test-split crops: frame F1 at threshold 0.5, and the best of 0.2-0.5. A stage that scores well below
 the one before it is where the notes are lost (the codec card's "Where the encoder loses the notes").
 With ``--context K`` each frame's probe also sees the K frames on either side (the decoder reads about
-27), which tells notes spread over time in the codes from notes absent from them.
+27), which tells notes spread over time in the codes from notes absent from them. It multiplies the
+features' memory by 2K + 1: with K = 4, probe a few stages at a time (``--only``); all of them
+need more than 24 GB.
 With ``--bands``, also frame F1 per register and the recall of each frame's top sounding key (the
 tune), with the note head's own gates (sigmoid of its logits, no probe) as the last row.
 
