@@ -85,11 +85,12 @@ class CodecConfig:
     # render more quietly (p = 0.5 gives 0.35 at 1.5) and sure ones keep their level. Training
     # renders with 1, the spectrum the losses fit; a fine-tune keeps its start model's value.
     note_gate_power: float = 1.0
-    # Note head only, training only: a linear probe from level 0's quantized latent to the 88 keys
-    # (``PyramidCodec.code_note_heads``), trained against the MIDI roll (train setting code_note_weight),
-    # so that the coarsest codes carry the notes themselves, as Mimi distils a semantic model into its
-    # first codebook. Linear probes found the encoder's output keeps less of the notes than its input
-    # STFT (codec card); the decoder's note loss reaches level 0 only through the whole decoder.
+    # Note head only, training only: a linear probe from level 0's quantized latent (and the finer
+    # levels', code_note_levels) to the 88 keys (``PyramidCodec.code_note_heads``), trained against the
+    # MIDI roll (train setting code_note_weight), so that the coarsest codes carry the notes
+    # themselves, as Mimi distils a semantic model into its first codebook. Linear probes found the
+    # encoder's output keeps less of the notes than its input STFT (codec card); the decoder's note
+    # loss reaches level 0 only through the whole decoder.
     code_notes: bool = False
     # With code_notes: how many levels, from level 0, have a code probe, each reading its pyramid latent
     # R[i] (what the decoder reads from levels 0..i). Level 0's 10 bits per 93 ms cannot hold every
