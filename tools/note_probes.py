@@ -12,8 +12,7 @@ With ``--context K`` each frame's probe also sees the K frames on either side (t
 features' memory by 2K + 1: with K = 4, probe a few stages at a time (``--only``); all of them
 need more than 24 GB.
 With ``--bands``, also frame F1 per register and the recall of each frame's top sounding key (the
-tune), with the encoder's transcriber's and the note head's own gates (sigmoid of their logits, no
-probe) as the last rows.
+tune), with the note head's own gates (sigmoid of its logits, no probe) as the last row.
 
 Example:
     python tools/note_probes.py --corpus ~/corpus --midi-dir ../shared/data/midi/dev --train-crops 600 \\
@@ -50,11 +49,8 @@ def stage_features(codec: PyramidCodec, crop: torch.Tensor, frames: int) -> dict
     finally:
         hook.remove()
     base = captured[0][0]  # at the encoder's hop, a fraction of the finest one
-    per_frame = base.shape[-1] // features["input log-STFT"].shape[-1]
-    features["encoder output"] = base.unflatten(-1, (-1, per_frame)).mean(-1)
-    if getattr(codec.encoder, "transcriber", None) is not None:  # not a probe's input: scored as it is
-        logits = codec.encoder.analyse(wav)[1][0]
-        features[TRANSCRIBER] = torch.sigmoid(logits.unflatten(-1, (-1, per_frame)).mean(-1))
+    features["encoder output"] = base.unflatten(-1, (-1, base.shape[-1] // features["input log-STFT"].shape[-1])
+                                                ).mean(-1)
     inputs: list[torch.Tensor] = []  # each level's quantizer input F[i] + U_i(Q[i-1]), from quantize itself
     outputs = codec.quantize(levels, dropout=False, before_level=lambda level, rvq, x: inputs.append(x))
 
@@ -90,15 +86,13 @@ def collect(codec: PyramidCodec, corpus: str, midi_dir: str, split: str, crops: 
     for i in range(crops):
         crop, roll, _ = data[i]
         for name, x in stage_features(codec, crop, roll.shape[-1]).items():
-            if name in UNPROBED or only in name:
-                features.setdefault(name, []).append(x if name in UNPROBED else with_context(x, context))
+            if name == HEAD or only in name:
+                features.setdefault(name, []).append(x if name == HEAD else with_context(x, context))
         rolls.append(roll.T.float())
     return {name: torch.cat(x) for name, x in features.items()}, torch.cat(rolls)
 
 
 HEAD = "note head's gates (no probe)"
-TRANSCRIBER = "transcriber's gates (no probe)"
-UNPROBED = (TRANSCRIBER, HEAD)
 BANDS = ((21, 47), (48, 59), (60, 71), (72, 83), (84, 108))  # MIDI pitches, inclusive
 
 
@@ -155,7 +149,7 @@ def main() -> None:
     print(f"features in {time.time() - start:.0f} s: {len(train_y)} train frames, {len(test_y)} test frames, "
           f"{test_y.sum(1).mean():.1f} sounding keys per test frame")
     for name in train_x:
-        if name in UNPROBED:
+        if name == HEAD:
             continue
         mean, std = train_x[name].mean(0), train_x[name].std(0) + 1e-5
         probe = train_probe((train_x[name] - mean) / std, train_y, args.mlp, args.seed)
@@ -166,10 +160,9 @@ def main() -> None:
               f"  (best {best:.3f} at {at})")
         if args.bands:
             print(f"{'':32s} {band_scores(probabilities, test_y, 0.5)}")
-    for name in UNPROBED:
-        if name in test_x and args.bands:
-            print(f"{name:32s} test frame F1 {frame_f1(test_x[name], test_y, 0.5):.3f}\n{'':32s} "
-                  f"{band_scores(test_x[name], test_y, 0.5)}")
+    if HEAD in test_x and args.bands:
+        print(f"{HEAD:32s} test frame F1 {frame_f1(test_x[HEAD], test_y, 0.5):.3f}\n{'':32s} "
+              f"{band_scores(test_x[HEAD], test_y, 0.5)}")
 
 
 if __name__ == "__main__":

@@ -103,13 +103,6 @@ class CodecConfig:
     # encoder's output keeps 0.16 of the input STFT's 0.58 frame F1 at MIDI 72-83, where the tune
     # lies (codec card), and losses through the quantizer and the decoder move it slowly.
     encoder_notes: bool = False
-    # Spectral only: > 0 gives the encoder a transcriber (``spectral.SpectralEncoder``): a ConvNeXt stack
-    # of this many blocks, encoder_dim wide, from the input's log-magnitude STFT to 88 key logits,
-    # trained against the MIDI roll alone (train setting transcriber_weight). The encoder reads its
-    # probabilities beside the STFT. Why: with the reconstruction losses, every codec's encoder
-    # output kept 0.55-0.59 frame F1 to a linear probe, less than its own input's 0.70, and the
-    # stages after it never recovered more; the same stack trained on the notes alone passes 0.70.
-    transcriber_layers: int = 0
     # Weights hashes (hub.identity.weights_hash) of codecs whose encoder and quantizers this one has
     # unchanged: a decoder fine-tuned with a frozen tokenizer (train setting freeze_tokenizer). Their
     # tokens are this codec's tokens, so their .pyr files, token sets and LMs are accepted.
@@ -163,12 +156,10 @@ class CodecConfig:
                 raise UsageError("codec config: a spectral encoder has one stride (its STFT hop)")
             if self.n_fft < 2 * self.hop_lengths[-1] or self.n_fft % 2:
                 raise UsageError("codec config: n_fft must be even and at least twice the finest hop")
-            if min(self.encoder_layers, self.decoder_layers, self.griffin_lim_iters, self.harmonics,
-                   self.transcriber_layers) < 0:
+            if min(self.encoder_layers, self.decoder_layers, self.griffin_lim_iters, self.harmonics) < 0:
                 raise UsageError("codec config: layer, iteration and harmonic counts must be >= 0")
-        elif self.harmonics or self.transcriber_layers:
-            raise UsageError("codec config: harmonics (a note head) and transcriber_layers need architecture "
-                             "'spectral'")
+        elif self.harmonics:
+            raise UsageError("codec config: harmonics (a note head) needs architecture 'spectral'")
         head_parts = {"key_partials": self.key_partials, "note_onsets": self.note_onsets,
                       "code_notes": self.code_notes, "encoder_notes": self.encoder_notes,
                       "note_gate_power": self.note_gate_power != 1.0}
@@ -261,7 +252,6 @@ ADDED_LATER: dict[str, Any] = {
     "code_notes": False,
     "code_note_levels": 1,
     "encoder_notes": False,
-    "transcriber_layers": 0,
     "same_tokens_as": [],
 }
 ARCHITECTURES = ("waveform", "spectral")
@@ -272,7 +262,7 @@ LIMITS: dict[str, int] = {"sample_rate": 384_000, "encoder_dim": 4096, "encoder_
                           "pyramid_rates": 16, "latent_dim": 16_384, "n_codebooks": 64, "codebook_size": 65_536,
                           "codebook_dim": 1024, "pyramid_residual_units": 16, "n_fft": 65_536, "encoder_layers": 64,
                           "decoder_layers": 64, "griffin_lim_iters": 1024, "fsq_levels": 1024,
-                          "harmonics": 256, "transcriber_layers": 64}
+                          "harmonics": 256}
 
 
 # ---- presets (DESIGN §2 table) ----------------------------------------------------------------

@@ -75,8 +75,6 @@ class CodecOutput:
             (B, 88, T_i) logits of MIDI keys sounding, a linear probe of its pyramid latent R[i].
         encoder_note_logits: codecs with ``encoder_notes`` only: (B, 88, T / finest hop) logits of MIDI
             keys sounding, a linear probe of the finest level's features before quantization.
-        transcriber_logits: codecs with ``transcriber_layers`` only: (B, 88, T / base hop) logits of MIDI
-            keys sounding, from the encoder's transcriber (``spectral.SpectralEncoder``).
         codes: per level (B, n_codebooks[i], T_i) long codes, level 0 first.
         frame_hop: samples between the frames of ``spectra``, ``note_logits``, ...: the finest hop.
             Frame t is centred at sample t * frame_hop of the input (``spectral.stft_magnitude``).
@@ -96,7 +94,6 @@ class CodecOutput:
     onset_logits: dict[int, torch.Tensor] | None = None
     code_note_logits: list[torch.Tensor] | None = None
     encoder_note_logits: torch.Tensor | None = None
-    transcriber_logits: torch.Tensor | None = None
     frame_hop: int = 0
 
 
@@ -108,8 +105,7 @@ class PyramidCodec(nn.Module):
         self.config = config
         c = config
         self.spectral = c.architecture == "spectral"
-        self.encoder = (SpectralEncoder(c.n_fft, c.base_hop, c.encoder_dim, c.latent_dim, c.encoder_layers,
-                                        c.transcriber_layers)
+        self.encoder = (SpectralEncoder(c.n_fft, c.base_hop, c.encoder_dim, c.latent_dim, c.encoder_layers)
                         if self.spectral else self._waveform_encoder(c))
         # Pyramid (Alg. 1): down-sampling blocks, finest first, and a projection per level.
         pyramid = len(c.pyramid_rates) > 0
@@ -191,10 +187,7 @@ class PyramidCodec(nn.Module):
 
         ``wav`` (B, 1, T) must already be a multiple of the coarsest hop long.
         """
-        return self.pyramid_features(self.encoder(wav))
-
-    def pyramid_features(self, base: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder's base features (B, latent_dim, T / base_hop) → F[i], level 0 first (Alg. 1)."""
+        base = self.encoder(wav)  # (B, latent_dim, T / base_hop)
         if not self.down:
             return [base]  # single level: exactly DAC
         fine_to_coarse = []
@@ -341,13 +334,7 @@ class PyramidCodec(nn.Module):
         self._check_audio(wav)
         # With a frozen encoder (decoder-only fine-tuning: the codes stay the same) no graph is kept for it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.tokenizer_trainable):
-            padded = self.pad_to_frames(wav)
-            transcriber_logits = None
-            if isinstance(self.encoder, SpectralEncoder):
-                base, transcriber_logits = self.encoder.analyse(padded)
-            else:
-                base = self.encoder(padded)
-            features = self.pyramid_features(base)
+            features = self.features(self.pad_to_frames(wav))
             outputs = self.quantize(features)
             encoder_note_logits = (None if self.encoder_note_head is None
                                    else self.encoder_note_head(features[-1].transpose(1, 2)).transpose(1, 2))
@@ -374,7 +361,6 @@ class PyramidCodec(nn.Module):
         return CodecOutput(
             code_note_logits=code_note_logits,
             encoder_note_logits=encoder_note_logits,
-            transcriber_logits=transcriber_logits,
             spectra=spectra,
             note_logits=note_logits,
             partials=partials,

@@ -30,7 +30,6 @@ from torch import nn
 
 from pyramid_cli.audio import spectra
 
-PIANO_LOW, PIANO_KEYS = 21, 88  # the note head's and the transcriber's pitches: MIDI 21 (A0) to 108 (C8)
 LOG_FLOOR = 1e-2  # magnitude floor before the log: -94 dB below a full-scale sine's 2,048-point peak
 MAX_LOG_MAGNITUDE = 12.0  # exp(12) ≈ 1.6e5, far above any real magnitude; keeps exp() finite
 
@@ -117,35 +116,18 @@ def log_magnitude(magnitude: torch.Tensor) -> torch.Tensor:
 
 
 class SpectralEncoder(nn.Module):
-    """(B, 1, T) audio, T a multiple of ``hop`` → (B, latent_dim, T / hop) base features.
+    """(B, 1, T) audio, T a multiple of ``hop`` → (B, latent_dim, T / hop) base features."""
 
-    With ``transcriber_layers`` > 0 a transcriber (its own ConvNeXt stack) first maps the STFT to 88
-    key logits, and the encoder reads their probabilities as 88 more input channels
-    (``CodecConfig.transcriber_layers`` says why).
-    """
-
-    def __init__(self, n_fft: int, hop: int, dim: int, latent_dim: int, layers: int,
-                 transcriber_layers: int = 0) -> None:
+    def __init__(self, n_fft: int, hop: int, dim: int, latent_dim: int, layers: int) -> None:
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
-        bins = n_fft // 2 + 1
-        self.transcriber = ConvNeXtStack(bins, dim, PIANO_KEYS, transcriber_layers) if transcriber_layers else None
-        self.net = ConvNeXtStack(bins + (PIANO_KEYS if transcriber_layers else 0), dim, latent_dim, layers)
-
-    def analyse(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The base features, and the transcriber's (B, 88, T / hop) key logits (None without one)."""
-        x = log_magnitude(stft_magnitude(wav, self.n_fft, self.hop)).to(wav.dtype)
-        logits = None
-        if self.transcriber is not None:
-            logits = self.transcriber(x)
-            # Detached in training: only the MIDI roll trains the transcriber, so it stays one, and
-            # the reconstruction losses cannot trade its notes for timbre. Not in eval mode, where
-            # the receptive-field probe (codec.inference) follows gradients through it.
-            x = torch.cat([x, torch.sigmoid(logits.detach() if self.training else logits)], dim=1)
-        return self.net(x), logits
+        self.net = ConvNeXtStack(n_fft // 2 + 1, dim, latent_dim, layers)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        return self.analyse(wav)[0]
+        return self.net(log_magnitude(stft_magnitude(wav, self.n_fft, self.hop)).to(wav.dtype))
+
+
+PIANO_LOW, PIANO_KEYS = 21, 88  # the note head's pitches: MIDI 21 (A0) to 108 (C8)
 
 
 def harmonic_templates(n_fft: int, sample_rate: int, harmonics: int) -> torch.Tensor:

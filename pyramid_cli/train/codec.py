@@ -122,11 +122,11 @@ def _codec_config(run: RunFolder, cfg: CodecTrainConfig, resume: Path | None,
 
 
 def _dataset(cfg: CodecTrainConfig, corpus: Path, codec_config: CodecConfig) -> RandomCropDataset:
-    if not (codec_config.harmonics or codec_config.transcriber_layers):
+    if not codec_config.harmonics:
         return RandomCropDataset(corpus, "train", cfg.crop_seconds, codec_config.sample_rate,
                                  seed=cfg.seed, silence_db=cfg.silence_db)
     if cfg.notes_from is None:
-        raise UsageError(f"{codec_config.name} has a note head or a transcriber, which learn from MIDI piano rolls: "
+        raise UsageError(f"{codec_config.name} has a note head, which learns from MIDI piano rolls: "
                          "set notes_from to the MIDI folder the corpus was built from")
     return NoteCropDataset(corpus, "train", cfg.crop_seconds, cfg.notes_from, codec_config.hop_lengths[-1],
                            sample_rate=codec_config.sample_rate, seed=cfg.seed, silence_db=cfg.silence_db)

@@ -18,7 +18,6 @@ from torch.nn.utils import parametrize
 
 from pyramid_cli.audio.spectra import CLAMP_EPS, MEL_BANDS, MEL_WINDOWS, mel_magnitude
 from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
-from pyramid_cli.codec.config import ADDED_LATER
 from pyramid_cli.codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, waveform_l1
 from pyramid_cli.codec.quantize import ResidualVectorQuantize, codebook_usage
 from pyramid_cli.codec.spectral import LOG_FLOOR, harmonic_templates, partial_amplitudes, stft_magnitude
@@ -98,8 +97,7 @@ def codec_loss(
                     parts[f"onsets_l{i}"] = F.binary_cross_entropy_with_logits(
                         logits, onsets[..., 1:], pos_weight=torch.tensor(cfg.onset_pos_weight, device=logits.device))
                     total = total + cfg.onset_weight * parts[f"onsets_l{i}"]
-        probe_weights = {"code_notes": cfg.code_note_weight, "encoder_notes": cfg.encoder_note_weight,
-                         "transcriber": cfg.transcriber_weight}
+        probe_weights = {"code_notes": cfg.code_note_weight, "encoder_notes": cfg.encoder_note_weight}
         for name, loss in probe_losses(out, cfg, rolls, key_weights).items():
             parts[name] = loss
             total = total + probe_weights[name] * loss
@@ -127,8 +125,7 @@ def probe_losses(out: CodecOutput, cfg: CodecTrainConfig, rolls: torch.Tensor | 
     """The BCE of each training-only note probe against the MIDI rolls, unweighted: ``code_notes``
     (summed over the probed levels' pyramid latents, the roll pooled to each level's rate) and
     ``encoder_notes`` (the finest features before quantization, at the roll's rate, with the note
-    head's key weights) and ``transcriber`` (the encoder's transcriber, its logits averaged to the
-    roll's rate, weighted alike)."""
+    head's key weights)."""
     parts: dict[str, torch.Tensor] = {}
     if rolls is None:
         return parts
@@ -139,10 +136,6 @@ def probe_losses(out: CodecOutput, cfg: CodecTrainConfig, rolls: torch.Tensor | 
         parts["code_notes"] = torch.stack(levels).sum()
     if cfg.encoder_note_weight and out.encoder_note_logits is not None:
         parts["encoder_notes"] = roll_loss(out.encoder_note_logits, rolls, key_weights, cfg.note_pos_weight)
-    if cfg.transcriber_weight and out.transcriber_logits is not None and out.spectra is not None:
-        finest_frames = next(iter(out.spectra.values())).shape[-1]
-        logits = F.avg_pool1d(out.transcriber_logits.float(), out.transcriber_logits.shape[-1] // finest_frames)
-        parts["transcriber"] = roll_loss(logits, rolls, key_weights, cfg.note_pos_weight)
     return parts
 
 
@@ -419,25 +412,11 @@ def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | N
         return ("decoder.note_head.",)
     if source.harmonics:  # parts of the note head, each grown alone or together
         parts = {"key_partials": "decoder.note_head.key_partials.", "note_onsets": "decoder.note_head.onsets.",
-                 "code_notes": "code_note_heads.", "encoder_notes": "encoder_note_head.",
-                 "transcriber_layers": TRANSCRIBER}
+                 "code_notes": "code_note_heads.", "encoder_notes": "encoder_note_head."}
         grown = [name for name in parts if getattr(target, name) and not getattr(source, name)]
-        if grown and bare(source) == bare(target, **{name: ADDED_LATER[name] for name in grown}):
+        if grown and bare(source) == bare(target, **{name: False for name in grown}):
             return tuple(parts[name] for name in grown)
     return None
-
-
-TRANSCRIBER = "encoder.transcriber."
-ENCODER_INPUT = "encoder.net.embed.weight"  # (dim, STFT bins [+ 88 keys], taps)
-
-
-def _grow_encoder_input(state: dict[str, torch.Tensor], model: PyramidCodec) -> None:
-    """Widen a start model's encoder input layer by the transcriber's 88 channels, with zero weights:
-    the grown codec encodes exactly as the start model until training gives them weight."""
-    weight = state[ENCODER_INPUT]
-    wide = model.state_dict()[ENCODER_INPUT].new_zeros(model.state_dict()[ENCODER_INPUT].shape)
-    wide[:, : weight.shape[1]] = weight
-    state[ENCODER_INPUT] = wide
 
 
 def load_init_weights(model: PyramidCodec, directory: Path) -> None:
@@ -452,8 +431,6 @@ def load_init_weights(model: PyramidCodec, directory: Path) -> None:
     if grown is None:
         raise UsageError(f"{directory}: holds a {source.config.name!r} model, not the one being trained")
     state = source.state_dict()
-    if TRANSCRIBER in grown:
-        _grow_encoder_input(state, model)
     folded = not any(".parametrizations." in key for key in state)
     with torch.no_grad():
         if folded:

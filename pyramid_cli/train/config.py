@@ -105,8 +105,6 @@ class CodecTrainConfig(TrainSettings):
     # over the probed levels (sounding keys weighted by note_pos_weight)
     encoder_note_weight: float = 0.0  # codec with encoder_notes: BCE of its finest-features probe vs the
     # MIDI roll (sounding keys weighted by note_pos_weight, the frame's top key by note_top_weight)
-    transcriber_weight: float = 0.0  # codec with transcriber_layers: BCE of its encoder's transcriber vs the
-    # MIDI roll (weighted as encoder_note_weight's); the transcriber learns from nothing else
     freeze_tokenizer: bool = False  # decoder only: the start model's codes, .pyr files and LMs stay valid
     commitment_weight: float = 0.25  # RVQ commitment loss (DAC)
     diversity_weight: float = 0.0  # codebook diversity loss against collapse (wav2vec 2.0's; 0 = off)
@@ -149,7 +147,7 @@ class CodecTrainConfig(TrainSettings):
                           "num_workers", "reseed_dead_codes_every", "grad_clip", "gan_start_step", "adv_weight",
                           "feat_weight", "disc_grad_clip", "diversity_weight", "pitch_weight", "note_weight",
                           "partial_weight", "onset_weight", "code_note_weight",
-                          "encoder_note_weight", "transcriber_weight"))
+                          "encoder_note_weight"))
         if self.freeze_tokenizer and self.reseed_dead_codes_every:
             raise UsageError("freeze_tokenizer keeps the codebooks as they are: set reseed_dead_codes_every=0")
 

@@ -17,7 +17,7 @@ import torch
 from pyramid_cli.codec import CodecConfig, CodecOutput, PyramidCodec
 from pyramid_cli.codec.api import load_codec
 from pyramid_cli.codec.config import p111_notes
-from pyramid_cli.codec.inference import decode_codes, encode_audio, encode_reach
+from pyramid_cli.codec.inference import decode_codes
 from pyramid_cli.codec.losses import MultiScaleMelLoss
 from pyramid_cli.codec.spectral import (
     PIANO_KEYS,
@@ -37,7 +37,6 @@ from pyramid_cli.train.codec_parts import (
     code_note_loss,
     codec_loss,
     level_targets,
-    load_init_weights,
     octave_weights,
     top_key_weights,
 )
@@ -499,49 +498,3 @@ def test_decoder_fine_tune_keeps_the_codes_and_accepts_the_start_models_tokens(t
     loaded = load_codec(tmp_path / "tuned/export")
     assert loaded.hash != weights_hash(start / "model.safetensors")
     assert loaded.matches("tiny-notes", weights_hash(start / "model.safetensors"))  # its .pyr files still decode
-
-
-def test_transcriber_learns_the_roll_alone_and_a_grown_one_encodes_as_its_start_model(tmp_path: Path) -> None:
-    model, wav, out = tiny_forward(transcriber_layers=1)
-    frames = out.spectra[1].shape[-1]
-    assert out.transcriber_logits is not None
-    assert out.transcriber_logits.shape == (2, PIANO_KEYS, 2 * frames)  # at the encoder's hop, half the roll's
-    rolls = torch.zeros(2, PIANO_KEYS, frames - 1)
-    rolls[0, [40, 60], 3] = 1.0
-    targets = level_targets(wav, [1], TINY.n_levels)
-    cfg = CodecTrainConfig(model=TINY.to_dict(), transcriber_weight=1.0)
-    parts = codec_loss(out, targets, cfg, 1.0, MultiScaleMelLoss(RATE), None, rolls=rolls)[1]
-    assert parts["transcriber"] > 0
-    parts["transcriber"].backward(retain_graph=True)
-    assert model.encoder.transcriber.embed.weight.grad.abs().sum() > 0
-    assert model.encoder.net.embed.weight.grad is None  # the roll trains the transcriber, nothing else
-    model.zero_grad()
-    codec_loss(out, targets, replace(cfg, transcriber_weight=0.0), 1.0, MultiScaleMelLoss(RATE), None,
-               rolls=rolls)[0].backward()
-    assert model.encoder.transcriber.embed.weight.grad is None  # and the reconstruction does not train it
-    assert model.encoder.net.embed.weight.grad.abs().sum() > 0
-
-    assert added_parts(TINY, replace(TINY, transcriber_layers=2)) == ("encoder.transcriber.",)
-    assert added_parts(replace(TINY, transcriber_layers=1), replace(TINY, transcriber_layers=2)) is None
-    with pytest.raises(UsageError, match="transcriber_layers need architecture 'spectral'"):
-        CodecConfig(transcriber_layers=1)  # a waveform codec
-    start = PyramidCodec(TINY).eval()
-    start.save_pretrained(tmp_path / "start")
-    grown = PyramidCodec(replace(TINY, transcriber_layers=1)).eval()
-    load_init_weights(grown, tmp_path / "start")
-    with torch.no_grad():
-        grown.encoder.transcriber.out.bias.fill_(3.0)  # a transcriber that hears every key
-        noise = 0.1 * torch.randn(1, 1, RATE)
-        assert all(torch.equal(a, b) for a, b in zip(start.encode(noise), grown.encode(noise), strict=True))
-
-
-def test_chunked_encoding_with_a_transcriber_equals_whole_signal_encoding() -> None:
-    config = replace(TINY, transcriber_layers=4)
-    assert encode_reach(config) > encode_reach(TINY)  # the probe follows the transcriber too
-    torch.manual_seed(0)
-    model = PyramidCodec(config).eval()
-    wav = 0.1 * torch.randn(1, 3 * RATE + 777)
-    with torch.inference_mode():
-        whole = [c[0] for c in model.encode(wav[None])]
-    for chunked, full in zip(encode_audio(model, wav, chunk_seconds=0.5), whole, strict=True):
-        assert torch.equal(chunked, full)

@@ -28,17 +28,3 @@ def test_with_context_puts_each_frames_neighbours_beside_it_and_repeats_the_edge
     assert stacked[2].tolist() == [1, 10, 2, 20, 3, 30]
     assert stacked[3].tolist() == [2, 20, 3, 30, 3, 30]
     assert torch.equal(note_probes.with_context(x, 0), x)
-
-
-def test_stage_features_score_the_encoders_transcriber_as_it_is_at_the_rolls_rate() -> None:
-    from pyramid_cli.codec import CodecConfig, PyramidCodec
-
-    config = CodecConfig(name="tiny", architecture="spectral", encoder_rates=(256,), encoder_dim=16, decoder_dim=16,
-                         latent_dim=16, encoder_layers=1, decoder_layers=1, griffin_lim_iters=1,
-                         fsq_levels=(4, 4, 4, 4, 4), harmonics=8, transcriber_layers=1)
-    torch.manual_seed(0)
-    codec = PyramidCodec(config).eval()
-    features = note_probes.stage_features(codec, 0.1 * torch.randn(1, 22050), 43)
-    gates = features[note_probes.TRANSCRIBER]
-    assert gates.shape == (43, 88) and 0 < gates.min() and gates.max() < 1  # probabilities, one row per roll frame
-    assert features["encoder output"].shape == (43, 16)
