@@ -217,6 +217,11 @@ class ScalarQuantize(VectorQuantize):
         half = (levels - 1) * (1 + 1e-3) / 2
         offset = (levels % 2 == 0).to(z_e.dtype) * 0.5  # even level counts: a half-step grid
         shift = torch.atanh(offset / half)
+        # Two levels: the paper's bound above puts the one cell boundary at z = -atanh(0.5 / 0.5005)
+        # = -3.8, so standardised inputs almost all round to one value; centre the boundary at 0.
+        binary = levels == 2
+        half = torch.where(binary, 1 - 1e-3, half)
+        shift = torch.where(binary, 0.0, shift)
         return torch.tanh(z_e + shift) * half - offset
 
     def forward(self, z: torch.Tensor) -> StageOutput:

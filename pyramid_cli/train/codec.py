@@ -114,6 +114,8 @@ def _codec_config(run: RunFolder, cfg: CodecTrainConfig, resume: Path | None,
     # another than the default.
     power = wanted.note_gate_power if wanted.note_gate_power != 1.0 else source.note_gate_power
     config = replace(config, note_gate_power=power)
+    if cfg.freeze_tokenizer and config.fsq_levels != source.fsq_levels:
+        raise UsageError("freeze_tokenizer keeps the start model's quantizers: it cannot change fsq_levels")
     if cfg.freeze_tokenizer:  # its tokens are the start model's: same name, and its hash accepted
         start_hash = weights_hash(Path(init_from) / WEIGHTS_NAME)
         earlier = tuple(h for h in source.same_tokens_as if h != start_hash)

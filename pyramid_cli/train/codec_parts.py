@@ -399,14 +399,19 @@ def added_parts(source: CodecConfig, target: CodecConfig) -> tuple[str, ...] | N
     """The weight-name prefixes ``target`` has beyond ``source`` when it is ``source`` plus a note head,
     or plus per-key partials or re-strike logits in its note head, or plus the code probes
     (``code_notes``) or the encoder's (``encoder_notes``): fine-tuning may add those, nothing else.
-    () for the same architecture; None when it is another model. Names and ``same_tokens_as`` do not
-    count, nor ``note_gate_power``, which shapes the rendering but no weight."""
+    A new FSQ grid (``fsq_levels``, same codebook size) is the one part that is replaced rather than
+    grown: ``quantizers.`` start afresh around the source's encoder and decoder (new codes, so a new
+    tokenizer). () for the same architecture; None when it is another model. Names and
+    ``same_tokens_as`` do not count, nor ``note_gate_power``, which shapes the rendering but no weight."""
     def bare(config: CodecConfig, **changes: Any) -> CodecConfig:
         config = replace(config, name="", same_tokens_as=(), note_gate_power=1.0, **changes)
         return config if config.code_notes else replace(config, code_note_levels=1)  # no probe: no count
 
     if bare(source) == bare(target):
         return ()
+    if source.fsq_levels and target.fsq_levels and source.fsq_levels != target.fsq_levels:
+        rest = added_parts(replace(source, fsq_levels=target.fsq_levels), target)
+        return None if rest is None else ("quantizers.", *rest)
     if target.harmonics and not source.harmonics and bare(source) == bare(target, harmonics=0, key_partials=False,
                                                                           note_onsets=False):
         return ("decoder.note_head.",)
@@ -430,18 +435,18 @@ def load_init_weights(model: PyramidCodec, directory: Path) -> None:
     grown = added_parts(source.config, model.config)
     if grown is None:
         raise UsageError(f"{directory}: holds a {source.config.name!r} model, not the one being trained")
-    state = source.state_dict()
+    # Grown parts start from their initialisation; a replaced grid's quantizers differ in shape.
+    state = {key: value for key, value in source.state_dict().items() if not key.startswith(grown)}
     folded = not any(".parametrizations." in key for key in state)
     with torch.no_grad():
         if folded:
             for name, module in model.named_modules():
-                if parametrize.is_parametrized(module, "weight"):
+                if parametrize.is_parametrized(module, "weight") and not f"{name}.".startswith(grown):
                     module.weight = state.pop(f"{name}.weight")
         missing, unexpected = model.load_state_dict(state, strict=False)
     if folded:  # the parametrizations were set above, not through the state dict
         missing = [key for key in missing if ".parametrizations." not in key]
-    # New head parts start from their initialisation.
-    missing = [key for key in missing if not key.startswith(grown)] if grown else missing
+    missing = [key for key in missing if not key.startswith(grown)]
     if missing or unexpected:
         raise FormatError(f"{directory}: weights do not fit the model (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")

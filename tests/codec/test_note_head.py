@@ -37,6 +37,7 @@ from pyramid_cli.train.codec_parts import (
     code_note_loss,
     codec_loss,
     level_targets,
+    load_init_weights,
     octave_weights,
     top_key_weights,
 )
@@ -293,6 +294,26 @@ def test_fine_tuning_may_grow_only_note_head_parts() -> None:
     assert added_parts(TINY, replace(TINY, note_gate_power=1.5)) == ()  # a rendering setting, no weights
     assert added_parts(TINY, replace(TINY, code_notes=True, code_note_levels=3)) == ("code_note_heads.",)
     assert added_parts(TINY, replace(TINY, code_note_levels=3)) == ()  # no probe: its level count is moot
+    binary = (2,) * 10  # another grid of the same 1,024 codes: new quantizers
+    assert added_parts(TINY, replace(TINY, fsq_levels=binary)) == ("quantizers.",)
+    assert added_parts(TINY, replace(TINY, fsq_levels=binary, note_onsets=True)) == (
+        "quantizers.", "decoder.note_head.onsets.")
+    assert added_parts(TINY, replace(TINY, fsq_levels=binary, decoder_layers=2)) is None
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_a_new_grid_keeps_encoder_and_decoder_and_starts_its_quantizers_afresh(tmp_path: Path, folded: bool) -> None:
+    torch.manual_seed(0)
+    source = PyramidCodec(TINY)
+    (source.fold_weight_norm() if folded else source).save_pretrained(tmp_path / "start")
+    model = PyramidCodec(replace(TINY, fsq_levels=(2,) * 10))
+    load_init_weights(model, tmp_path / "start")
+    assert model.level_quantizers[0].stages[0].project_in(torch.randn(1, TINY.latent_dim, 4)).shape[1] == 10
+    start = PyramidCodec.from_pretrained(tmp_path / "start").fold_weight_norm().state_dict()
+    kept = {k: v for k, v in model.fold_weight_norm().state_dict().items() if not k.startswith("quantizers.")}
+    assert kept.keys() <= start.keys()
+    for key, value in kept.items():
+        torch.testing.assert_close(value, start[key], rtol=1e-5, atol=1e-6)
 
 
 def test_config_and_preset() -> None:

@@ -64,6 +64,16 @@ def test_fsq_codes_round_trip_and_cover_the_grid() -> None:
     assert torch.equal(stage._codes(grid * 2), torch.arange(1024)[None])  # and maps back to itself
 
 
+def test_a_binary_grid_splits_its_inputs_at_zero() -> None:
+    """Two levels per dimension: the paper's bound would put nearly every input in one cell."""
+    torch.manual_seed(0)
+    stage = ScalarQuantize(8, (2,) * 10).eval()
+    z_e = torch.randn(1, 10, 4000)
+    bits = (stage.nearest_codes(z_e)[0, :, None] // stage.basis.long()) % 2  # (T, 10)
+    assert torch.equal(bits.T.bool(), z_e[0] > 0)
+    assert torch.equal(stage._codes(stage.lookup(torch.arange(1024)[None])), torch.arange(1024)[None])
+
+
 def test_fsq_standardisation_keeps_codes_spread() -> None:
     """A large common offset (what collapsed training) does not put every frame in one cell."""
     torch.manual_seed(0)
