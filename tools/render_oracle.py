@@ -34,14 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch import nn
 
 from pyramid_cli.codec.api import load_codec
+from pyramid_cli.codec.evaluate import read_middle, split_records
 from pyramid_cli.codec.model import PyramidCodec
 from pyramid_cli.codec.spectral import (
-    HARMONIC_SCALE,
     LOG_FLOOR,
     MAX_LOG_MAGNITUDE,
     PIANO_KEYS,
@@ -49,7 +48,6 @@ from pyramid_cli.codec.spectral import (
     partial_amplitudes,
     stft_magnitude,
 )
-from pyramid_cli.data.manifest import load_manifest
 from pyramid_cli.data.notes import midi_notes, onset_roll, piano_roll
 from pyramid_cli.hub.registry import DEFAULT_CODEC
 from pyramid_cli.metrics.transcribe import Transcriber, note_errors, onset_f1, top_line
@@ -135,12 +133,8 @@ def amplitudes(head_amplitudes: torch.Tensor, truth: Truth, variant: Variant) ->
 def note_magnitudes(head: NoteHead, hidden: torch.Tensor, bins: int, truth: Truth, variant: Variant) -> torch.Tensor:
     """(1, T, dim) decoder features → (1, F, T) the notes' magnitudes, as ``NoteHead.forward`` in eval
     mode renders them, with the variant's parts swapped in."""
-    logits, gain, weights = head.notes(hidden).split([PIANO_KEYS, PIANO_KEYS, head.harmonics], dim=-1)
-    weights = weights[..., None, :]
-    if head.key_partials is not None:
-        weights = weights + head.key_partials(hidden).unflatten(-1, (PIANO_KEYS, head.harmonics))
-    level = nn.functional.softplus(gain) * HARMONIC_SCALE
-    rendered = amplitudes((level[..., None] * torch.softmax(weights, dim=-1))[0], truth, variant)[None]
+    logits, ungated = head.logits_and_partials(hidden)
+    rendered = amplitudes(ungated[0], truth, variant)[None]
     gate = torch.sigmoid(logits).pow(head.gate_power)
     frames = gate.shape[1]
     gate = variant.a * _frames(truth.roll, frames)[None] + (1 - variant.a) * gate
@@ -157,10 +151,7 @@ def decode_with(codec: PyramidCodec, codes: list[torch.Tensor], levels: int, len
                 variant: Variant) -> torch.Tensor:
     """``codec.decode(codes, levels, length)`` (in float32) with the variant's parts swapped in → (1, 1, length)."""
     decoder = codec.decoder
-    quantized = [rvq.from_codes(c.long()) for rvq, c in zip(codec.level_quantizers[:levels], codes[:levels],
-                                                            strict=True)]
-    latent = codec.lift(codec.pyramid_latents(quantized)[-1], levels - 1)
-    hidden = decoder.net.hidden(latent)
+    hidden = decoder.net.hidden(codec.codes_to_latent(codes, levels))
     free = decoder.net.out(hidden).transpose(1, 2).clamp(max=MAX_LOG_MAGNITUDE)
     bins = max(1, round(codec.band(levels - 1) * free.shape[1]))
     notes = note_magnitudes(decoder.note_head, hidden, bins, truth, variant)
@@ -198,16 +189,10 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     transcriber = Transcriber(threads=1)
     rate, hop = codec.config.sample_rate, codec.config.hop_lengths[-1]
-    records = sorted((r for r in load_manifest(args.corpus) if r["split"] == args.split), key=lambda r: r["id"])
     scores: dict[tuple[str, int], list[list[float]]] = {(str(v), k): [] for v in variants for k in levels}
-    for record in records[: args.clips]:
-        info = sf.info(str(args.corpus / record["audio"]))
-        length = min(info.frames, 10 * rate)
-        start = (info.frames - length) // 2
-        data, _ = sf.read(str(args.corpus / record["audio"]), start=start, frames=length, dtype="float32",
-                          always_2d=True)
-        wav = torch.from_numpy(data.mean(axis=1))[None, None]
-        wav = wav[..., : wav.shape[-1] // hop * hop]
+    for record in split_records(args.corpus, args.split)[: args.clips]:
+        clip, start = read_middle(args.corpus, record, 10.0, rate)
+        wav = clip[None, ..., : clip.shape[-1] // hop * hop]
         truth = clip_truth(codec, wav, midi_notes(args.midi_dir / record["source"]), start)
         reference = transcriber.transcribe(wav[0, 0].numpy(), rate).notes
         codes = codec.encode(wav)

@@ -90,6 +90,27 @@ class CodecEvaluation:
         return asdict(self)
 
 
+def split_records(corpus: Path, split: str) -> list[dict[str, Any]]:
+    """The manifest records of ``split``, sorted by id (the order every evaluation takes clips in)."""
+    records = sorted((r for r in load_manifest(corpus) if r["split"] == split), key=lambda r: r["id"])
+    if not records:
+        raise InputError(f"{corpus}: the '{split}' split is empty")
+    return records
+
+
+def read_middle(corpus: Path, record: dict[str, Any], clip_seconds: float, sample_rate: int
+                ) -> tuple[torch.Tensor, int]:
+    """A record's excerpt of `clip_seconds` from the middle of its song, as (1, T) mono, and the sample it
+    starts at; a song shorter than the clip is read whole."""
+    info = sf.info(str(corpus / record["audio"]))
+    if info.samplerate != sample_rate:
+        raise InputError(f"{record['audio']}: {info.samplerate} Hz, but the codec works at {sample_rate} Hz")
+    length = min(info.frames, int(clip_seconds * sample_rate))
+    start = (info.frames - length) // 2
+    data, _ = sf.read(str(corpus / record["audio"]), start=start, frames=length, dtype="float32", always_2d=True)
+    return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))[None], start
+
+
 def load_clips(
     corpus: Path, split: str, clips: int, clip_seconds: float, sample_rate: int
 ) -> list[torch.Tensor]:
@@ -98,23 +119,8 @@ def load_clips(
     Middles rather than openings: intros are often sparse and would flatter the codec.
     Returns (1, T) tensors; songs shorter than the clip are used whole.
     """
-    records = sorted((r for r in load_manifest(corpus) if r["split"] == split), key=lambda r: r["id"])
-    if not records:
-        raise InputError(f"{corpus}: the '{split}' split is empty")
-    result = []
-    for record in records[:clips]:
-        info = sf.info(str(corpus / record["audio"]))
-        if info.samplerate != sample_rate:
-            raise InputError(
-                f"{record['audio']}: {info.samplerate} Hz, but the codec works at {sample_rate} Hz"
-            )
-        length = min(info.frames, int(clip_seconds * sample_rate))
-        start = (info.frames - length) // 2
-        data, _ = sf.read(
-            str(corpus / record["audio"]), start=start, frames=length, dtype="float32", always_2d=True
-        )
-        result.append(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))[None])
-    return result
+    return [read_middle(corpus, record, clip_seconds, sample_rate)[0]
+            for record in split_records(corpus, split)[:clips]]
 
 
 @torch.inference_mode()

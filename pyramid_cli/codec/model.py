@@ -295,6 +295,12 @@ class PyramidCodec(nn.Module):
             if level_codes.numel() and (level_codes.min() < 0 or level_codes.max() >= c.codebook_size):
                 raise CodecMismatchError(f"level {i}: codes outside [0, {c.codebook_size})")
 
+    def codes_to_latent(self, codes: Sequence[torch.Tensor], levels: int) -> torch.Tensor:
+        """Checked codes → what the decoder reads: R[levels-1] (Alg. 2) lifted to the finest rate."""
+        quantizers = self.level_quantizers[:levels]
+        quantized = [rvq.from_codes(c.long()) for rvq, c in zip(quantizers, codes[:levels], strict=True)]
+        return self.lift(self.pyramid_latents(quantized)[-1], levels - 1)
+
     def decode(
         self, codes: Sequence[torch.Tensor], levels: int | None = None, length: int | None = None
     ) -> torch.Tensor:
@@ -311,9 +317,7 @@ class PyramidCodec(nn.Module):
         """
         levels = len(codes) if levels is None else levels
         self._check_codes(codes, levels)
-        quantizers = self.level_quantizers[:levels]
-        quantized = [rvq.from_codes(c.long()) for rvq, c in zip(quantizers, codes[:levels], strict=True)]
-        latent = self.lift(self.pyramid_latents(quantized)[-1], levels - 1)
+        latent = self.codes_to_latent(codes, levels)
         if length is not None and length > latent.shape[-1] * self.config.hop_lengths[-1]:
             raise UsageError(
                 f"length {length} is longer than the {latent.shape[-1] * self.config.hop_lengths[-1]} "

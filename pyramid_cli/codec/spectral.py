@@ -199,14 +199,18 @@ class NoteHead(nn.Module):
         self.gate_power = gate_power  # CodecConfig.note_gate_power: decoding (eval mode) only
         self.render_detached = False  # training: the magnitude losses do not reach the partial amplitudes
 
-    def forward(self, hidden: torch.Tensor, bins: int) -> NoteHeadOutput:
-        """(B, T, dim) decoder features → the notes and their harmonic magnitudes (``NoteHeadOutput``)."""
+    def logits_and_partials(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, dim) decoder features → (B, T, 88) note logits and (B, T, 88, K) ungated partial amplitudes."""
         logits, gain, weights = self.notes(hidden).split([PIANO_KEYS, PIANO_KEYS, self.harmonics], dim=-1)
         weights = weights[..., None, :]  # (B, T, 1, K): one profile for every key
         if self.key_partials is not None:
             weights = weights + self.key_partials(hidden).unflatten(-1, (PIANO_KEYS, self.harmonics))
         level = nn.functional.softplus(gain) * HARMONIC_SCALE  # (B, T, P)
-        ungated = level[..., None] * torch.softmax(weights, dim=-1)  # (B, T, P, K)
+        return logits, level[..., None] * torch.softmax(weights, dim=-1)
+
+    def forward(self, hidden: torch.Tensor, bins: int) -> NoteHeadOutput:
+        """(B, T, dim) decoder features → the notes and their harmonic magnitudes (``NoteHeadOutput``)."""
+        logits, ungated = self.logits_and_partials(hidden)
         gate = torch.sigmoid(logits)
         if self.gate_power != 1.0 and not self.training:
             gate = gate.pow(self.gate_power)

@@ -45,8 +45,7 @@ def test_without_swaps_it_decodes_as_the_codec_does(monkeypatch: pytest.MonkeyPa
 def test_the_roll_as_the_gates_lights_exactly_its_keys() -> None:
     codec, wav, codes = _codec_and_clip()
     head = codec.decoder.note_head
-    quantized = [rvq.from_codes(c.long()) for rvq, c in zip(codec.level_quantizers, codes, strict=True)]
-    hidden = codec.decoder.net.hidden(codec.lift(codec.pyramid_latents(quantized)[-1], 2))
+    hidden = codec.decoder.net.hidden(codec.codes_to_latent(codes, 3))
     frames, bins = hidden.shape[1], head.templates.shape[1]
     truth = _truth(torch.zeros(frames, PIANO_KEYS))
     with torch.no_grad():
